@@ -1,0 +1,199 @@
+//! The backend interface: a few coarse, LLM-shaped operations that model code
+//! calls and each backend (CPU now, CUDA later) implements.
+//!
+//! Model code is generic over `B: Backend` and never names a concrete
+//! backend's types; a backend never knows which architecture calls it. Every
+//! activation is an f32 row-major matrix `[rows, cols]` (one row per token of
+//! the batch). Weights are GGML-typed matrices `[rows, cols]` where `cols` is
+//! GGUF's `dims[0]` (the contiguous dimension), so `matmul` computes
+//! `out[t, r] = Σ_c W[r, c] · x[t, c]` — GGML's `mul_mat(W, x)` orientation.
+//!
+//! Attention is one operation over the KV cache, parameterised by a
+//! visibility rule, so block-sparse attention (InfLLM v2) and tree-shaped
+//! masks (speculative verification) slot in here without touching model code.
+
+pub mod cpu;
+
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::gguf::{GgufFile, TensorInfo};
+use crate::quants::GgmlType;
+
+/// Operations a backend may or may not support for a given weight type;
+/// asked at load time so a model fails before its first forward, not during it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Row lookup in an embedding table.
+    Embed,
+    /// `x · Wᵀ` with a weight of the given type.
+    MatMul,
+    /// A 1-D weight (norm scales, RoPE factors) read as f32.
+    Vector,
+}
+
+/// Storage type of the KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KvType {
+    /// f32: exact, twice the memory. For tests and references.
+    F32,
+    /// f16, as llama.cpp stores it by default.
+    #[default]
+    F16,
+}
+
+/// Shape of a KV cache: `n_layer` × (K and V) × `n_ctx` slots × `n_head_kv · head_dim`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvSpec {
+    pub n_layer: usize,
+    pub n_ctx: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub ty: KvType,
+}
+
+impl KvSpec {
+    /// Bytes the cache will occupy, or `None` on overflow.
+    pub fn bytes(&self) -> Option<u64> {
+        let elem: u64 = match self.ty {
+            KvType::F32 => 4,
+            KvType::F16 => 2,
+        };
+        (self.n_layer as u64)
+            .checked_mul(2)?
+            .checked_mul(self.n_ctx as u64)?
+            .checked_mul(self.n_head_kv as u64)?
+            .checked_mul(self.head_dim as u64)?
+            .checked_mul(elem)
+    }
+}
+
+/// Rotary position embedding parameters (GGML "normal" mode: the rotated
+/// pairs are adjacent elements `(2i, 2i+1)` of each head).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rope {
+    /// Heads in the rotated activation (q or k).
+    pub n_head: usize,
+    /// Elements per head.
+    pub head_dim: usize,
+    /// Rotated elements per head (even, ≤ head_dim); the rest pass through.
+    pub n_rot: usize,
+    /// Angular frequency of each pair, `n_rot / 2` entries: pair i at
+    /// position p turns by `p · inv_freq[i]` radians. LongRoPE factors are
+    /// already divided in.
+    pub inv_freq: Vec<f64>,
+}
+
+/// Which cache slots a token of the batch may attend to.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Visibility {
+    /// Slot order is causal order: the token written to slot `s` sees slots `0..=s`.
+    #[default]
+    Causal,
+}
+
+/// Parameters of one attention call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttnParams {
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    /// Softmax scale, normally `1 / sqrt(head_dim)`.
+    pub scale: f32,
+    pub visibility: Visibility,
+}
+
+/// A compute backend. Implementations own their memory; model code only
+/// holds the associated handle types.
+pub trait Backend: Send + Sync + Sized + 'static {
+    /// An f32 activation matrix `[rows, cols]`.
+    type Tensor: Send;
+    /// A weight resident on (or mapped for) the backend.
+    type Weight: Send + Sync;
+    /// The KV cache of one session.
+    type KvCache: Send;
+
+    /// Short name for logs and errors ("cpu").
+    fn name(&self) -> &'static str;
+
+    /// Whether `op` works with weights of type `ty`.
+    fn supports(&self, op: Op, ty: GgmlType) -> bool;
+
+    /// Make a tensor of `file` usable as a weight (the CPU maps it in place).
+    fn load_weight(&self, file: &Arc<GgufFile>, info: &TensorInfo, op: Op) -> Result<Self::Weight>;
+
+    /// A zeroed activation matrix.
+    fn alloc(&self, rows: usize, cols: usize) -> Result<Self::Tensor>;
+
+    /// Rows and columns of an activation.
+    fn shape(&self, t: &Self::Tensor) -> (usize, usize);
+
+    /// Change an activation's row count, keeping its column count; may
+    /// reallocate only when growing past what it ever held.
+    fn resize_rows(&self, t: &mut Self::Tensor, rows: usize) -> Result<()>;
+
+    /// Copy an activation to host memory (`out.len() == rows · cols`).
+    fn read(&self, t: &Self::Tensor, out: &mut [f32]) -> Result<()>;
+
+    /// A KV cache for `spec`.
+    fn alloc_kv(&self, spec: &KvSpec) -> Result<Self::KvCache>;
+
+    /// `out[t] = table[ids[t]] · scale`.
+    fn embed(
+        &self,
+        table: &Self::Weight,
+        ids: &[u32],
+        scale: f32,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+
+    /// RMSNorm: `out[t] = x[t] / sqrt(mean(x[t]²) + eps) · w`.
+    fn rms_norm(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Weight,
+        eps: f32,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+
+    /// `out[t, r] = Σ_c W[r, c] · x[t, c]`.
+    fn matmul(&self, x: &Self::Tensor, w: &Self::Weight, out: &mut Self::Tensor) -> Result<()>;
+
+    /// Rotate each row's heads in place; row t is at position `positions[t]`.
+    fn rope(&self, x: &mut Self::Tensor, positions: &[u32], rope: &Rope) -> Result<()>;
+
+    /// Store this batch's keys and values of `layer` in slots `first_slot..first_slot + rows`.
+    fn kv_write(
+        &self,
+        kv: &mut Self::KvCache,
+        layer: usize,
+        first_slot: usize,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+    ) -> Result<()>;
+
+    /// Attention of the batch's queries (row t was written to slot
+    /// `first_slot + t`) over the cache of `layer`, by `params.visibility`.
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        kv: &Self::KvCache,
+        layer: usize,
+        first_slot: usize,
+        params: &AttnParams,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+
+    /// SwiGLU's gate: `gate = silu(gate) · up`, with `silu(x) = x / (1 + e^-x)`.
+    fn silu_mul(&self, gate: &mut Self::Tensor, up: &Self::Tensor) -> Result<()>;
+
+    /// Residual update: `acc += scale · x`.
+    fn add_scaled(&self, acc: &mut Self::Tensor, x: &Self::Tensor, scale: f32) -> Result<()>;
+
+    /// `x *= s`.
+    fn scale(&self, x: &mut Self::Tensor, s: f32) -> Result<()>;
+
+    /// `out[i] = x[rows[i]]`: keep the rows whose logits were asked for.
+    fn gather_rows(&self, x: &Self::Tensor, rows: &[usize], out: &mut Self::Tensor) -> Result<()>;
+}

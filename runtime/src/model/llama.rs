@@ -1,0 +1,207 @@
+//! The llama-family forward pass (llama and minicpm), top to bottom.
+//!
+//! MiniCPM is llama with three scalars — embeddings × `embedding_scale`,
+//! each block's attention and FFN output × `residual_scale` before the
+//! residual add, logits ÷ `logit_scale` — and optional LongRoPE factors; for
+//! llama all three are 1. The model calls backend operations only; it never
+//! touches memory itself, so the same code runs on every backend.
+
+use std::sync::Arc;
+
+use crate::backend::{AttnParams, Backend, Rope, Visibility};
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+use crate::model::{Config, Weights};
+
+/// A loaded llama-family model on backend `B`.
+pub struct LlamaModel<B: Backend> {
+    pub config: Config,
+    pub backend: B,
+    pub weights: Weights<B>,
+    /// Kept so the mapped weights outlive every use.
+    pub file: Arc<GgufFile>,
+}
+
+/// Scratch activations of one session, grown to the largest batch seen and
+/// then reused, so steady-state decoding allocates nothing here.
+pub struct State<B: Backend> {
+    x: B::Tensor,           // residual stream [n_tok, n_embd]
+    xb: B::Tensor,          // normed input    [n_tok, n_embd]
+    q: B::Tensor,           // queries         [n_tok, n_head · head_dim]
+    k: B::Tensor,           // keys            [n_tok, n_head_kv · head_dim]
+    v: B::Tensor,           // values          [n_tok, n_head_kv · head_dim]
+    att: B::Tensor,         // attention out   [n_tok, n_head · head_dim]
+    proj: B::Tensor,        // block output    [n_tok, n_embd]
+    gate: B::Tensor,        // FFN gate        [n_tok, n_ff]
+    up: B::Tensor,          // FFN up          [n_tok, n_ff]
+    picked: B::Tensor,      // output rows     [n_out, n_embd]
+    picked_norm: B::Tensor, // normed      [n_out, n_embd]
+    logits: B::Tensor,      // logits          [n_out, n_vocab]
+}
+
+/// RoPE for queries and keys at one context size.
+#[derive(Clone, Debug)]
+pub struct RopePair {
+    pub q: Rope,
+    pub k: Rope,
+}
+
+impl<B: Backend> LlamaModel<B> {
+    /// Check and load the model in `file` onto `backend`.
+    pub fn load(file: Arc<GgufFile>, backend: B) -> Result<LlamaModel<B>> {
+        let config = Config::from_gguf(&file)?;
+        let weights = Weights::load(&file, &config, &backend)?;
+        Ok(LlamaModel {
+            config,
+            backend,
+            weights,
+            file,
+        })
+    }
+
+    /// Fresh scratch state.
+    pub fn new_state(&self) -> Result<State<B>> {
+        let c = &self.config;
+        let b = &self.backend;
+        Ok(State {
+            x: b.alloc(0, c.n_embd)?,
+            xb: b.alloc(0, c.n_embd)?,
+            q: b.alloc(0, c.n_head * c.head_dim)?,
+            k: b.alloc(0, c.n_head_kv * c.head_dim)?,
+            v: b.alloc(0, c.n_head_kv * c.head_dim)?,
+            att: b.alloc(0, c.n_head * c.head_dim)?,
+            proj: b.alloc(0, c.n_embd)?,
+            gate: b.alloc(0, c.n_ff)?,
+            up: b.alloc(0, c.n_ff)?,
+            picked: b.alloc(0, c.n_embd)?,
+            picked_norm: b.alloc(0, c.n_embd)?,
+            logits: b.alloc(0, c.n_vocab)?,
+        })
+    }
+
+    /// RoPE parameters for a session of `n_ctx` tokens. With LongRoPE
+    /// factors, the long set applies when the context exceeds the original
+    /// training context (llama.cpp's rule), the short set otherwise; each
+    /// pair's frequency is divided by its factor.
+    pub fn rope_for_ctx(&self, n_ctx: usize) -> Result<RopePair> {
+        let c = &self.config;
+        let half = c.n_rot / 2;
+        let w = &self.weights;
+        let long = c.rope_orig_ctx.is_some_and(|orig| n_ctx > orig);
+        let factors = if long {
+            w.rope_factors_long
+                .as_ref()
+                .or(w.rope_factors_short.as_ref())
+        } else {
+            w.rope_factors_short.as_ref()
+        };
+        let mut inv_freq: Vec<f64> = (0..half)
+            .map(|i| c.rope_freq_base.powf(-2.0 * i as f64 / c.n_rot as f64))
+            .collect();
+        if let Some(fs) = factors {
+            for (f, &div) in inv_freq.iter_mut().zip(fs) {
+                if !div.is_finite() || div <= 0.0 {
+                    return Err(Error::BadHparam {
+                        key: "rope_factors".into(),
+                        value: div.to_string(),
+                        reason: "LongRoPE factors must be finite and positive".into(),
+                    });
+                }
+                *f /= div as f64;
+            }
+        }
+        let mk = |n_head| Rope {
+            n_head,
+            head_dim: c.head_dim,
+            n_rot: c.n_rot,
+            inv_freq: inv_freq.clone(),
+        };
+        Ok(RopePair {
+            q: mk(c.n_head),
+            k: mk(c.n_head_kv),
+        })
+    }
+
+    /// Run `tokens` (at `positions`, written to KV slots `first_slot..`)
+    /// through the model and leave the logits of rows `outputs` in
+    /// `st.logits` (read them with `read_logits`). The caller has validated
+    /// the batch against the cache and vocabulary.
+    pub fn forward(
+        &self,
+        st: &mut State<B>,
+        kv: &mut B::KvCache,
+        rope: &RopePair,
+        tokens: &[u32],
+        positions: &[u32],
+        first_slot: usize,
+        outputs: &[usize],
+    ) -> Result<()> {
+        let c = &self.config;
+        let b = &self.backend;
+        let w = &self.weights;
+        let n = tokens.len();
+        for t in [
+            &mut st.x,
+            &mut st.xb,
+            &mut st.q,
+            &mut st.k,
+            &mut st.v,
+            &mut st.att,
+            &mut st.proj,
+            &mut st.gate,
+            &mut st.up,
+        ] {
+            b.resize_rows(t, n)?;
+        }
+        b.resize_rows(&mut st.picked, outputs.len())?;
+        b.resize_rows(&mut st.picked_norm, outputs.len())?;
+        b.resize_rows(&mut st.logits, outputs.len())?;
+
+        let attn = AttnParams {
+            n_head: c.n_head,
+            n_head_kv: c.n_head_kv,
+            head_dim: c.head_dim,
+            scale: 1.0 / (c.head_dim as f32).sqrt(),
+            visibility: Visibility::Causal,
+        };
+
+        // h = embed(tokens) · embedding_scale
+        b.embed(&w.token_embd, tokens, c.embedding_scale, &mut st.x)?;
+
+        for (il, l) in w.layers.iter().enumerate() {
+            // Attention: h += residual_scale · Wo · attn(rope(Wq·x), rope(Wk·x), Wv·x)
+            b.rms_norm(&st.x, &l.attn_norm, c.rms_eps, &mut st.xb)?;
+            b.matmul(&st.xb, &l.attn_q, &mut st.q)?;
+            b.matmul(&st.xb, &l.attn_k, &mut st.k)?;
+            b.matmul(&st.xb, &l.attn_v, &mut st.v)?;
+            b.rope(&mut st.q, positions, &rope.q)?;
+            b.rope(&mut st.k, positions, &rope.k)?;
+            b.kv_write(kv, il, first_slot, &st.k, &st.v)?;
+            b.attention(&st.q, kv, il, first_slot, &attn, &mut st.att)?;
+            b.matmul(&st.att, &l.attn_output, &mut st.proj)?;
+            b.add_scaled(&mut st.x, &st.proj, c.residual_scale)?;
+
+            // FFN (SwiGLU): h += residual_scale · W_down · (silu(W_gate·x) ⊙ W_up·x)
+            b.rms_norm(&st.x, &l.ffn_norm, c.rms_eps, &mut st.xb)?;
+            b.matmul(&st.xb, &l.ffn_gate, &mut st.gate)?;
+            b.matmul(&st.xb, &l.ffn_up, &mut st.up)?;
+            b.silu_mul(&mut st.gate, &st.up)?;
+            b.matmul(&st.gate, &l.ffn_down, &mut st.proj)?;
+            b.add_scaled(&mut st.x, &st.proj, c.residual_scale)?;
+        }
+
+        // logits = W_out · norm(h) / logit_scale, only for the rows asked for.
+        b.gather_rows(&st.x, outputs, &mut st.picked)?;
+        b.rms_norm(&st.picked, &w.output_norm, c.rms_eps, &mut st.picked_norm)?;
+        b.matmul(&st.picked_norm, &w.output, &mut st.logits)?;
+        if c.logit_scale != 1.0 {
+            b.scale(&mut st.logits, 1.0 / c.logit_scale)?;
+        }
+        Ok(())
+    }
+
+    /// Copy the logits of the last `forward` (`[n_out, n_vocab]`) to `out`.
+    pub fn read_logits(&self, st: &State<B>, out: &mut [f32]) -> Result<()> {
+        self.backend.read(&st.logits, out)
+    }
+}
