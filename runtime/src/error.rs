@@ -35,7 +35,9 @@ pub enum Error {
     #[error("not a GGUF file: magic bytes are {0:02x?}, expected \"GGUF\"")]
     BadMagic([u8; 4]),
     /// The version field looks byte-swapped: a big-endian file.
-    #[error("GGUF version field {0:#010x} looks byte-swapped: big-endian GGUF files are not supported")]
+    #[error(
+        "GGUF version field {0:#010x} looks byte-swapped: big-endian GGUF files are not supported"
+    )]
     UnsupportedEndianness(u32),
     /// A GGUF version tern does not read.
     #[error("unsupported GGUF version {0} (tern reads versions 2 and 3)")]
@@ -161,4 +163,15 @@ pub enum Error {
     /// Logits that are not finite: weights or activations went bad.
     #[error("non-finite logits at batch index {index}: the model's weights or activations contain NaN or Inf")]
     NumericalError { index: usize },
+
+    // ---- kernels -----------------------------------------------------------
+    /// A buffer whose length does not fit the element type or its partner
+    /// buffer (a row that is not whole blocks, bytes that do not match the
+    /// element count).
+    #[error("bad length for {what}: expected {expected}, got {got}")]
+    BadLength {
+        what: String,
+        expected: u64,
+        got: u64,
+    },
 }
