@@ -309,13 +309,19 @@ pub mod q4_1 {
             .chunks_exact(QK4_1)
             .zip(dst.chunks_exact_mut(BlockQ4_1::BYTES))
         {
+            // `<=`/`>=`: among equal extremes the *last* wins. That only
+            // shows for ±0 (equal non-zero floats have equal bits), and it is
+            // what gguf-py's numpy `min`/`max` reductions return (checked by
+            // the fixtures' all-zero block that starts with −0). ggml's C
+            // keeps the first instead, so on such blocks the two disagree in
+            // the sign bit of `m` or `d`; tern follows gguf-py.
             let mut min = xs[0];
             let mut max = xs[0];
             for &v in &xs[1..] {
-                if v < min {
+                if v <= min {
                     min = v;
                 }
-                if v > max {
+                if v >= max {
                     max = v;
                 }
             }
