@@ -5,8 +5,7 @@
 
 use super::*;
 
-/// Every type the registry serves, with its per-block decoder for the error
-/// bound below.
+/// Every type the registry serves, in registry order.
 const TYPES: [GgmlType; 6] = [
     GgmlType::F32,
     GgmlType::F16,
