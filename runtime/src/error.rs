@@ -163,4 +163,15 @@ pub enum Error {
     /// Logits that are not finite: weights or activations went bad.
     #[error("non-finite logits at batch index {index}: the model's weights or activations contain NaN or Inf")]
     NumericalError { index: usize },
+
+    // ---- kernels -----------------------------------------------------------
+    /// A buffer whose length does not fit the element type or its partner
+    /// buffer (a row that is not whole blocks, bytes that do not match the
+    /// element count).
+    #[error("bad length for {what}: expected {expected}, got {got}")]
+    BadLength {
+        what: String,
+        expected: u64,
+        got: u64,
+    },
 }
