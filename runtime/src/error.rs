@@ -35,9 +35,7 @@ pub enum Error {
     #[error("not a GGUF file: magic bytes are {0:02x?}, expected \"GGUF\"")]
     BadMagic([u8; 4]),
     /// The version field looks byte-swapped: a big-endian file.
-    #[error(
-        "GGUF version field {0:#010x} looks byte-swapped: big-endian GGUF files are not supported"
-    )]
+    #[error("GGUF version field {0:#010x} looks byte-swapped: big-endian GGUF files are not supported")]
     UnsupportedEndianness(u32),
     /// A GGUF version tern does not read.
     #[error("unsupported GGUF version {0} (tern reads versions 2 and 3)")]
