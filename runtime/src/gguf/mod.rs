@@ -12,8 +12,11 @@
 mod read;
 mod write;
 
-pub use read::{GgufFile, TensorInfo};
-pub use write::{write_atomic, GgufWriter};
+pub use read::{
+    GgufFile, TensorInfo, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ALIGNMENT, MAX_ARRAY_LEN, MAX_DIMS,
+    MAX_KEY_LEN, MAX_STRING_LEN, MAX_TENSOR_NAME_LEN,
+};
+pub use write::{write_atomic, GgufWriter, GGUF_WRITE_VERSION};
 
 /// GGUF's value type ids, as stored on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
