@@ -77,7 +77,12 @@ pub struct Model {
 impl Model {
     /// Map, validate and load a GGUF model.
     pub fn load(path: impl AsRef<Path>, params: &ModelParams) -> Result<Model> {
-        let file = Arc::new(GgufFile::open(path)?);
+        Model::from_gguf(GgufFile::open(path)?, params)
+    }
+
+    /// Load a model from an already parsed GGUF (mapped or in memory).
+    pub fn from_gguf(file: GgufFile, params: &ModelParams) -> Result<Model> {
+        let file = Arc::new(file);
         let backend = match params.threads {
             Some(t) => CpuBackend::new(t),
             None => CpuBackend::default(),

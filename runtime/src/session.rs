@@ -197,15 +197,7 @@ impl<B: Backend> Session<B> {
     pub fn forward(&mut self, batch: &Batch) -> Result<Logits> {
         self.validate(batch)?;
         let m = &self.model;
-        m.forward(
-            &mut self.state,
-            &mut self.kv,
-            &self.rope,
-            &batch.tokens,
-            &batch.positions,
-            self.len,
-            &batch.outputs,
-        )?;
+        m.forward(&mut self.state, &mut self.kv, &self.rope, batch, self.len)?;
         let n_vocab = m.config.n_vocab;
         let mut data = vec![0.0f32; batch.outputs.len() * n_vocab];
         m.read_logits(&self.state, &mut data)?;

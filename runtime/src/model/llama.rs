@@ -12,6 +12,7 @@ use crate::backend::{AttnParams, Backend, Rope, Visibility};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::model::{Config, Weights};
+use crate::session::Batch;
 
 /// A loaded llama-family model on backend `B`.
 pub struct LlamaModel<B: Backend> {
@@ -122,8 +123,9 @@ impl<B: Backend> LlamaModel<B> {
         })
     }
 
-    /// Run `tokens` (at `positions`, written to KV slots `first_slot..`)
-    /// through the model and leave the logits of rows `outputs` in
+    /// Run `batch.tokens` (at `batch.positions`, written to KV slots
+    /// `first_slot..`) through the model and leave the logits of rows
+    /// `batch.outputs` in
     /// `st.logits` (read them with `read_logits`). The caller has validated
     /// the batch against the cache and vocabulary.
     pub fn forward(
@@ -131,11 +133,10 @@ impl<B: Backend> LlamaModel<B> {
         st: &mut State<B>,
         kv: &mut B::KvCache,
         rope: &RopePair,
-        tokens: &[u32],
-        positions: &[u32],
+        batch: &Batch,
         first_slot: usize,
-        outputs: &[usize],
     ) -> Result<()> {
+        let (tokens, positions, outputs) = (&batch.tokens, &batch.positions, &batch.outputs);
         let c = &self.config;
         let b = &self.backend;
         let w = &self.weights;

@@ -85,9 +85,18 @@ impl<'a, B: Backend> Checker<'a, B> {
     }
 }
 
-fn read_vector(file: &GgufFile, t: &TensorInfo) -> Result<Vec<f32>> {
+/// A LongRoPE factor vector; each factor divides a frequency, so it must be
+/// finite and positive.
+fn read_rope_factors(file: &GgufFile, t: &TensorInfo) -> Result<Vec<f32>> {
     let mut v = vec![0.0f32; t.n_elements as usize];
     quants::dequantize_row(t.ty, file.tensor_data(t), &mut v)?;
+    if let Some(bad) = v.iter().find(|f| !f.is_finite() || **f <= 0.0) {
+        return Err(Error::BadHparam {
+            key: t.name.clone(),
+            value: bad.to_string(),
+            reason: "LongRoPE factors must be finite and positive".into(),
+        });
+    }
     Ok(v)
 }
 
@@ -196,8 +205,8 @@ impl<B: Backend> Weights<B> {
             output_norm: load(output_norm, Op::Vector)?,
             output: backend.load_weight(file, output.unwrap_or(token_embd_info), Op::MatMul)?,
             tied: output.is_none(),
-            rope_factors_short: rf_short.map(|t| read_vector(file, t)).transpose()?,
-            rope_factors_long: rf_long.map(|t| read_vector(file, t)).transpose()?,
+            rope_factors_short: rf_short.map(|t| read_rope_factors(file, t)).transpose()?,
+            rope_factors_long: rf_long.map(|t| read_rope_factors(file, t)).transpose()?,
         })
     }
 }

@@ -156,7 +156,8 @@ impl FileSpec {
         let mut f = FileSpec::empty();
         f.kvs.push(kv_str("general.architecture", "llama"));
         f.kvs.push(kv_u32("llama.block_count", 1));
-        f.tensors.push(TensorSpec::new("token_embd.weight", G_F32, &[4]));
+        f.tensors
+            .push(TensorSpec::new("token_embd.weight", G_F32, &[4]));
         f.tensors
             .push(TensorSpec::new("blk.0.attn_q.weight", G_Q8_0, &[32, 2]));
         f.fix_offsets();
@@ -254,10 +255,7 @@ impl TempDir {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let p = std::env::temp_dir().join(format!(
-            "tern-{tag}-{}-{nanos}-{n}",
-            std::process::id()
-        ));
+        let p = std::env::temp_dir().join(format!("tern-{tag}-{}-{nanos}-{n}", std::process::id()));
         std::fs::create_dir_all(&p).expect("create temp dir");
         TempDir(p)
     }
