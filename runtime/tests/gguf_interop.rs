@@ -168,7 +168,11 @@ fn fixture_files_match_their_recorded_digest() {
     for name in FIXTURES {
         let (bytes, desc) = load(name);
         assert_eq!(bytes.len() as u64, desc["file_len"].as_u64().unwrap());
-        assert_eq!(sha256_hex(&bytes), desc["sha256"].as_str().unwrap(), "{name}");
+        assert_eq!(
+            sha256_hex(&bytes),
+            desc["sha256"].as_str().unwrap(),
+            "{name}"
+        );
     }
 }
 
@@ -198,7 +202,8 @@ fn tern_writer_reproduces_gguf_py_bytes_exactly() {
             .collect();
         let mut w = GgufWriter::new();
         for kv in desc["kvs"].as_array().unwrap() {
-            w.add_kv(kv["key"].as_str().unwrap(), json_value(kv)).unwrap();
+            w.add_kv(kv["key"].as_str().unwrap(), json_value(kv))
+                .unwrap();
         }
         for (t, data) in desc["tensors"].as_array().unwrap().iter().zip(&datas) {
             let dims: Vec<u64> = t["dims"]
@@ -208,8 +213,13 @@ fn tern_writer_reproduces_gguf_py_bytes_exactly() {
                 .map(|d| d.as_u64().unwrap())
                 .collect();
             // Borrowed data: the writer must not need to copy weights.
-            w.add_tensor(t["name"].as_str().unwrap(), ggml_type(t), &dims, data.as_slice())
-                .unwrap();
+            w.add_tensor(
+                t["name"].as_str().unwrap(),
+                ggml_type(t),
+                &dims,
+                data.as_slice(),
+            )
+            .unwrap();
         }
         let mut out = Vec::new();
         w.write_to(&mut out).unwrap();

@@ -156,7 +156,8 @@ impl FileSpec {
         let mut f = FileSpec::empty();
         f.kvs.push(kv_str("general.architecture", "llama"));
         f.kvs.push(kv_u32("llama.block_count", 1));
-        f.tensors.push(TensorSpec::new("token_embd.weight", G_F32, &[4]));
+        f.tensors
+            .push(TensorSpec::new("token_embd.weight", G_F32, &[4]));
         f.tensors
             .push(TensorSpec::new("blk.0.attn_q.weight", G_Q8_0, &[32, 2]));
         f.fix_offsets();
@@ -166,12 +167,13 @@ impl FileSpec {
     /// Size in bytes of tensor `t` for the generator's few types.
     pub fn size_of(t: &TensorSpec) -> u64 {
         let (bs, ts) = layout(t.ty);
-        let n: u64 = t.dims.iter().product();
-        n / bs * ts
+        // Wrapping: the generator is also used to describe absurd shapes.
+        let n = t.dims.iter().fold(1u64, |a, &d| a.wrapping_mul(d));
+        (n / bs).wrapping_mul(ts)
     }
 
     fn pad(x: u64, a: u64) -> u64 {
-        x.div_ceil(a) * a
+        x.div_ceil(a).wrapping_mul(a)
     }
 
     /// Set each tensor's offset to the running sum of padded sizes.
@@ -180,7 +182,7 @@ impl FileSpec {
         let a = self.align;
         for t in &mut self.tensors {
             t.offset = off;
-            off += FileSpec::pad(FileSpec::size_of(t), a);
+            off = off.wrapping_add(FileSpec::pad(FileSpec::size_of(t), a));
         }
     }
 
@@ -254,10 +256,7 @@ impl TempDir {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let p = std::env::temp_dir().join(format!(
-            "tern-{tag}-{}-{nanos}-{n}",
-            std::process::id()
-        ));
+        let p = std::env::temp_dir().join(format!("tern-{tag}-{}-{nanos}-{n}", std::process::id()));
         std::fs::create_dir_all(&p).expect("create temp dir");
         TempDir(p)
     }
