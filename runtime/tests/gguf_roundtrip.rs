@@ -254,6 +254,23 @@ fn write_atomic_error_leaves_destination_untouched_and_no_temp() {
 }
 
 #[test]
+fn write_atomic_cleans_up_after_a_panic() {
+    let dir = TempDir::new("gguf-atomic-panic");
+    let dest = dir.path().join("model.gguf");
+    std::fs::write(&dest, b"keep me").unwrap();
+    let r = std::panic::catch_unwind(|| {
+        let _ = write_atomic(&dest, |w| {
+            use std::io::Write;
+            w.write_all(b"partial").unwrap();
+            panic!("writer bug");
+        });
+    });
+    assert!(r.is_err());
+    assert_eq!(std::fs::read(&dest).unwrap(), b"keep me");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
 fn write_atomic_reports_io_errors_with_the_path() {
     let dir = TempDir::new("gguf-atomic-io");
     let dest = dir.path().join("no_such_dir").join("x.gguf");
