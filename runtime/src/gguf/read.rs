@@ -8,8 +8,10 @@
 //!   with [`Error::Truncated`] naming the field;
 //! - no allocation is sized from a file value that has not first been proven
 //!   to fit in the remaining bytes (counts are multiplied by the *minimum*
-//!   encoded size of an element before any `Vec` is reserved, and reserving
-//!   uses `try_reserve`, so even then an allocation failure is an `Err`);
+//!   encoded size of an element and rejected if the file cannot hold them);
+//!   collections whose in-memory entries are larger than their encoding
+//!   reserve only a small head start and grow with entries actually parsed,
+//!   and reserving uses `try_reserve`, so an allocation failure is an `Err`;
 //! - every size, offset and padding computation is checked arithmetic, and
 //!   byte sizes and offsets are additionally capped at `i64::MAX` because
 //!   GGML and file offsets are signed 64-bit (this is what turns the
@@ -60,6 +62,8 @@ const MIN_KV_BYTES: u64 = 8 + 1 + 4 + 1;
 // A tensor info is at least: name length (8) + one name byte + n_dims (4)
 // + no dims (n_dims 0 is allowed) + type (4) + offset (8).
 const MIN_TENSOR_INFO_BYTES: u64 = 8 + 1 + 4 + 4 + 8;
+// Most entries reserved up front from a count the file claims; see `parse`.
+const PRERESERVE_MAX: u64 = 4096;
 // Largest byte size or offset accepted: GGML sizes and file offsets are i64.
 const MAX_BYTES: u64 = i64::MAX as u64;
 
@@ -427,14 +431,16 @@ fn parse(buf: &[u8]) -> Result<Header> {
     // ---- metadata ----------------------------------------------------------
     let mut metadata: Vec<(String, Value)> = Vec::new();
     let mut kv_index: HashMap<String, usize> = HashMap::new();
-    // n_kv <= file bytes / 14, so these are bounded by the file; try_reserve
-    // turns an allocation failure into an Err instead of an abort.
-    let n_kv_usize = usize::try_from(n_kv).map_err(|_| oom(n_kv, "metadata index"))?;
+    // n_kv <= file bytes / 14, but an entry in memory is several times its
+    // minimum encoding (and a hash map touches its buckets when it
+    // allocates), so only a small head start is reserved from the claimed
+    // count; beyond that the collections grow with entries actually parsed.
+    let head_start = usize::try_from(n_kv.min(PRERESERVE_MAX)).unwrap_or(0);
     metadata
-        .try_reserve_exact(n_kv_usize)
+        .try_reserve_exact(head_start)
         .map_err(|_| oom(n_kv, "metadata entries"))?;
     kv_index
-        .try_reserve(n_kv_usize)
+        .try_reserve(head_start)
         .map_err(|_| oom(n_kv, "metadata index"))?;
 
     for i in 0..n_kv {
@@ -496,14 +502,15 @@ fn parse(buf: &[u8]) -> Result<Header> {
     }
 
     // ---- tensor infos ------------------------------------------------------
-    let n_tensors_usize = usize::try_from(n_tensors).map_err(|_| oom(n_tensors, "tensor infos"))?;
+    // As for the metadata: a head start, then growth with real entries.
+    let head_start = usize::try_from(n_tensors.min(PRERESERVE_MAX)).unwrap_or(0);
     let mut tensors: Vec<TensorInfo> = Vec::new();
     let mut tensor_index: HashMap<String, usize> = HashMap::new();
     tensors
-        .try_reserve_exact(n_tensors_usize)
+        .try_reserve_exact(head_start)
         .map_err(|_| oom(n_tensors, "tensor infos"))?;
     tensor_index
-        .try_reserve(n_tensors_usize)
+        .try_reserve(head_start)
         .map_err(|_| oom(n_tensors, "tensor index"))?;
 
     // Where the next tensor's data must start, relative to the data section.
@@ -711,8 +718,10 @@ fn read_array(c: &mut Cursor<'_>, key: &str) -> Result<Value> {
             Array::Bool(v)
         }
         ValueType::String => {
+            // A String is 24 bytes for at least 8 of file: reserve a head
+            // start only and grow with the strings actually read.
             let mut v: Vec<String> = Vec::new();
-            v.try_reserve_exact(n)
+            v.try_reserve_exact(n.min(PRERESERVE_MAX as usize))
                 .map_err(|_| oom(count, format!("array '{key}'")))?;
             for j in 0..count {
                 v.push(c.string(&|| format!("metadata key '{key}' element {j}"))?);

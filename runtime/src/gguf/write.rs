@@ -430,22 +430,36 @@ pub fn write_atomic(path: &Path, f: impl FnOnce(&mut BufWriter<File>) -> Result<
     };
 
     let (tmp_path, file) = create_temp(&dir, file_name)?;
-    let result = (|| {
-        let mut w = BufWriter::new(file);
-        f(&mut w)?;
-        let file = w
-            .into_inner()
-            .map_err(|e| io_err(&tmp_path)(e.into_error()))?;
-        file.sync_all().map_err(io_err(&tmp_path))?;
-        drop(file);
-        std::fs::rename(&tmp_path, path).map_err(io_err(path))
-    })();
-    if let Err(e) = result {
-        // Best effort: the error that matters is the one already in hand.
-        let _ = std::fs::remove_file(&tmp_path);
-        return Err(e);
-    }
+    // Removes the temp file on every early exit, including a panic in `f`.
+    let guard = TempGuard(Some(tmp_path.clone()));
+    let mut w = BufWriter::new(file);
+    f(&mut w)?;
+    let file = w
+        .into_inner()
+        .map_err(|e| io_err(&tmp_path)(e.into_error()))?;
+    file.sync_all().map_err(io_err(&tmp_path))?;
+    drop(file);
+    std::fs::rename(&tmp_path, path).map_err(io_err(path))?;
+    guard.disarm();
     sync_dir(&dir).map_err(io_err(&dir))
+}
+
+/// Deletes the temp file when dropped unless disarmed after the rename.
+struct TempGuard(Option<PathBuf>);
+
+impl TempGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            // Best effort: the error that matters is the one being returned.
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 /// Create `.<name>.tern-tmp.<pid>.<n>` exclusively, retrying on collisions

@@ -167,12 +167,13 @@ impl FileSpec {
     /// Size in bytes of tensor `t` for the generator's few types.
     pub fn size_of(t: &TensorSpec) -> u64 {
         let (bs, ts) = layout(t.ty);
-        let n: u64 = t.dims.iter().product();
-        n / bs * ts
+        // Wrapping: the generator is also used to describe absurd shapes.
+        let n = t.dims.iter().fold(1u64, |a, &d| a.wrapping_mul(d));
+        (n / bs).wrapping_mul(ts)
     }
 
     fn pad(x: u64, a: u64) -> u64 {
-        x.div_ceil(a) * a
+        x.div_ceil(a).wrapping_mul(a)
     }
 
     /// Set each tensor's offset to the running sum of padded sizes.
@@ -181,7 +182,7 @@ impl FileSpec {
         let a = self.align;
         for t in &mut self.tensors {
             t.offset = off;
-            off += FileSpec::pad(FileSpec::size_of(t), a);
+            off = off.wrapping_add(FileSpec::pad(FileSpec::size_of(t), a));
         }
     }
 
