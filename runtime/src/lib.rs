@@ -17,11 +17,14 @@
 //! ```
 
 pub mod backend;
+pub mod chat;
 pub mod error;
 pub mod gguf;
 pub mod model;
 pub mod quants;
+pub mod sampling;
 pub mod session;
+pub mod tokenizer;
 
 use std::path::Path;
 use std::sync::Arc;
