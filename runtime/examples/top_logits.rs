@@ -20,6 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut session = model.new_session(&SessionParams {
         n_ctx: tokens.len().max(1),
         kv_type: KvType::F32,
+        ..Default::default()
     })?;
     let logits = session.forward(&Batch::new(&tokens, 0))?;
     let row = logits.row(0).ok_or("no logits")?;

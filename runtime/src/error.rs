@@ -160,6 +160,12 @@ pub enum Error {
     /// An allocation that could not be made.
     #[error("out of memory allocating {bytes} bytes for {what}")]
     OutOfMemory { bytes: u64, what: String },
+    /// The caller cancelled the operation; the session is as it was before it.
+    #[error("cancelled")]
+    Cancelled,
+    /// The requested device cannot be used.
+    #[error("device unavailable: {0}")]
+    DeviceUnavailable(String),
     /// Logits that are not finite: weights or activations went bad.
     #[error("non-finite logits at batch index {index}: the model's weights or activations contain NaN or Inf")]
     NumericalError { index: usize },

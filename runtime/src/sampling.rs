@@ -27,3 +27,16 @@ impl Sampler {
         todo!()
     }
 }
+
+impl Default for SamplerParams {
+    fn default() -> Self {
+        todo!()
+    }
+}
+
+impl SamplerParams {
+    /// Check the settings.
+    pub fn validate(&self) -> crate::Result<()> {
+        todo!()
+    }
+}

@@ -12,13 +12,21 @@ use common::*;
 use tern_runtime::{Batch, Error, KvType, Model, ModelParams, Session, SessionParams};
 
 fn load(rel: &str) -> Model {
-    Model::load(model_path(rel), &ModelParams { threads: Some(2) }).expect("load")
+    Model::load(
+        model_path(rel),
+        &ModelParams {
+            threads: Some(2),
+            ..Default::default()
+        },
+    )
+    .expect("load")
 }
 
 fn session(m: &Model, n_ctx: usize) -> Session {
     m.new_session(&SessionParams {
         n_ctx,
         kv_type: KvType::F16,
+        ..Default::default()
     })
     .expect("session")
 }

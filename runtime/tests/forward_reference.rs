@@ -18,7 +18,11 @@ const TINY_NMSE: f64 = 1e-6;
 
 fn run_all_positions(model: &Model, tokens: &[u32], n_ctx: usize, kv: KvType) -> Vec<f32> {
     let mut s = model
-        .new_session(&SessionParams { n_ctx, kv_type: kv })
+        .new_session(&SessionParams {
+            n_ctx,
+            kv_type: kv,
+            ..Default::default()
+        })
         .expect("session");
     let logits = s
         .forward(&Batch::new(tokens, 0).all_logits())
@@ -35,7 +39,14 @@ fn check_tiny(name: &str) -> f64 {
         spec["model_sha256"].as_str().unwrap(),
         "{name}: cached model differs from the one the fixtures were made from; re-run scripts/fetch-test-data.sh"
     );
-    let model = Model::load(&path, &ModelParams { threads: Some(2) }).expect("load");
+    let model = Model::load(
+        &path,
+        &ModelParams {
+            threads: Some(2),
+            ..Default::default()
+        },
+    )
+    .expect("load");
     let mut worst = 0.0f64;
     for p in spec["prompts"].as_array().unwrap() {
         let toks = tokens(&p["tokens"]);

@@ -139,7 +139,13 @@ impl Spec {
     }
 
     fn load(&self) -> Result<Model, Error> {
-        Model::from_gguf(self.gguf(), &ModelParams { threads: Some(1) })
+        Model::from_gguf(
+            self.gguf(),
+            &ModelParams {
+                threads: Some(1),
+                ..Default::default()
+            },
+        )
     }
 }
 
@@ -159,6 +165,7 @@ fn the_valid_models_load_and_run() {
             .new_session(&SessionParams {
                 n_ctx: 16,
                 kv_type: KvType::F32,
+                ..Default::default()
             })
             .unwrap();
         let l = s.forward(&Batch::new(&[1, 2, 3], 0)).unwrap();
@@ -417,6 +424,7 @@ fn s5_nan_weights_give_a_numerical_error_not_garbage() {
         .new_session(&SessionParams {
             n_ctx: 8,
             kv_type: KvType::F16,
+            ..Default::default()
         })
         .unwrap();
     let e = sess.forward(&Batch::new(&[1, 2], 0)).unwrap_err();
@@ -435,6 +443,7 @@ fn absurd_session_sizes_are_errors() {
         let r = m.new_session(&SessionParams {
             n_ctx,
             kv_type: KvType::F16,
+            ..Default::default()
         });
         assert!(r.is_err(), "n_ctx {n_ctx} accepted");
     }

@@ -8,7 +8,7 @@
 #   TERN_CACHE=/path scripts/peer/build-llama-cpp.sh
 #
 # Targets: llama-tokenize, llama-perplexity, llama-bench, llama-quantize,
-# llama-imatrix, llama-cli. Needs gcc/g++ (present) and cmake (pip wheel).
+# llama-imatrix, llama-completion. Needs gcc/g++ (present) and cmake (pip wheel).
 set -euo pipefail
 VERSION=0.3.36
 SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
@@ -16,7 +16,7 @@ CACHE=${TERN_CACHE:-$HOME/.cache/tern}
 PEER=$CACHE/peer
 SRC=$PEER/llama_cpp_python-$VERSION/vendor/llama.cpp
 BUILD=$PEER/llama.cpp-build
-TARGETS=(llama-tokenize llama-perplexity llama-bench llama-quantize llama-imatrix llama-cli)
+TARGETS=(llama-tokenize llama-perplexity llama-bench llama-quantize llama-imatrix llama-completion)
 
 die() { echo "error: $*" >&2; exit 1; }
 log() { echo "build-llama-cpp: $*" >&2; }

@@ -1,7 +1,16 @@
-//! tern-tools: the command-line programs (not yet filled).
+//! tern-tools: the command-line programs.
 //!
-//! This crate will own the `tern` binary (chat, generate, bench, perplexity,
-//! info, freqvocab) and `tern-quantize`, built with clap and env_logger, plus
-//! developer tasks. Binaries use `anyhow` for errors; the libraries they call
-//! return typed errors. Until the CLI lands it carries the repository-wide
-//! tidy test (`tests/tidy.rs`).
+//! The `tern` binary (`src/bin/tern.rs`) parses flags (`cli`) and runs one
+//! subcommand module: `chat`, `generate`, `bench`, `perplexity`, `info`.
+//! `default_model` fetches the default model with pip; `common` holds what
+//! the subcommands share. Binaries use `anyhow`; the libraries they call
+//! return typed errors. `tern-quantize` joins with the quantizer.
+
+pub mod bench;
+pub mod chat;
+pub mod cli;
+pub mod common;
+pub mod default_model;
+pub mod generate;
+pub mod info;
+pub mod perplexity;

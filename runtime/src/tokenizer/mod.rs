@@ -73,3 +73,10 @@ impl Default for StreamDecoder {
         Self::new()
     }
 }
+
+impl Tokenizer {
+    /// Whether the metadata asks for BOS at the start of a sequence.
+    pub fn add_bos(&self) -> bool {
+        todo!()
+    }
+}

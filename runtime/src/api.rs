@@ -1,0 +1,312 @@
+//! The public face of the runtime: `Model` (weights, tokenizer and chat
+//! template, shared) and `Session` (one sequence's KV cache and token
+//! history). This is the only place that names a concrete backend: an enum
+//! with one arm per backend, so model code stays generic.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::KvType;
+use crate::chat::ChatTemplate;
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+use crate::model::{Config, LlamaModel};
+use crate::session::{self, Batch, Logits};
+use crate::tokenizer::Tokenizer;
+
+/// ChatML, the fallback when a model's own template cannot be used.
+const CHATML: &str =
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
+{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+/// Where the model runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    /// The GPU when one is usable, else the CPU (with one log line).
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// An NVIDIA GPU; an error if none can be used.
+    Cuda,
+}
+
+/// How to load a model.
+#[derive(Clone, Debug, Default)]
+pub struct ModelParams {
+    /// CPU threads; `None` uses every available core.
+    pub threads: Option<usize>,
+    /// Where to run.
+    pub device: Device,
+}
+
+/// How to open a session.
+#[derive(Clone, Debug)]
+pub struct SessionParams {
+    /// KV cache capacity in tokens.
+    pub n_ctx: usize,
+    /// KV cache storage type.
+    pub kv_type: KvType,
+    /// Most tokens per forward during prompt processing.
+    pub n_batch: usize,
+}
+
+impl Default for SessionParams {
+    fn default() -> SessionParams {
+        SessionParams {
+            n_ctx: 4096,
+            kv_type: KvType::default(),
+            n_batch: 512,
+        }
+    }
+}
+
+// One variant per backend.
+enum ModelImpl {
+    Cpu(Arc<LlamaModel<CpuBackend>>),
+}
+
+enum SessionImpl {
+    Cpu(session::Session<CpuBackend>),
+}
+
+struct ModelInner {
+    engine: ModelImpl,
+    tokenizer: Option<Tokenizer>,
+    template: ChatTemplate,
+    path: Option<PathBuf>,
+    threads: usize,
+}
+
+/// A loaded model: weights, tokenizer and chat template. Cheap to clone;
+/// every clone and every session shares the same weights.
+#[derive(Clone)]
+pub struct Model {
+    inner: Arc<ModelInner>,
+}
+
+impl Model {
+    /// Map, validate and load a GGUF model.
+    pub fn load(path: impl AsRef<Path>, params: &ModelParams) -> Result<Model> {
+        Model::from_gguf(GgufFile::open(path)?, params)
+    }
+
+    /// Load a model from an already parsed GGUF (mapped or in memory).
+    pub fn from_gguf(file: GgufFile, params: &ModelParams) -> Result<Model> {
+        match params.device {
+            Device::Cpu | Device::Auto => {}
+            Device::Cuda => {
+                return Err(Error::DeviceUnavailable(
+                    "this build of tern has no CUDA backend (build with --features cuda)".into(),
+                ))
+            }
+        }
+        let path = file.path().map(Path::to_path_buf);
+        // A model without tokenizer metadata still runs on token ids; one
+        // whose tokenizer metadata is broken is rejected here, at load.
+        let tokenizer = if file.get("tokenizer.ggml.model").is_some() {
+            Some(Tokenizer::from_gguf(&file)?)
+        } else {
+            None
+        };
+        let template = match ChatTemplate::from_gguf(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                log::warn!("{e}; using ChatML instead");
+                ChatTemplate::from_source(CHATML, "", "")?
+            }
+        };
+        let file = Arc::new(file);
+        let backend = match params.threads {
+            Some(t) => CpuBackend::new(t),
+            None => CpuBackend::default(),
+        };
+        let threads = backend.threads();
+        let m = LlamaModel::load(file, backend)?;
+        Ok(Model {
+            inner: Arc::new(ModelInner {
+                engine: ModelImpl::Cpu(Arc::new(m)),
+                tokenizer,
+                template,
+                path,
+                threads,
+            }),
+        })
+    }
+
+    /// The model's hyperparameters.
+    pub fn config(&self) -> &Config {
+        match &self.inner.engine {
+            ModelImpl::Cpu(m) => &m.config,
+        }
+    }
+
+    /// The GGUF file the model was loaded from.
+    pub fn gguf(&self) -> &GgufFile {
+        match &self.inner.engine {
+            ModelImpl::Cpu(m) => &m.file,
+        }
+    }
+
+    /// The file path, if it was loaded from one.
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.path.as_deref()
+    }
+
+    /// The tokenizer, or an error if the file carries none.
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.inner.tokenizer.as_ref().ok_or_else(|| {
+            Error::MissingKey("tokenizer.ggml.model (this model has no tokenizer)".into())
+        })
+    }
+
+    /// The chat template (the model's own, or ChatML).
+    pub fn chat_template(&self) -> &ChatTemplate {
+        &self.inner.template
+    }
+
+    /// Name of the backend the model runs on ("cpu").
+    pub fn backend_name(&self) -> &'static str {
+        match &self.inner.engine {
+            ModelImpl::Cpu(_) => "cpu",
+        }
+    }
+
+    /// Threads the CPU backend uses.
+    pub fn threads(&self) -> usize {
+        self.inner.threads
+    }
+
+    /// Bytes of tensor data (weights as stored).
+    pub fn weight_bytes(&self) -> u64 {
+        self.gguf().tensors().iter().map(|t| t.n_bytes).sum()
+    }
+
+    /// A new session (its own KV cache) over this model.
+    pub fn new_session(&self, params: &SessionParams) -> Result<Session> {
+        if params.n_batch == 0 {
+            return Err(Error::BadHparam {
+                key: "n_batch".into(),
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        let inner = match &self.inner.engine {
+            ModelImpl::Cpu(m) => SessionImpl::Cpu(session::Session::new(
+                Arc::clone(m),
+                params.n_ctx,
+                params.kv_type,
+            )?),
+        };
+        Ok(Session {
+            inner,
+            model: self.clone(),
+            tokens: Vec::new(),
+            n_batch: params.n_batch,
+        })
+    }
+}
+
+/// One sequence: a KV cache over a shared model, and the tokens in it.
+pub struct Session {
+    inner: SessionImpl,
+    model: Model,
+    tokens: Vec<u32>,
+    n_batch: usize,
+}
+
+impl Session {
+    /// Append `batch` to the sequence and return the requested logits. On
+    /// error the session is unchanged.
+    pub fn forward(&mut self, batch: &Batch) -> Result<Logits> {
+        let l = match &mut self.inner {
+            SessionImpl::Cpu(s) => s.forward(batch)?,
+        };
+        self.tokens.extend_from_slice(&batch.tokens);
+        Ok(l)
+    }
+
+    /// Keep only the first `len` tokens of the cache.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        match &mut self.inner {
+            SessionImpl::Cpu(s) => s.truncate(len)?,
+        }
+        self.tokens.truncate(len);
+        Ok(())
+    }
+
+    /// Empty the cache.
+    pub fn clear(&mut self) {
+        // Truncating to zero cannot fail.
+        let _ = self.truncate(0);
+    }
+
+    /// Tokens in the cache.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// True when the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Cache capacity in tokens.
+    pub fn n_ctx(&self) -> usize {
+        match &self.inner {
+            SessionImpl::Cpu(s) => s.n_ctx(),
+        }
+    }
+
+    /// The tokens in the cache, in order.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// The model this session runs.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Most tokens per forward during prompt processing.
+    pub fn n_batch(&self) -> usize {
+        self.n_batch
+    }
+
+    /// Feed `tokens` in chunks of `n_batch` and return the logits of the
+    /// last one. `should_stop` is asked between chunks; when it says stop,
+    /// the tokens fed so far are rolled back and `Error::Cancelled` returned.
+    pub fn feed(
+        &mut self,
+        tokens: &[u32],
+        mut should_stop: impl FnMut() -> bool,
+    ) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(Error::InvalidBatch("nothing to feed".into()));
+        }
+        let start = self.len();
+        if start + tokens.len() > self.n_ctx() {
+            return Err(Error::ContextFull {
+                position: start + tokens.len(),
+                n_ctx: self.n_ctx(),
+            });
+        }
+        let mut last = Vec::new();
+        for chunk in tokens.chunks(self.n_batch) {
+            if should_stop() {
+                self.truncate(start)?;
+                return Err(Error::Cancelled);
+            }
+            let pos = self.len() as u32;
+            match self.forward(&Batch::new(chunk, pos)) {
+                Ok(l) => last = l.as_slice().to_vec(),
+                Err(e) => {
+                    self.truncate(start)?;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(last)
+    }
+}
