@@ -455,14 +455,31 @@ impl Sampler {
                 c.p = weight(c.logit, max, 1.0);
                 sum += c.p;
             }
+            // Min-p keeps a descending prefix relative to the same largest
+            // probability that top-p keeps, so the two cuts commute and the
+            // result is the shorter prefix. Moving min-p's survivors to the
+            // front now (in order) means only they are sorted; the sum above
+            // still covers every candidate, as top-p's mass must.
+            let n = if params.min_p > 0.0 {
+                let min_p = f64::from(params.min_p);
+                let mut front = 0;
+                for i in 0..cands.len() {
+                    if passes_min_p(&cands[i], max, min_p) {
+                        cands.swap(i, front);
+                        front += 1;
+                    }
+                }
+                front
+            } else {
+                cands.len()
+            };
             // Sort lazily: the nucleus is usually a few hundred tokens out of
             // a 100K vocabulary, so order the head first and the tail only if
             // the walk gets there.
-            let n = cands.len();
             let mut sorted_upto = n;
             if !sorted {
                 let head = if n > 1024 { TOP_P_FIRST_SORT } else { n };
-                sort_head(cands, head);
+                sort_head(&mut cands[..n], head);
                 sorted_upto = head;
             }
             let target = f64::from(top_p) * sum;
@@ -470,7 +487,7 @@ impl Sampler {
             let mut keep = n;
             for i in 0..n {
                 if i == sorted_upto {
-                    cands[i..].sort_unstable_by(by_logit_desc);
+                    cands[i..n].sort_unstable_by(by_logit_desc);
                     sorted_upto = n;
                 }
                 run += cands[i].p;
@@ -493,7 +510,7 @@ impl Sampler {
         if min_p > 0.0 && cands.len() > 1 {
             let max = max_logit(cands, sorted);
             let min_p = f64::from(min_p);
-            cands.retain(|c| c.logit == max || weight(c.logit, max, 1.0) >= min_p);
+            cands.retain(|c| passes_min_p(c, max, min_p));
         }
 
         // 5 and 6. Temperature and the softmax weights for `dist`; the draw
@@ -508,6 +525,13 @@ impl Sampler {
         }
         Prepared::Dist(sum)
     }
+}
+
+/// Min-p's test: p_i ≥ min_p · p_max, i.e. exp(l_i − l_max) ≥ min_p. The
+/// largest logit always passes (llama.cpp: "first token always matches"),
+/// even for an invalid min_p above 1.
+fn passes_min_p(c: &Candidate, max: f32, min_p: f64) -> bool {
+    c.logit == max || weight(c.logit, max, 1.0) >= min_p
 }
 
 /// The largest logit of a non-empty, NaN-free list (the first when sorted).
