@@ -180,4 +180,14 @@ pub enum Error {
         expected: u64,
         got: u64,
     },
+
+    // ---- sampling ----------------------------------------------------------
+    /// A sampler setting outside its domain (NaN temperature, top-p above 1,
+    /// a non-positive repetition penalty, ...).
+    #[error("bad sampler parameter {name} = {value}: {reason}")]
+    BadSamplerParam {
+        name: &'static str,
+        value: String,
+        reason: &'static str,
+    },
 }
