@@ -6,6 +6,10 @@
 //! no attribute access to host objects, so the classic SSTI payloads
 //! (`''.__class__.__mro__`, `cycler.__init__.__globals__`) evaluate to
 //! undefined instead of Python internals.
+//!
+//! One deliberate difference from jinja2: iterating `none` (e.g. `tools`
+//! when there are none) yields nothing instead of raising, which lets tool
+//! templates render a plain conversation.
 
 use minijinja::value::{Kwargs, Rest};
 use minijinja::{filters, Environment, Error as MjError, ErrorKind, State, Value};
@@ -29,6 +33,16 @@ pub(crate) fn new_environment(recursion: usize) -> Environment<'static> {
 
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
+    // minijinja's range already refuses more than 100,000 items; the wrapper
+    // adds a clock check to every loop that counts.
+    let range = Value::from_function(minijinja::functions::range);
+    env.add_function(
+        "range",
+        move |state: &State, args: Rest<Value>| -> Result<Value, MjError> {
+            check_time()?;
+            range.call(state, &args)
+        },
+    );
     env.add_filter("tojson", tojson);
     // jinja2: `None is iterable` is false; minijinja iterates none as empty,
     // and templates guard `tools | length` with `tools is iterable`.
