@@ -378,3 +378,23 @@ fn render_error(e: &minijinja::Error, limits: &Limits, n_messages: usize) -> Err
     }
     Error::BadTemplate(e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_can_be_shared_across_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<ChatTemplate>();
+    }
+
+    #[test]
+    fn generation_tags_keep_their_whitespace_marks() {
+        assert_eq!(
+            rewrite_generation_tags("a{%- generation +%}b{% endgeneration -%}c{% if x %}"),
+            "a{%- if true +%}b{% endif -%}c{% if x %}"
+        );
+        assert_eq!(rewrite_generation_tags("{%generation"), "{%generation");
+    }
+}
