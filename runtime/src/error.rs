@@ -190,4 +190,13 @@ pub enum Error {
         value: String,
         reason: &'static str,
     },
+    // ---- chat templates ----------------------------------------------------
+    /// A chat template that does not compile, fails while rendering, or calls
+    /// `raise_exception` (the message says which).
+    #[error("bad chat template: {0}")]
+    BadTemplate(String),
+    /// A chat template that ran past a render budget (time, instructions,
+    /// output size, recursion or a single value's size).
+    #[error("chat template exceeded its budget: {0}")]
+    TemplateBudgetExceeded(String),
 }
