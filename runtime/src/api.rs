@@ -15,11 +15,6 @@ use crate::model::{Config, LlamaModel};
 use crate::session::{self, Batch, Logits};
 use crate::tokenizer::Tokenizer;
 
-/// ChatML, the fallback when a model's own template cannot be used.
-const CHATML: &str =
-    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
-{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-
 /// Where the model runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Device {
@@ -114,7 +109,7 @@ impl Model {
             Ok(t) => t,
             Err(e) => {
                 log::warn!("{e}; using ChatML instead");
-                ChatTemplate::from_source(CHATML, "", "")?
+                ChatTemplate::chatml("", "")?
             }
         };
         let file = Arc::new(file);

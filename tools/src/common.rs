@@ -83,16 +83,8 @@ pub fn sampler_params(s: &SamplingArgs) -> SamplerParams {
         repeat_last_n: s.repeat_last_n as usize,
         frequency_penalty: s.frequency_penalty,
         presence_penalty: s.presence_penalty,
-        seed: s.seed.unwrap_or_else(clock_seed),
+        seed: s.seed.unwrap_or_else(SamplerParams::clock_seed),
     }
-}
-
-fn clock_seed() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    t ^ (u64::from(std::process::id()) << 32)
 }
 
 /// Read a UTF-8 text file, with a clear error for bytes that are not UTF-8.
