@@ -174,4 +174,15 @@ pub enum Error {
         expected: u64,
         got: u64,
     },
+
+    // ---- tokenizer ---------------------------------------------------------
+    /// Tokenizer metadata that is missing, of the wrong type or inconsistent.
+    #[error("bad tokenizer vocabulary: '{key}': {reason}")]
+    BadVocab { key: String, reason: String },
+    /// A `tokenizer.ggml.model` tern does not implement.
+    #[error("unsupported tokenizer model '{0}' (tern supports: gpt2, llama)")]
+    UnsupportedTokenizer(String),
+    /// Text longer than the tokenizer accepts in one call.
+    #[error("input too long: the tokenizer accepts at most {limit} bytes per call")]
+    InputTooLong { limit: usize },
 }
