@@ -199,4 +199,14 @@ pub enum Error {
     /// output size, recursion or a single value's size).
     #[error("chat template exceeded its budget: {0}")]
     TemplateBudgetExceeded(String),
+    // ---- tokenizer ---------------------------------------------------------
+    /// Tokenizer metadata that is missing, of the wrong type or inconsistent.
+    #[error("bad tokenizer vocabulary: '{key}': {reason}")]
+    BadVocab { key: String, reason: String },
+    /// A `tokenizer.ggml.model` tern does not implement.
+    #[error("unsupported tokenizer model '{0}' (tern supports: gpt2, llama)")]
+    UnsupportedTokenizer(String),
+    /// Text longer than the tokenizer accepts in one call.
+    #[error("input too long: the tokenizer accepts at most {limit} bytes per call")]
+    InputTooLong { limit: usize },
 }
