@@ -51,7 +51,7 @@ pub struct ModelArgs {
     #[arg(short = 'm', long = "model", value_name = "FILE")]
     pub model: Option<PathBuf>,
     /// CPU threads (default: all cores).
-    #[arg(short = 't', long = "threads", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(short = 't', long = "threads", value_parser = clap::value_parser!(u16).range(1..=1024), allow_negative_numbers = true)]
     pub threads: Option<u16>,
     /// Device to run on.
     #[arg(long = "device", value_enum, default_value_t = DeviceArg::Auto)]
@@ -65,31 +65,31 @@ pub struct ModelArgs {
 #[derive(Debug, Args, Clone)]
 pub struct SamplingArgs {
     /// Temperature; 0 picks the most likely token (greedy).
-    #[arg(long = "temp", default_value_t = 0.8, value_parser = non_negative_f32)]
+    #[arg(long = "temp", default_value_t = 0.8, value_parser = non_negative_f32, allow_negative_numbers = true)]
     pub temp: f32,
     /// Keep the k most likely tokens (0 = off).
-    #[arg(long = "top-k", default_value_t = 40, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    #[arg(long = "top-k", default_value_t = 40, value_parser = clap::value_parser!(u32).range(0..=1_000_000), allow_negative_numbers = true)]
     pub top_k: u32,
     /// Keep the smallest set of tokens whose probability reaches p (1 = off).
-    #[arg(long = "top-p", default_value_t = 0.95, value_parser = unit_f32)]
+    #[arg(long = "top-p", default_value_t = 0.95, value_parser = unit_f32, allow_negative_numbers = true)]
     pub top_p: f32,
     /// Drop tokens less likely than min-p times the most likely one (0 = off).
-    #[arg(long = "min-p", default_value_t = 0.05, value_parser = unit_f32)]
+    #[arg(long = "min-p", default_value_t = 0.05, value_parser = unit_f32, allow_negative_numbers = true)]
     pub min_p: f32,
     /// Penalise repeats of the last --repeat-last-n tokens (1 = off).
-    #[arg(long = "repeat-penalty", default_value_t = 1.0, value_parser = positive_f32)]
+    #[arg(long = "repeat-penalty", default_value_t = 1.0, value_parser = positive_f32, allow_negative_numbers = true)]
     pub repeat_penalty: f32,
     /// Tokens the repetition penalties look back over.
-    #[arg(long = "repeat-last-n", default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    #[arg(long = "repeat-last-n", default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=1_000_000), allow_negative_numbers = true)]
     pub repeat_last_n: u32,
     /// Frequency penalty (0 = off).
-    #[arg(long = "frequency-penalty", default_value_t = 0.0, value_parser = finite_f32)]
+    #[arg(long = "frequency-penalty", default_value_t = 0.0, value_parser = finite_f32, allow_negative_numbers = true)]
     pub frequency_penalty: f32,
     /// Presence penalty (0 = off).
-    #[arg(long = "presence-penalty", default_value_t = 0.0, value_parser = finite_f32)]
+    #[arg(long = "presence-penalty", default_value_t = 0.0, value_parser = finite_f32, allow_negative_numbers = true)]
     pub presence_penalty: f32,
     /// Random seed (default: a fresh one each run).
-    #[arg(short = 's', long = "seed")]
+    #[arg(short = 's', long = "seed", allow_negative_numbers = true)]
     pub seed: Option<u64>,
 }
 
@@ -100,7 +100,7 @@ pub struct ChatArgs {
     #[command(flatten)]
     pub sampling: SamplingArgs,
     /// Context size in tokens (default: the model's, at most 4096).
-    #[arg(short = 'c', long = "ctx-size", value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    #[arg(short = 'c', long = "ctx-size", value_parser = clap::value_parser!(u32).range(1..=16_777_216), allow_negative_numbers = true)]
     pub ctx_size: Option<u32>,
     /// Most tokens per answer (-1 = until the model stops or the context is full).
     #[arg(short = 'n', long = "n-predict", default_value_t = -1, value_parser = n_predict, allow_negative_numbers = true)]
@@ -131,7 +131,7 @@ pub struct GenerateArgs {
     #[arg(short = 'n', long = "n-predict", default_value_t = 128, value_parser = n_predict, allow_negative_numbers = true)]
     pub n_predict: i64,
     /// Context size in tokens (default: the model's, at most 4096).
-    #[arg(short = 'c', long = "ctx-size", value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    #[arg(short = 'c', long = "ctx-size", value_parser = clap::value_parser!(u32).range(1..=16_777_216), allow_negative_numbers = true)]
     pub ctx_size: Option<u32>,
     /// Wrap the prompt in the model's chat template as a user message.
     #[arg(long = "chat")]
@@ -153,16 +153,16 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Prompt lengths to process (pp tests; 0 skips).
-    #[arg(short = 'p', long = "n-prompt", default_value = "512", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(0..=1_048_576))]
+    #[arg(short = 'p', long = "n-prompt", default_value = "512", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(0..=1_048_576), allow_negative_numbers = true)]
     pub n_prompt: Vec<u32>,
     /// Tokens to generate (tg tests; 0 skips).
-    #[arg(short = 'n', long = "n-gen", default_value = "128", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(0..=1_048_576))]
+    #[arg(short = 'n', long = "n-gen", default_value = "128", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(0..=1_048_576), allow_negative_numbers = true)]
     pub n_gen: Vec<u32>,
     /// Repetitions of each test.
-    #[arg(short = 'r', long = "repetitions", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000), allow_negative_numbers = true)]
     pub repetitions: u32,
     /// Tokens per forward during prompt processing.
-    #[arg(short = 'b', long = "batch-size", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_048_576), allow_negative_numbers = true)]
     pub batch_size: u32,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = BenchFormat::Md)]
@@ -177,13 +177,13 @@ pub struct PerplexityArgs {
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: PathBuf,
     /// Context size: the text is cut into chunks of this many tokens.
-    #[arg(short = 'c', long = "ctx-size", default_value_t = 512, value_parser = clap::value_parser!(u32).range(4..=16_777_216))]
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 512, value_parser = clap::value_parser!(u32).range(4..=16_777_216), allow_negative_numbers = true)]
     pub ctx_size: u32,
     /// Score at most this many chunks.
-    #[arg(long = "chunks", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long = "chunks", value_parser = clap::value_parser!(u32).range(1..), allow_negative_numbers = true)]
     pub chunks: Option<u32>,
     /// Tokens per forward.
-    #[arg(short = 'b', long = "batch-size", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_048_576), allow_negative_numbers = true)]
     pub batch_size: u32,
 }
 
