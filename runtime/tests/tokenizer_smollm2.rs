@@ -25,13 +25,21 @@ fn matches_llama_cpp_on_the_fixture() {
     for c in cases {
         let text = c["text"].as_str().expect("text");
         let want = common::tokens(&c["ids"]);
-        let parse_special = c.get("parse_special").and_then(|v| v.as_bool()).unwrap_or(true);
+        let parse_special = c
+            .get("parse_special")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true);
         let got = tok.encode(text, false, parse_special).expect("encode");
         if got != want {
-            failures.push(format!("{text:?} (parse_special={parse_special})\n    want {want:?}\n    got  {got:?}"));
+            failures.push(format!(
+                "{text:?} (parse_special={parse_special})\n    want {want:?}\n    got  {got:?}"
+            ));
         }
         // Byte-level BPE is lossless when special tokens render as text.
-        let bytes: Vec<u8> = got.iter().flat_map(|&id| tok.token_bytes(id, true)).collect();
+        let bytes: Vec<u8> = got
+            .iter()
+            .flat_map(|&id| tok.token_bytes(id, true))
+            .collect();
         if bytes != text.as_bytes() {
             failures.push(format!("{text:?}: token bytes do not round-trip"));
         }
@@ -58,7 +66,10 @@ fn special_tokens_bos_eos_and_eog() {
     assert_eq!(tok.token_text(2), Some("<|im_end|>"));
     // add_bos_token is false in the file.
     assert!(!tok.add_bos());
-    assert_eq!(tok.encode("Hi", true, true).unwrap(), tok.encode("Hi", false, true).unwrap());
+    assert_eq!(
+        tok.encode("Hi", true, true).unwrap(),
+        tok.encode("Hi", false, true).unwrap()
+    );
     let end = tok.token_id("<|im_end|>").unwrap();
     let eot = tok.token_id("<|endoftext|>").unwrap();
     assert!(tok.is_eog(end));
@@ -88,7 +99,10 @@ fn stream_decoder_never_splits_a_character() {
     let mut out = String::new();
     for &id in &ids {
         let piece = d.push(&tok, id);
-        assert!(!piece.contains('\u{FFFD}'), "partial sequence emitted: {piece:?}");
+        assert!(
+            !piece.contains('\u{FFFD}'),
+            "partial sequence emitted: {piece:?}"
+        );
         out.push_str(&piece);
     }
     out.push_str(&d.flush());
