@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tern_runtime::gguf::GgufFile;
 use tern_runtime::tokenizer::Tokenizer;
@@ -24,7 +24,7 @@ fn vocab_path(name: &str) -> PathBuf {
 }
 
 /// The (input, expected ids) cases, in file order.
-fn cases(path: &PathBuf) -> Vec<(String, Vec<u32>)> {
+fn cases(path: &Path) -> Vec<(String, Vec<u32>)> {
     let read = |ext: &str| {
         let p = PathBuf::from(format!("{}.{ext}", path.display()));
         std::fs::read_to_string(&p)

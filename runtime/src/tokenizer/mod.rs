@@ -73,8 +73,11 @@ pub struct Tokenizer {
     /// BPE: the token of each byte's GPT-2 character. SPM: the byte-fallback token.
     byte_tokens: [Option<u32>; 256],
     byte_chars: [char; 256],
-    cache: Mutex<HashMap<Box<[u8]>, Box<[u32]>>>,
+    cache: Mutex<WordCache>,
 }
+
+/// A pre-tokenized word's bytes to its BPE ids.
+type WordCache = HashMap<Box<[u8]>, Box<[u32]>>;
 
 enum Fragment {
     Text(Range<usize>),

@@ -256,8 +256,8 @@ fn llama3_step(seg: &Seg, pos: usize, digits: usize) -> usize {
     }
     // `\p{N}{1,digits}`
     if f.number {
-        let end = run(pos, |i| seg.is_number(i));
-        return end.min(pos + digits);
+        // Bounded scan: a long digit run must not be rescanned per group.
+        return run(pos, |i| i < pos + digits && seg.is_number(i));
     }
     // ` ?[^\s\p{L}\p{N}]+[\r\n]*` — the code point at `pos` itself is in the
     // segment, so a lone trailing space also lands here (as one word).

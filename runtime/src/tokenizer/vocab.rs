@@ -112,8 +112,11 @@ pub(crate) fn kind(file: &GgufFile) -> Result<(TokenizerKind, Option<String>)> {
     }
 }
 
+/// Token text to id.
+pub(crate) type TextIndex = HashMap<Box<str>, u32>;
+
 /// The token texts, scores and attributes, and the text-to-id index.
-pub(crate) fn tokens(file: &GgufFile) -> Result<(Vec<Token>, HashMap<Box<str>, u32>)> {
+pub(crate) fn tokens(file: &GgufFile) -> Result<(Vec<Token>, TextIndex)> {
     let texts = match array(file, KEY_TOKENS)? {
         None => return Err(bad(KEY_TOKENS, "missing")),
         Some(Array::String(v)) => v,
