@@ -145,7 +145,7 @@ pub fn model_label(model: &Model) -> String {
             None => by_type.push((k, t.n_bytes)),
         }
     }
-    by_type.sort_by(|a, b| b.1.cmp(&a.1));
+    by_type.sort_by_key(|e| std::cmp::Reverse(e.1));
     match by_type.first() {
         Some((ty, _)) => format!("{name} {ty}"),
         None => name,

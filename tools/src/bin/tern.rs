@@ -31,9 +31,6 @@ fn install_ctrlc(cancel: CancelToken, generating: Arc<AtomicBool>, interactive: 
     let _ = ctrlc::set_handler(move || {
         if generating.load(Ordering::SeqCst) || !interactive {
             cancel.cancel();
-            if !interactive {
-                return;
-            }
             return;
         }
         let mut l = last.lock().unwrap_or_else(|p| p.into_inner());
@@ -55,10 +52,18 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
+            // clap's message spans lines (the error, details, usage, a hint):
+            // keep the error and its details on one line.
             let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid arguments").trim();
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("error: {first} (see tern --help)");
+            let text: Vec<&str> = msg
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+                .collect();
+            let text = text.join(" ");
+            let text = text.strip_prefix("error: ").unwrap_or(&text);
+            eprintln!("error: {text} (see tern --help)");
             return ExitCode::from(2);
         }
     };
