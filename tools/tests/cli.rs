@@ -336,3 +336,35 @@ fn a_closed_stdout_is_not_an_error() {
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
+
+#[test]
+fn perplexity_prints_running_and_final_estimates() {
+    let d = tmp("ppl-ok");
+    let f = d.join("text.txt");
+    let para = "It is a truth universally acknowledged, that a single man in possession of a good \
+                fortune, must be in want of a wife. However little known the feelings or views of \
+                such a man may be on his first entering a neighbourhood, this truth is so well fixed \
+                in the minds of the surrounding families, that he is considered the rightful \
+                property of some one or other of their daughters.\n";
+    std::fs::write(&f, para.repeat(6)).unwrap();
+    let o = run(tern()
+        .args(["perplexity", "-t", "2", "-c", "64", "--chunks", "3", "-f"])
+        .arg(&f)
+        .arg("-m")
+        .arg(smollm2()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.starts_with("[1]") && out.contains(",[2]") && out.contains(",[3]"),
+        "{out}"
+    );
+    let last = out.trim_end().lines().last().unwrap();
+    let rest = last
+        .strip_prefix("Final estimate: PPL = ")
+        .unwrap_or_else(|| panic!("last line: {last}"));
+    let (ppl, err) = rest.split_once(" +/- ").unwrap();
+    let (ppl, err): (f64, f64) = (ppl.parse().unwrap(), err.parse().unwrap());
+    // Austen's opening under a 135M model: well above 1, far below the
+    // vocabulary size (a broken scorer lands near either end).
+    assert!(ppl > 2.0 && ppl < 200.0 && err > 0.0, "{last}");
+}
