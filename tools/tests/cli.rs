@@ -368,3 +368,36 @@ fn perplexity_prints_running_and_final_estimates() {
     // vocabulary size (a broken scorer lands near either end).
     assert!(ppl > 2.0 && ppl < 200.0 && err > 0.0, "{last}");
 }
+
+#[test]
+fn ctrl_c_stops_the_answer_not_the_chat() {
+    let mut child = tern()
+        .args(["chat", "-t", "2", "--temp", "0", "-n", "4000", "-c", "4096"])
+        .arg("-m")
+        .arg(smollm2())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"Write a very long story about the sea, with many chapters.\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    // Let it start answering, then interrupt once: only the answer stops.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stdin.write_all(b"Say hi.\n/exit\n").unwrap();
+    drop(stdin);
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(o.status.success(), "exit {:?}: {err}", o.status.code());
+    assert!(err.contains("[stopped]"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
