@@ -2,13 +2,15 @@
 //!
 //! Softmax(q·kᵀ · scale) · v per query head, with grouped-query attention:
 //! query head h reads KV head `h / (n_head / n_head_kv)`. The work items are
-//! (token, head) pairs, split over threads; each is computed the same way
-//! whatever the batch, so a batch of n tokens gives the same bits as n
-//! one-token calls.
+//! (token, head) pairs, split over the backend's thread pool; each is
+//! computed the same way whatever the batch, so a batch of n tokens gives the
+//! same bits as n one-token calls.
 
 use half::f16;
 
-use super::parallel::{dot_f32, map_chunks};
+use std::cell::RefCell;
+
+use super::parallel::{dot_f32, Pool, SyncPtr};
 use super::{shape_err, CpuKvCache, CpuTensor, KvStore};
 use crate::backend::{AttnParams, Visibility};
 use crate::error::{Error, Result};
@@ -67,8 +69,13 @@ pub(super) fn kv_write(
     Ok(())
 }
 
+thread_local! {
+    /// Per-thread scores and row buffers, grown to the longest context seen.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
 pub(super) fn attention(
-    threads: usize,
+    pool: &Pool,
     q: &CpuTensor,
     kv: &CpuKvCache,
     layer: usize,
@@ -109,45 +116,53 @@ pub(super) fn attention(
     let (ks, vs) = &kv.layers[layer];
     let n_items = q.rows * p.n_head;
     let max_ctx = first_slot + q.rows;
-    let results = map_chunks(threads, n_items, max_ctx * hd * 2, |items| {
-        let mut buf = vec![0.0f32; items.len() * hd];
-        let mut scores = vec![0.0f32; max_ctx];
-        let mut krow = vec![0.0f32; hd];
-        let mut acc = vec![0.0f32; hd];
-        for (i, item) in items.clone().enumerate() {
-            let (t, h) = (item / p.n_head, item % p.n_head);
-            let kvh = h / group;
-            let qh = &q.row(t)[h * hd..(h + 1) * hd];
-            // Causal: the token in slot s sees slots 0..=s.
-            let n_vis = first_slot + t + 1;
-            let mut max = f32::NEG_INFINITY;
-            for (j, s) in scores[..n_vis].iter_mut().enumerate() {
-                ks.read_into(j * width + kvh * hd, &mut krow);
-                *s = dot_f32(qh, &krow) * p.scale;
-                max = max.max(*s);
+    // About 4 tasks per thread, but not below ~32k multiply-adds per task.
+    let per_task = n_items
+        .div_ceil(4 * pool.threads())
+        .max((1 << 15) / (max_ctx * hd * 2).max(1))
+        .max(1);
+    let o = SyncPtr(out.as_mut_slice().as_mut_ptr());
+    pool.run(n_items.div_ceil(per_task), &|task| {
+        SCRATCH.with(|sc| {
+            let mut sc = sc.borrow_mut();
+            if sc.len() < max_ctx + 2 * hd {
+                sc.resize(max_ctx + 2 * hd, 0.0);
             }
-            let mut sum = 0.0f64;
-            for s in &mut scores[..n_vis] {
-                *s = (*s - max).exp();
-                sum += *s as f64;
-            }
-            let inv = (1.0 / sum) as f32;
-            acc.iter_mut().for_each(|a| *a = 0.0);
-            for (j, &s) in scores[..n_vis].iter().enumerate() {
-                vs.read_into(j * width + kvh * hd, &mut krow);
-                let w = s * inv;
-                for (a, &v) in acc.iter_mut().zip(&krow) {
-                    *a += w * v;
+            let (scores, rest) = sc.split_at_mut(max_ctx);
+            let (krow, acc) = rest[..2 * hd].split_at_mut(hd);
+            for item in task * per_task..((task + 1) * per_task).min(n_items) {
+                let (t, h) = (item / p.n_head, item % p.n_head);
+                let kvh = h / group;
+                let qh = &q.row(t)[h * hd..(h + 1) * hd];
+                // Causal: the token in slot s sees slots 0..=s.
+                let n_vis = first_slot + t + 1;
+                let mut max = f32::NEG_INFINITY;
+                for (j, s) in scores[..n_vis].iter_mut().enumerate() {
+                    ks.read_into(j * width + kvh * hd, krow);
+                    *s = dot_f32(qh, krow) * p.scale;
+                    max = max.max(*s);
                 }
+                let mut sum = 0.0f64;
+                for s in &mut scores[..n_vis] {
+                    *s = (*s - max).exp();
+                    sum += *s as f64;
+                }
+                let inv = (1.0 / sum) as f32;
+                acc.iter_mut().for_each(|a| *a = 0.0);
+                for (j, &s) in scores[..n_vis].iter().enumerate() {
+                    vs.read_into(j * width + kvh * hd, krow);
+                    let w = s * inv;
+                    for (a, &v) in acc.iter_mut().zip(krow.iter()) {
+                        *a += w * v;
+                    }
+                }
+                // SAFETY: item (t, h) owns out[t, h·hd..(h+1)·hd], which is
+                // elements item·hd.. of the [rows, n_head·hd] output; items
+                // are disjoint across tasks.
+                let dst = unsafe { std::slice::from_raw_parts_mut(o.get().add(item * hd), hd) };
+                dst.copy_from_slice(acc);
             }
-            buf[i * hd..(i + 1) * hd].copy_from_slice(&acc);
-        }
-        buf
+        });
     });
-    let o = out.as_mut_slice();
-    for (items, buf) in results {
-        let start = items.start * hd;
-        o[start..start + buf.len()].copy_from_slice(&buf);
-    }
     Ok(())
 }
