@@ -1,6 +1,7 @@
-//! aarch64 kernels: NEON with the dot-product extension (`sdot`).
+//! aarch64 kernels: NEON with the dot-product extension (`sdot`, via inline asm while
+//! `vdotq_s32` is unstable).
 //!
-//! A block is two 128-bit vectors; `vdotq_s32` sums four `i8 × i8`
+//! A block is two 128-bit vectors; `sdot` sums four `i8 × i8`
 //! products per i32 lane, signed on both sides, so Q4_0's nibbles are made
 //! signed (`q − 8`) directly and no correction term is needed. Per block and
 //! element: exact i32 sum → f32 → `acc = fma(isum, dw·dx, acc)` in four
@@ -12,7 +13,6 @@ use std::arch::aarch64::*;
 use std::ops::Range;
 
 use super::{Kernels, WMat, XQ};
-use crate::quants::float::f16_le_to_f32;
 use crate::quants::q8_act;
 
 /// Kernel sets this CPU supports.
@@ -33,6 +33,30 @@ const KERNELS: Kernels = Kernels {
     q4_1: gemm_q4_1,
     q8_0: gemm_q8_0,
 };
+
+fn f16_le_to_f32(b: [u8; 2]) -> f32 {
+    half::f16::from_le_bytes(b).to_f32()
+}
+
+/// `sdot`: four `i8 × i8` products summed into each i32 lane. Inline asm
+/// because `vdotq_s32` is not yet stable (rust-lang/rust#117224).
+#[target_feature(enable = "neon,dotprod")]
+#[inline]
+fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    let mut acc = acc;
+    // SAFETY: a pure register-to-register instruction of the enabled
+    // dotprod extension; no memory, no flags.
+    unsafe {
+        std::arch::asm!(
+            "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+            acc = inout(vreg) acc,
+            a = in(vreg) a,
+            b = in(vreg) b,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    acc
+}
 
 const Q4_0: u8 = 0;
 const Q4_1: u8 = 1;
@@ -164,6 +188,8 @@ unsafe fn rect<const KIND: u8, const R: usize, const T: usize>(c: &Ctx<'_>, nr: 
     }
 }
 
+// Index loops over the register tile are the point: R and T are constants.
+#[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "neon,dotprod")]
 #[inline]
 unsafe fn tile<const KIND: u8, const R: usize, const T: usize>(c: &Ctx<'_>, i0: usize, t0: usize) {
@@ -204,7 +230,7 @@ unsafe fn tile<const KIND: u8, const R: usize, const T: usize>(c: &Ctx<'_>, i0: 
                 let x1 = vld1q_s8(xq.add(j * c.k + b * 32 + 16));
                 let dx = *xd.add(j * nb + b);
                 for i in 0..R {
-                    let isum = vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0[i], x0), w1[i], x1);
+                    let isum = sdot(sdot(vdupq_n_s32(0), w0[i], x0), w1[i], x1);
                     let sc = *c.ds.add((i0 + i) * nb + b) * dx;
                     acc[i][j] = vfmaq_f32(acc[i][j], vcvtq_f32_s32(isum), vdupq_n_f32(sc));
                 }
