@@ -11,6 +11,13 @@ mod common;
 use common::*;
 use tern_runtime::{Batch, KvType, Model, ModelParams, SessionParams};
 
+/// These bounds hold the **exact** CPU path (f32 activations). The default
+/// fast path quantizes activations to 8 bits; its measured distance from the
+/// oracle is pinned in `cpu_kernels.rs`.
+fn use_exact_backend() {
+    std::env::set_var(tern_runtime::backend::cpu::EXACT_ENV, "1");
+}
+
 /// NMSE bound for tiny models. The oracle dequantizes the same weights tern
 /// reads, so quantized models are held to the same bound as f32 ones: what
 /// differs is only f32-versus-f64 arithmetic.
@@ -31,6 +38,7 @@ fn run_all_positions(model: &Model, tokens: &[u32], n_ctx: usize, kv: KvType) ->
 }
 
 fn check_tiny(name: &str) -> f64 {
+    use_exact_backend();
     let fx = fixture_dir().join("models");
     let spec = read_json(&fx.join(format!("{name}.json")));
     let path = model_path(&format!("synthetic/{name}.gguf"));
@@ -102,6 +110,7 @@ tiny_tests! {
 /// NMSE ≤ 1e-4 on full last-position logits and on the top-10 logits of
 /// every position, teacher-forced top-1 agreement ≥ 99% over ≥ 500 positions.
 fn check_smollm2(kv: KvType) {
+    use_exact_backend();
     let fx = fixture_dir().join("models");
     let spec = read_json(&fx.join("smollm2.json"));
     let path = model_path("SmolLM2-135M-Instruct.Q4_1.gguf");

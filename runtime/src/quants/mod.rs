@@ -7,6 +7,8 @@
 //! - [`fp32`], [`fp16`], [`bf16`]: plain float rows (`float.rs`).
 //! - [`q8_0`]: `x = d·q`, 32 per block (`q8_0.rs`).
 //! - [`q4_0`], [`q4_1`]: `x = d·(q−8)` and `x = d·q + m` (`q4.rs`).
+//! - [`q8_act`]: activations quantized to 8 bits for the fast CPU matmul,
+//!   and the reference dots of Q4_0/Q4_1/Q8_0 rows against them.
 //!
 //! Each type module has the same three functions:
 //! `dequantize_row_ref(src: &[u8], dst: &mut [f32])`,
@@ -29,6 +31,7 @@
 mod float;
 mod q4;
 pub mod q8_0;
+pub mod q8_act;
 mod types;
 
 pub use float::{bf16, fp16, fp32};

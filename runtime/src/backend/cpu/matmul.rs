@@ -1,18 +1,50 @@
-//! Quantized matrix multiplication on the CPU: `out[t, r] = Σ_c W[r, c] · x[t, c]`.
+//! Matrix multiplication on the CPU: `out[t, r] = Σ_c W[r, c] · x[t, c]`.
 //!
-//! Each weight row is dequantized once into a scratch row and dotted with
-//! every token of the batch, so prefill pays for the dequantization once per
-//! row rather than once per token. Rows are split over threads. This is the
-//! exact (f32 activations) path; the SIMD kernels of the CPU-speed work are
-//! checked against it.
+//! Two paths, chosen per backend ([`super::CpuBackend::exact`] or the fast
+//! default):
+//! - **Exact**: each weight row is dequantized to f32 and dotted with every
+//!   token row in f32 (the reference behaviour; every weight type).
+//! - **Fast** (Q4_0, Q4_1, Q8_0 weights): the batch's activations are
+//!   quantized to 8 bits per block of 32 once per call, then the SIMD kernels
+//!   of `simd/` do integer block dots over tiles of rows × tokens, so prefill
+//!   is matrix-matrix work that loads each weight block once per tile of
+//!   tokens. Other weight types take the exact path.
+//!
+//! Work is split into rectangles of rows × tokens run on the backend's
+//! thread pool. Each output element is written by one kernel call whose
+//! arithmetic does not depend on the rectangle, so results are the same for
+//! any thread count or batch shape. No allocation after warm-up: the
+//! quantized activations live in a buffer of the calling thread and kernel
+//! scratch in one per worker thread.
 
-use super::parallel::{dot_f32, map_chunks};
-use super::{shape_err, CpuTensor, CpuWeight, WeightStorage};
+use std::cell::RefCell;
+
+use super::parallel::{dot_f32, SyncPtr};
+use super::simd::{QActs, WMat};
+use super::{shape_err, CpuBackend, CpuTensor, CpuWeight, WeightStorage};
 use crate::error::{Error, Result};
 use crate::quants;
 
+thread_local! {
+    /// Quantized activations of the calling thread's current matmul.
+    static QACTS: RefCell<QActs> = RefCell::new(QActs::default());
+    /// Per-thread kernel scratch (f32 block scales, or a dequantized row).
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Rows per task when the batch is a few tokens (decode): small enough that
+/// a task's weights stay in L2 between the scale pre-pass and the dots.
+const DECODE_ROWS: usize = 32;
+/// Rows × tokens per task for prefill: 64 rows of a 4096-wide Q4_0 matrix
+/// are 144 KiB, 64 quantized tokens 256 KiB — both stay in L2 while the
+/// register tiles sweep them.
+const PREFILL_ROWS: usize = 64;
+const PREFILL_TOKS: usize = 64;
+/// Batches smaller than this are treated as decode (one token tile).
+const DECODE_MAX_TOKS: usize = 8;
+
 pub(super) fn matmul(
-    threads: usize,
+    be: &CpuBackend,
     x: &CpuTensor,
     w: &CpuWeight,
     out: &mut CpuTensor,
@@ -27,45 +59,100 @@ pub(super) fn matmul(
             ),
         ));
     }
-    let xs = x.as_slice();
-    let n_rows = w.rows;
-    let results = match &w.storage {
-        WeightStorage::Dense(d) => map_chunks(threads, n_rows, k * n_tok, |rows| {
-            let mut buf = vec![0.0f32; rows.len() * n_tok];
-            for (i, r) in rows.clone().enumerate() {
-                let wr = &d[r * k..(r + 1) * k];
-                for t in 0..n_tok {
-                    buf[i * n_tok + t] = dot_f32(wr, &xs[t * k..(t + 1) * k]);
-                }
-            }
-            buf
-        }),
-        WeightStorage::Mapped { .. } => {
-            let kern = quants::kernels(w.ty).ok_or(Error::UnsupportedType {
-                tensor: w.name.clone(),
-                ty: w.ty,
-                backend: "cpu",
-            })?;
-            map_chunks(threads, n_rows, k * n_tok, |rows| {
-                let mut buf = vec![0.0f32; rows.len() * n_tok];
-                let mut wr = vec![0.0f32; k];
-                for (i, r) in rows.clone().enumerate() {
-                    (kern.dequantize_row)(w.row_bytes(r), &mut wr);
-                    for t in 0..n_tok {
-                        buf[i * n_tok + t] = dot_f32(&wr, &xs[t * k..(t + 1) * k]);
-                    }
-                }
-                buf
-            })
-        }
-    };
-    let o = out.as_mut_slice();
-    for (rows, buf) in results {
-        for (i, r) in rows.enumerate() {
-            for t in 0..n_tok {
-                o[t * n_rows + r] = buf[i * n_tok + t];
-            }
+    if n_tok == 0 || w.rows == 0 {
+        return Ok(());
+    }
+    if let (
+        Some(kern),
+        WeightStorage::Mapped {
+            file,
+            info,
+            row_bytes,
+        },
+    ) = (be.fast, &w.storage)
+    {
+        if let Some(gemm) = kern.gemm(w.ty) {
+            let wm = WMat {
+                data: file.tensor_data(info),
+                row_bytes: *row_bytes,
+                k,
+            };
+            let n_rows = w.rows;
+            let o = SyncPtr(out.as_mut_slice().as_mut_ptr());
+            return QACTS.with(|q| {
+                let mut q = q.borrow_mut();
+                let xq = q.quantize(&kern, x.as_slice(), n_tok, k);
+                let (rc, tc) = if n_tok < DECODE_MAX_TOKS {
+                    (DECODE_ROWS, n_tok)
+                } else {
+                    (PREFILL_ROWS, PREFILL_TOKS)
+                };
+                let (n_rt, n_tt) = (n_rows.div_ceil(rc), n_tok.div_ceil(tc));
+                be.pool.run(n_rt * n_tt, &|i| {
+                    let (ri, ti) = (i / n_tt, i % n_tt);
+                    let rows = ri * rc..((ri + 1) * rc).min(n_rows);
+                    let toks = ti * tc..((ti + 1) * tc).min(n_tok);
+                    SCRATCH.with(|s| {
+                        // SAFETY: the rectangles of different tasks are
+                        // disjoint, `rows`/`toks` are inside `wm`/`xq`, and
+                        // `out` is [n_tok, n_rows] (checked above).
+                        unsafe { gemm(&wm, rows, &xq, toks, o.get(), n_rows, &mut s.borrow_mut()) }
+                    });
+                });
+                Ok(())
+            });
         }
     }
+    exact(be, x, w, out)
+}
+
+/// The exact path: f32 weights (dequantized row by row) · f32 activations.
+fn exact(be: &CpuBackend, x: &CpuTensor, w: &CpuWeight, out: &mut CpuTensor) -> Result<()> {
+    let (n_tok, k, n_rows) = (x.rows, x.cols, w.rows);
+    let xs = x.as_slice();
+    let dequant = match &w.storage {
+        WeightStorage::Dense(_) => None,
+        WeightStorage::Mapped { .. } => Some(
+            quants::kernels(w.ty)
+                .ok_or(Error::UnsupportedType {
+                    tensor: w.name.clone(),
+                    ty: w.ty,
+                    backend: "cpu",
+                })?
+                .dequantize_row,
+        ),
+    };
+    // About 4 tasks per thread, but not below ~32k multiply-adds per task.
+    let per_task = n_rows
+        .div_ceil(4 * be.pool.threads())
+        .max((1 << 15) / (k * n_tok).max(1))
+        .max(1);
+    let n_tasks = n_rows.div_ceil(per_task);
+    let o = SyncPtr(out.as_mut_slice().as_mut_ptr());
+    be.pool.run(n_tasks, &|i| {
+        SCRATCH.with(|s| {
+            let mut wr = s.borrow_mut();
+            if wr.len() < k {
+                wr.resize(k, 0.0);
+            }
+            let wr = &mut wr[..k];
+            for r in i * per_task..((i + 1) * per_task).min(n_rows) {
+                let row: &[f32] = match (&w.storage, dequant) {
+                    (WeightStorage::Dense(d), _) => &d[r * k..(r + 1) * k],
+                    (_, Some(deq)) => {
+                        deq(w.row_bytes(r), wr);
+                        wr
+                    }
+                    // Mapped weights always have a dequantizer (checked above).
+                    (_, None) => return,
+                };
+                for t in 0..n_tok {
+                    // SAFETY: element (t, r) is written only by the task
+                    // owning row r; out is [n_tok, n_rows].
+                    unsafe { *o.get().add(t * n_rows + r) = dot_f32(row, &xs[t * k..(t + 1) * k]) };
+                }
+            }
+        });
+    });
     Ok(())
 }
