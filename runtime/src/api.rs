@@ -34,6 +34,10 @@ pub struct ModelParams {
     pub threads: Option<usize>,
     /// Where to run.
     pub device: Device,
+    /// On the CPU, compute with f32 activations instead of 8-bit quantized
+    /// ones: slower, and the reference the fast kernels are measured
+    /// against. (`TERN_CPU_EXACT=1` in the environment does the same.)
+    pub exact: bool,
 }
 
 /// How to open a session.
@@ -113,9 +117,13 @@ impl Model {
             }
         };
         let file = Arc::new(file);
-        let backend = match params.threads {
-            Some(t) => CpuBackend::new(t),
-            None => CpuBackend::default(),
+        let threads = params
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let backend = if params.exact {
+            CpuBackend::exact(threads)
+        } else {
+            CpuBackend::new(threads)
         };
         let threads = backend.threads();
         let m = LlamaModel::load(file, backend)?;
@@ -165,6 +173,13 @@ impl Model {
     pub fn backend_name(&self) -> &'static str {
         match &self.inner.engine {
             ModelImpl::Cpu(_) => "cpu",
+        }
+    }
+
+    /// The kernel set in use ("avx512vnni", "avx2", "neon-dotprod", "exact", ...).
+    pub fn kernel_name(&self) -> &'static str {
+        match &self.inner.engine {
+            ModelImpl::Cpu(m) => m.backend.kernel_name(),
         }
     }
 

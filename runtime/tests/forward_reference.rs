@@ -14,8 +14,12 @@ use tern_runtime::{Batch, KvType, Model, ModelParams, SessionParams};
 /// These bounds hold the **exact** CPU path (f32 activations). The default
 /// fast path quantizes activations to 8 bits; its measured distance from the
 /// oracle is pinned in `cpu_kernels.rs`.
-fn use_exact_backend() {
-    std::env::set_var(tern_runtime::backend::cpu::EXACT_ENV, "1");
+fn exact(threads: Option<usize>) -> ModelParams {
+    ModelParams {
+        threads,
+        exact: true,
+        ..Default::default()
+    }
 }
 
 /// NMSE bound for tiny models. The oracle dequantizes the same weights tern
@@ -38,7 +42,6 @@ fn run_all_positions(model: &Model, tokens: &[u32], n_ctx: usize, kv: KvType) ->
 }
 
 fn check_tiny(name: &str) -> f64 {
-    use_exact_backend();
     let fx = fixture_dir().join("models");
     let spec = read_json(&fx.join(format!("{name}.json")));
     let path = model_path(&format!("synthetic/{name}.gguf"));
@@ -47,14 +50,7 @@ fn check_tiny(name: &str) -> f64 {
         spec["model_sha256"].as_str().unwrap(),
         "{name}: cached model differs from the one the fixtures were made from; re-run scripts/fetch-test-data.sh"
     );
-    let model = Model::load(
-        &path,
-        &ModelParams {
-            threads: Some(2),
-            ..Default::default()
-        },
-    )
-    .expect("load");
+    let model = Model::load(&path, &exact(Some(2))).expect("load");
     let mut worst = 0.0f64;
     for p in spec["prompts"].as_array().unwrap() {
         let toks = tokens(&p["tokens"]);
@@ -110,12 +106,11 @@ tiny_tests! {
 /// NMSE ≤ 1e-4 on full last-position logits and on the top-10 logits of
 /// every position, teacher-forced top-1 agreement ≥ 99% over ≥ 500 positions.
 fn check_smollm2(kv: KvType) {
-    use_exact_backend();
     let fx = fixture_dir().join("models");
     let spec = read_json(&fx.join("smollm2.json"));
     let path = model_path("SmolLM2-135M-Instruct.Q4_1.gguf");
     assert_eq!(sha256_file(&path), spec["model_sha256"].as_str().unwrap());
-    let model = Model::load(&path, &ModelParams::default()).expect("load");
+    let model = Model::load(&path, &exact(None)).expect("load");
     let nv = model.config().n_vocab;
     let (mut positions, mut agree, mut worst_last, mut worst_top) = (0usize, 0usize, 0f64, 0f64);
     let mut disagreements = Vec::new();

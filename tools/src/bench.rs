@@ -141,8 +141,9 @@ fn markdown(model: &Model, rows: &[Row]) -> String {
     s.push_str("| --- | ---: | ---: | --- | ---: | ---: | ---: |\n");
     for r in rows {
         s.push_str(&format!(
-            "| {label} | {size} | {params} | {} | {} | {} | {:.2} ± {:.2} |\n",
+            "| {label} | {size} | {params} | {} ({}) | {} | {} | {:.2} ± {:.2} |\n",
             model.backend_name(),
+            model.kernel_name(),
             model.threads(),
             r.test,
             r.mean(),
@@ -162,6 +163,7 @@ fn json(model: &Model, args: &BenchArgs, rows: &[Row]) -> serde_json::Value {
                     "model_size": model.weight_bytes(),
                     "model_n_params": model.gguf().tensors().iter().map(|t| t.n_elements).sum::<u64>(),
                     "backend": model.backend_name(),
+                    "kernels": model.kernel_name(),
                     "n_threads": model.threads(),
                     "n_batch": args.batch_size,
                     "test": r.test,

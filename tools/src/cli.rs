@@ -59,6 +59,9 @@ pub struct ModelArgs {
     /// KV cache type.
     #[arg(long = "kv-type", value_enum, default_value_t = KvTypeArg::F16)]
     pub kv_type: KvTypeArg,
+    /// CPU: exact f32 arithmetic instead of 8-bit activations (slower; the reference).
+    #[arg(long = "exact")]
+    pub exact: bool,
 }
 
 /// Sampling options.

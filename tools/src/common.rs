@@ -36,15 +36,17 @@ pub fn load_path(path: &Path, args: &ModelArgs) -> Result<Model> {
             DeviceArg::Cpu => Device::Cpu,
             DeviceArg::Cuda => Device::Cuda,
         },
+        exact: args.exact,
     };
     let model =
         Model::load(path, &params).with_context(|| format!("cannot load {}", path.display()))?;
     log::info!(
-        "loaded {} ({}, {} layers, {} backend, {} threads)",
+        "loaded {} ({}, {} layers, {} backend with {} kernels, {} threads)",
         path.display(),
         model.config().arch.name(),
         model.config().n_layer,
         model.backend_name(),
+        model.kernel_name(),
         model.threads()
     );
     Ok(model)

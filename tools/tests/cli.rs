@@ -97,7 +97,9 @@ fn generate_greedy_matches_the_fixture() {
 #[test]
 fn chat_through_piped_stdin() {
     let mut child = tern()
-        .args(["chat", "-t", "2", "--temp", "0", "-n", "24", "-c", "512"])
+        .args([
+            "chat", "--exact", "-t", "2", "--temp", "0", "-n", "24", "-c", "512",
+        ])
         .arg("-m")
         .arg(smollm2())
         .stdin(Stdio::piped())
