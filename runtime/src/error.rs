@@ -17,7 +17,10 @@ pub enum Error {
     /// An I/O error on a named file.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file (or directory) being read or written; `<stream>` when
+        /// writing to a caller's writer.
         path: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -26,9 +29,13 @@ pub enum Error {
     /// The file ended before a field or a tensor's data.
     #[error("GGUF truncated: {what} needs {needed} bytes at offset {offset}, but only {available} remain (file incomplete or corrupt)")]
     Truncated {
+        /// The field or tensor being read ("metadata key 'x' array count").
         what: String,
+        /// Offset of the field from the start of the GGUF, in bytes.
         offset: u64,
+        /// Bytes the field needs.
         needed: u64,
+        /// Bytes left in the file from `offset`.
         available: u64,
     },
     /// The first four bytes are not `GGUF`.
@@ -45,78 +52,154 @@ pub enum Error {
     /// A count in the header that the file cannot possibly hold.
     #[error("GGUF {what} count {count} is impossible: the file has room for at most {limit}")]
     CountTooLarge {
+        /// Which count: `"tensor"` or `"metadata"`.
         what: &'static str,
+        /// The count the header claims.
         count: u64,
+        /// The most entries the rest of the file could hold.
         limit: u64,
     },
     /// A string longer than the cap or the rest of the file.
     #[error("GGUF {what} at offset {offset} claims {len} bytes, over the limit of {limit}")]
     StringTooLong {
+        /// The string being read (a key, a value, a tensor name).
         what: String,
+        /// Offset of the string's length field from the start of the GGUF.
         offset: u64,
+        /// The length the file claims, in bytes.
         len: u64,
+        /// The smaller of tern's string cap and the bytes left in the file.
         limit: u64,
     },
     /// A key, name or string value that is not UTF-8.
     #[error("GGUF {what} at offset {offset} is not valid UTF-8")]
-    InvalidUtf8 { what: String, offset: u64 },
+    InvalidUtf8 {
+        /// The string being read (a key, a value, a tensor name).
+        what: String,
+        /// Offset of the string's length field from the start of the GGUF.
+        offset: u64,
+    },
     /// An empty or otherwise unusable metadata key.
     #[error("GGUF metadata key at offset {offset} is invalid: {reason}")]
-    BadKey { offset: u64, reason: String },
+    BadKey {
+        /// Offset of the key from the start of the GGUF.
+        offset: u64,
+        /// Why the key is unusable (empty, too long).
+        reason: String,
+    },
     /// The same metadata key twice.
     #[error("GGUF metadata key '{0}' appears more than once")]
     DuplicateKey(String),
     /// A value type id outside GGUF's 13 types.
     #[error("GGUF metadata key '{key}' has unknown value type {type_id}")]
-    BadValueType { key: String, type_id: u32 },
+    BadValueType {
+        /// The metadata key whose value (or array element) type is bad.
+        key: String,
+        /// The type id found in the file.
+        type_id: u32,
+    },
     /// An array whose elements are arrays.
     #[error("GGUF metadata key '{key}' is an array of arrays, which tern does not accept")]
-    NestedArray { key: String },
+    NestedArray {
+        /// The metadata key holding the nested array.
+        key: String,
+    },
     /// An array with more elements than the cap or the file can hold.
     #[error("GGUF metadata key '{key}' claims {count} array elements, over the limit of {limit}")]
-    ArrayTooLarge { key: String, count: u64, limit: u64 },
+    ArrayTooLarge {
+        /// The metadata key holding the array.
+        key: String,
+        /// The element count the file claims.
+        count: u64,
+        /// The smaller of tern's array cap and the elements the rest of the
+        /// file could hold.
+        limit: u64,
+    },
     /// A bool stored as a byte other than 0 or 1.
     #[error("GGUF metadata key '{key}' is a bool with byte value {value} (must be 0 or 1)")]
-    InvalidBool { key: String, value: u8 },
+    InvalidBool {
+        /// The metadata key holding the bool (or bool array).
+        key: String,
+        /// The byte found.
+        value: u8,
+    },
     /// `general.alignment` of the wrong type or value.
     #[error("GGUF general.alignment is invalid: {0}")]
     BadAlignment(String),
     /// A tensor name that is empty, too long or not UTF-8.
     #[error("GGUF tensor name at offset {offset} is invalid: {reason}")]
-    BadTensorName { offset: u64, reason: String },
+    BadTensorName {
+        /// Offset of the name from the start of the GGUF.
+        offset: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The same tensor name twice.
     #[error("GGUF tensor '{0}' appears more than once")]
     DuplicateTensor(String),
     /// More than four dimensions.
     #[error("GGUF tensor '{tensor}' has {n_dims} dimensions, at most 4 are allowed")]
-    TooManyDims { tensor: String, n_dims: u32 },
+    TooManyDims {
+        /// The tensor's name.
+        tensor: String,
+        /// The number of dimensions it claims.
+        n_dims: u32,
+    },
     /// A dimension that is negative or otherwise unusable.
     #[error("GGUF tensor '{tensor}' has a bad shape: {reason}")]
-    BadShape { tensor: String, reason: String },
+    BadShape {
+        /// The tensor's name.
+        tensor: String,
+        /// What is wrong with the shape.
+        reason: String,
+    },
     /// A size computation that would overflow.
     #[error("GGUF tensor '{tensor}': {reason} overflows")]
-    SizeOverflow { tensor: String, reason: String },
+    SizeOverflow {
+        /// The tensor's name; empty when the overflow is not one tensor's
+        /// (the data section's offset).
+        tensor: String,
+        /// The quantity that overflows ("data size in bytes").
+        reason: String,
+    },
     /// A tensor type id that GGML does not define (or removed).
     #[error("GGUF tensor '{tensor}' has unknown type id {id}")]
-    UnknownType { tensor: String, id: u32 },
+    UnknownType {
+        /// The tensor's name.
+        tensor: String,
+        /// The type id found in the file.
+        id: u32,
+    },
     /// A data offset that is unaligned or not where the previous tensor ends.
     #[error("GGUF tensor '{tensor}' has data offset {offset}, expected {expected} ({reason})")]
     BadOffset {
+        /// The tensor's name.
         tensor: String,
+        /// The data offset in the file, relative to the data section.
         offset: u64,
+        /// The offset tern expected: the previous tensor's end, aligned up.
         expected: u64,
+        /// How the offset is wrong (unaligned, overlapping, leaving a gap).
         reason: &'static str,
     },
     /// A tensor whose data runs past the end of the file.
     #[error("GGUF tensor '{tensor}' data ends at byte {end} but the file has {file_len} bytes: file truncated or incomplete")]
     TensorOutOfBounds {
+        /// The tensor's name.
         tensor: String,
+        /// Where its data ends, in bytes from the start of the GGUF.
         end: u64,
+        /// The GGUF's length in bytes.
         file_len: u64,
     },
     /// One shard of a split model.
     #[error("this GGUF is shard {index} of a model split into {count} files; merge the shards (llama-gguf-split --merge) first")]
-    ShardedModel { index: u64, count: u64 },
+    ShardedModel {
+        /// This file's shard number (`split.no`, counted from 0).
+        index: u64,
+        /// The number of shards (`split.count`).
+        count: u64,
+    },
 
     // ---- metadata and model ------------------------------------------------
     /// A metadata key the model needs is absent.
@@ -125,8 +208,11 @@ pub enum Error {
     /// A metadata key of an unexpected type.
     #[error("GGUF metadata key '{key}' has type {got}, expected {expected}")]
     WrongKeyType {
+        /// The metadata key.
         key: String,
+        /// The type tern needs ("an unsigned integer").
         expected: &'static str,
+        /// The type the file has.
         got: &'static str,
     },
     /// `general.architecture` names something tern cannot run.
@@ -135,31 +221,50 @@ pub enum Error {
     /// A hyperparameter that is zero, inconsistent or absurd.
     #[error("bad hyperparameter {key} = {value}: {reason}")]
     BadHparam {
+        /// The metadata key (or tensor) the value comes from.
         key: String,
+        /// The value, as text.
         value: String,
+        /// Why it is rejected.
         reason: String,
     },
     /// The model's tensors do not fit its config; each problem on its own line.
     #[error("the model's tensors do not match its architecture:\n  {}", problems.join("\n  "))]
-    BadModel { problems: Vec<String> },
+    BadModel {
+        /// Every problem found, one per missing or mis-shaped tensor.
+        problems: Vec<String>,
+    },
     /// A tensor type tern has no kernels for (on this backend).
     #[error("tensor '{tensor}' has type {ty}, which the {backend} backend cannot compute with")]
     UnsupportedType {
+        /// The tensor's name.
         tensor: String,
+        /// Its type.
         ty: crate::quants::GgmlType,
+        /// The backend that cannot compute with it ("cpu").
         backend: &'static str,
     },
 
     // ---- running -----------------------------------------------------------
     /// A batch that would write past the KV cache.
     #[error("context full: position {position} is past the context size {n_ctx}")]
-    ContextFull { position: usize, n_ctx: usize },
+    ContextFull {
+        /// The number of tokens the cache would have to hold.
+        position: usize,
+        /// The context size: the cache's capacity in tokens.
+        n_ctx: usize,
+    },
     /// A malformed batch (empty, token out of vocabulary, mismatched lengths).
     #[error("invalid batch: {0}")]
     InvalidBatch(String),
     /// An allocation that could not be made.
     #[error("out of memory allocating {bytes} bytes for {what}")]
-    OutOfMemory { bytes: u64, what: String },
+    OutOfMemory {
+        /// The size requested (`u64::MAX` when the size itself overflowed).
+        bytes: u64,
+        /// What the memory was for ("KV cache", "activation").
+        what: String,
+    },
     /// The caller cancelled the operation; the session is as it was before it.
     #[error("cancelled")]
     Cancelled,
@@ -168,7 +273,10 @@ pub enum Error {
     DeviceUnavailable(String),
     /// Logits that are not finite: weights or activations went bad.
     #[error("non-finite logits at batch index {index}: the model's weights or activations contain NaN or Inf")]
-    NumericalError { index: usize },
+    NumericalError {
+        /// The row of the batch's logits that holds the bad value.
+        index: usize,
+    },
 
     // ---- kernels -----------------------------------------------------------
     /// A buffer whose length does not fit the element type or its partner
@@ -176,8 +284,12 @@ pub enum Error {
     /// element count).
     #[error("bad length for {what}: expected {expected}, got {got}")]
     BadLength {
+        /// The buffer whose length is wrong, and in what unit (bytes or
+        /// elements).
         what: String,
+        /// The length it should have.
         expected: u64,
+        /// The length it has.
         got: u64,
     },
 
@@ -186,8 +298,11 @@ pub enum Error {
     /// a non-positive repetition penalty, ...).
     #[error("bad sampler parameter {name} = {value}: {reason}")]
     BadSamplerParam {
+        /// The setting's name ("temperature", "top_p").
         name: &'static str,
+        /// The value given, as text.
         value: String,
+        /// The domain it must lie in.
         reason: &'static str,
     },
     // ---- chat templates ----------------------------------------------------
@@ -202,11 +317,19 @@ pub enum Error {
     // ---- tokenizer ---------------------------------------------------------
     /// Tokenizer metadata that is missing, of the wrong type or inconsistent.
     #[error("bad tokenizer vocabulary: '{key}': {reason}")]
-    BadVocab { key: String, reason: String },
+    BadVocab {
+        /// The tokenizer metadata key at fault.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A `tokenizer.ggml.model` tern does not implement.
     #[error("unsupported tokenizer model '{0}' (tern supports: gpt2, llama)")]
     UnsupportedTokenizer(String),
     /// Text longer than the tokenizer accepts in one call.
     #[error("input too long: the tokenizer accepts at most {limit} bytes per call")]
-    InputTooLong { limit: usize },
+    InputTooLong {
+        /// The most bytes one call accepts.
+        limit: usize,
+    },
 }

@@ -73,7 +73,10 @@ impl Default for GenerateParams {
 /// multi-byte character is still incomplete).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Piece {
+    /// The token id.
     pub id: u32,
+    /// The text this token completes; empty while a multi-byte character
+    /// is still incomplete.
     pub text: String,
 }
 

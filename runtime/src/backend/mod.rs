@@ -45,10 +45,15 @@ pub enum KvType {
 /// Shape of a KV cache: `n_layer` × (K and V) × `n_ctx` slots × `n_head_kv · head_dim`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvSpec {
+    /// Decoder blocks, each with its own K and V cache.
     pub n_layer: usize,
+    /// Slots per layer: the context size in tokens.
     pub n_ctx: usize,
+    /// Key/value heads stored per slot.
     pub n_head_kv: usize,
+    /// Elements per head.
     pub head_dim: usize,
+    /// Element type the cache stores.
     pub ty: KvType,
 }
 
@@ -96,11 +101,16 @@ pub enum Visibility {
 /// Parameters of one attention call.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AttnParams {
+    /// Query heads.
     pub n_head: usize,
+    /// Key/value heads; divides `n_head`, each serving `n_head / n_head_kv`
+    /// query heads (grouped-query attention).
     pub n_head_kv: usize,
+    /// Elements per head, for queries, keys and values alike.
     pub head_dim: usize,
     /// Softmax scale, normally `1 / sqrt(head_dim)`.
     pub scale: f32,
+    /// Which cache slots each token of the batch may attend to.
     pub visibility: Visibility,
 }
 

@@ -49,7 +49,10 @@ const TEMPLATE_NAME: &str = "chat_template";
 /// One chat message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
+    /// Who speaks: `system`, `user`, `assistant`, or any role the template
+    /// knows.
     pub role: String,
+    /// The message text.
     pub content: String,
 }
 
@@ -67,7 +70,10 @@ impl Message {
 /// message content (special-token text in it must not become control tokens).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Segment {
+    /// The rendered text.
     pub text: String,
+    /// True for template text, whose special-token text may become control
+    /// tokens; false for message content, which is tokenized as plain text.
     pub from_template: bool,
 }
 

@@ -22,18 +22,31 @@ pub use write::{write_atomic, GgufWriter, GGUF_WRITE_VERSION};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum ValueType {
+    /// An unsigned 8-bit integer (type id 0).
     U8 = 0,
+    /// A signed 8-bit integer (type id 1).
     I8 = 1,
+    /// An unsigned 16-bit integer (type id 2).
     U16 = 2,
+    /// A signed 16-bit integer (type id 3).
     I16 = 3,
+    /// An unsigned 32-bit integer (type id 4).
     U32 = 4,
+    /// A signed 32-bit integer (type id 5).
     I32 = 5,
+    /// A 32-bit float (type id 6).
     F32 = 6,
+    /// A bool, stored as one byte that must be 0 or 1 (type id 7).
     Bool = 7,
+    /// A UTF-8 string with a u64 byte length (type id 8).
     String = 8,
+    /// An array: element type id, u64 count, then the elements (type id 9).
     Array = 9,
+    /// An unsigned 64-bit integer (type id 10).
     U64 = 10,
+    /// A signed 64-bit integer (type id 11).
     I64 = 11,
+    /// A 64-bit float (type id 12).
     F64 = 12,
 }
 
@@ -83,35 +96,60 @@ impl ValueType {
 /// One metadata value. Arrays are homogeneous and never nested.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
+    /// A `u8` value (type id 0).
     U8(u8),
+    /// An `i8` value (type id 1).
     I8(i8),
+    /// A `u16` value (type id 2).
     U16(u16),
+    /// An `i16` value (type id 3).
     I16(i16),
+    /// A `u32` value (type id 4).
     U32(u32),
+    /// An `i32` value (type id 5).
     I32(i32),
+    /// An `f32` value (type id 6).
     F32(f32),
+    /// A bool (type id 7).
     Bool(bool),
+    /// A UTF-8 string (type id 8).
     String(String),
+    /// A `u64` value (type id 10).
     U64(u64),
+    /// An `i64` value (type id 11).
     I64(i64),
+    /// An `f64` value (type id 12).
     F64(f64),
+    /// An array of one element type (type id 9).
     Array(Array),
 }
 
 /// A homogeneous metadata array.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Array {
+    /// An array of `u8` values (element type id 0).
     U8(Vec<u8>),
+    /// An array of `i8` values (element type id 1).
     I8(Vec<i8>),
+    /// An array of `u16` values (element type id 2).
     U16(Vec<u16>),
+    /// An array of `i16` values (element type id 3).
     I16(Vec<i16>),
+    /// An array of `u32` values (element type id 4).
     U32(Vec<u32>),
+    /// An array of `i32` values (element type id 5).
     I32(Vec<i32>),
+    /// An array of `f32` values (element type id 6).
     F32(Vec<f32>),
+    /// An array of bools (element type id 7).
     Bool(Vec<bool>),
+    /// An array of strings (element type id 8).
     String(Vec<String>),
+    /// An array of `u64` values (element type id 10).
     U64(Vec<u64>),
+    /// An array of `i64` values (element type id 11).
     I64(Vec<i64>),
+    /// An array of `f64` values (element type id 12).
     F64(Vec<f64>),
 }
 

@@ -32,6 +32,7 @@ impl Arch {
 /// Hyperparameters of a decoder-only model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
+    /// The architecture (`general.architecture`).
     pub arch: Arch,
     /// Decoder blocks.
     pub n_layer: usize,

@@ -16,8 +16,12 @@ use crate::session::Batch;
 
 /// A loaded llama-family model on backend `B`.
 pub struct LlamaModel<B: Backend> {
+    /// Hyperparameters read from the file's metadata.
     pub config: Config,
+    /// The backend that holds the weights and runs the forward pass.
     pub backend: B,
+    /// The model's tensors, checked against `config` and loaded onto
+    /// `backend`.
     pub weights: Weights<B>,
     /// Kept so the mapped weights outlive every use.
     pub file: Arc<GgufFile>,
@@ -43,7 +47,9 @@ pub struct State<B: Backend> {
 /// RoPE for queries and keys at one context size.
 #[derive(Clone, Debug)]
 pub struct RopePair {
+    /// RoPE for the queries (`n_head` heads).
     pub q: Rope,
+    /// RoPE for the keys (`n_head_kv` heads).
     pub k: Rope,
 }
 

@@ -16,28 +16,44 @@ use crate::quants;
 /// One decoder block's weights. Shapes are `[rows, cols]` as the backend
 /// multiplies them (`cols` is GGUF's `dims[0]`).
 pub struct LayerWeights<B: Backend> {
-    pub attn_norm: B::Weight,   // [n_embd]
-    pub attn_q: B::Weight,      // [n_head · head_dim, n_embd]
-    pub attn_k: B::Weight,      // [n_head_kv · head_dim, n_embd]
-    pub attn_v: B::Weight,      // [n_head_kv · head_dim, n_embd]
-    pub attn_output: B::Weight, // [n_embd, n_head · head_dim]
-    pub ffn_norm: B::Weight,    // [n_embd]
-    pub ffn_gate: B::Weight,    // [n_ff, n_embd]
-    pub ffn_up: B::Weight,      // [n_ff, n_embd]
-    pub ffn_down: B::Weight,    // [n_embd, n_ff]
+    /// RMS-norm scales before attention, `[n_embd]`.
+    pub attn_norm: B::Weight,
+    /// Query projection, `[n_head · head_dim, n_embd]`.
+    pub attn_q: B::Weight,
+    /// Key projection, `[n_head_kv · head_dim, n_embd]`.
+    pub attn_k: B::Weight,
+    /// Value projection, `[n_head_kv · head_dim, n_embd]`.
+    pub attn_v: B::Weight,
+    /// Attention output projection, `[n_embd, n_head · head_dim]`.
+    pub attn_output: B::Weight,
+    /// RMS-norm scales before the feed-forward network, `[n_embd]`.
+    pub ffn_norm: B::Weight,
+    /// Feed-forward gate projection (SiLU applied), `[n_ff, n_embd]`.
+    pub ffn_gate: B::Weight,
+    /// Feed-forward up projection, `[n_ff, n_embd]`.
+    pub ffn_up: B::Weight,
+    /// Feed-forward down projection, `[n_embd, n_ff]`.
+    pub ffn_down: B::Weight,
 }
 
 /// All weights of a llama-family model.
 pub struct Weights<B: Backend> {
-    pub token_embd: B::Weight, // [n_vocab, n_embd]
+    /// Token embedding table, `[n_vocab, n_embd]`.
+    pub token_embd: B::Weight,
+    /// The decoder blocks, `n_layer` of them in order.
     pub layers: Vec<LayerWeights<B>>,
-    pub output_norm: B::Weight, // [n_embd]
+    /// RMS-norm scales before the output head, `[n_embd]`.
+    pub output_norm: B::Weight,
     /// `[n_vocab, n_embd]`: `output.weight`, or `token_embd` again when tied.
     pub output: B::Weight,
     /// True when the output head is the embedding table.
     pub tied: bool,
-    /// LongRoPE divisors per rotated pair, `n_rot / 2` each, if present.
+    /// LongRoPE divisors per rotated pair (`n_rot / 2`) for contexts up to
+    /// the training context (and past it when there is no long set), if
+    /// present.
     pub rope_factors_short: Option<Vec<f32>>,
+    /// LongRoPE divisors per rotated pair (`n_rot / 2`) for contexts past the
+    /// training context, if present.
     pub rope_factors_long: Option<Vec<f32>>,
 }
 

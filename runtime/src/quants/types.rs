@@ -12,39 +12,92 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[allow(non_camel_case_types)]
 pub enum GgmlType {
+    /// 32-bit IEEE float, one per element (GGML id 0).
     F32,
+    /// 16-bit IEEE half float (GGML id 1).
     F16,
+    /// 4-bit blocks of 32 with one f16 scale, 18 bytes: `x = d · (q − 8)` (GGML id 2).
     Q4_0,
+    /// 4-bit blocks of 32 with an f16 scale and an f16 minimum, 20 bytes:
+    /// `x = d · q + m` (GGML id 3).
     Q4_1,
+    /// 5-bit blocks of 32 with one f16 scale, 22 bytes (GGML id 6).
     Q5_0,
+    /// 5-bit blocks of 32 with an f16 scale and an f16 minimum, 24 bytes (GGML id 7).
     Q5_1,
+    /// 8-bit blocks of 32 with one f16 scale, 34 bytes (GGML id 8).
     Q8_0,
+    /// 8-bit blocks of 32 with a scale and the block's scaled sum: ggml's
+    /// dot-product operand, not normally stored in files (GGML id 9). Sized
+    /// here as gguf-py sizes it, 40 bytes (f32 scale and sum); ggml's own
+    /// block is 36 (f16 scale and sum).
     Q8_1,
+    /// 2-bit k-quant: super-blocks of 256 (16 sub-blocks of 16 with 4-bit
+    /// scales and mins, an f16 super-scale and super-min), 84 bytes (GGML id 10).
     Q2_K,
+    /// 3-bit k-quant: super-blocks of 256 (16 sub-blocks of 16 with 6-bit
+    /// scales, one f16 super-scale), 110 bytes (GGML id 11).
     Q3_K,
+    /// 4-bit k-quant: super-blocks of 256 (8 sub-blocks of 32 with 6-bit
+    /// scales and mins, an f16 super-scale and super-min), 144 bytes (GGML id 12).
     Q4_K,
+    /// 5-bit k-quant: Q4_K's layout plus a fifth bit per element, super-blocks
+    /// of 256 in 176 bytes (GGML id 13).
     Q5_K,
+    /// 6-bit k-quant: super-blocks of 256 (16 sub-blocks of 16 with 8-bit
+    /// scales, one f16 super-scale), 210 bytes (GGML id 14).
     Q6_K,
+    /// 8-bit super-blocks of 256 with an f32 scale and the i16 sum of each 16:
+    /// ggml's dot-product operand for k-quants, not normally stored in files,
+    /// 292 bytes (GGML id 15).
     Q8_K,
+    /// 2.0625-bit i-quant (codebook of 8-element groups), super-blocks of 256
+    /// in 66 bytes (GGML id 16).
     IQ2_XXS,
+    /// 2.3125-bit i-quant, super-blocks of 256 in 74 bytes (GGML id 17).
     IQ2_XS,
+    /// 3.0625-bit i-quant, super-blocks of 256 in 98 bytes (GGML id 18).
     IQ3_XXS,
+    /// 1.5625-bit i-quant, super-blocks of 256 in 50 bytes (GGML id 19).
     IQ1_S,
+    /// 4-bit non-linear: blocks of 32 with one f16 scale, each nibble an index
+    /// into a fixed 16-entry table, 18 bytes (GGML id 20).
     IQ4_NL,
+    /// 3.4375-bit i-quant, super-blocks of 256 in 110 bytes (GGML id 21).
     IQ3_S,
+    /// 2.5625-bit i-quant, super-blocks of 256 in 82 bytes (GGML id 22).
     IQ2_S,
+    /// 4.25-bit: IQ4_NL's table in super-blocks of 256 with 6-bit sub-block
+    /// scales, 136 bytes (GGML id 23).
     IQ4_XS,
+    /// 8-bit signed integer (GGML id 24).
     I8,
+    /// 16-bit signed integer (GGML id 25).
     I16,
+    /// 32-bit signed integer (GGML id 26).
     I32,
+    /// 64-bit signed integer (GGML id 27).
     I64,
+    /// 64-bit IEEE float (GGML id 28).
     F64,
+    /// 1.75-bit i-quant, super-blocks of 256 in 56 bytes (GGML id 29).
     IQ1_M,
+    /// bfloat16: f32's 8-bit exponent with a 7-bit mantissa, 2 bytes (GGML id 30).
     BF16,
+    /// Ternary (−1, 0, +1), 1.6875 bits: trits packed five (and four) per
+    /// byte with one f16 scale, super-blocks of 256 in 54 bytes (GGML id 34).
     TQ1_0,
+    /// Ternary (−1, 0, +1) in 2-bit codes: super-blocks of 256 with one f16
+    /// scale, 66 bytes (GGML id 35).
     TQ2_0,
+    /// OCP microscaling FP4: blocks of 32 four-bit E2M1 floats with one E8M0
+    /// (power-of-two) scale byte, 17 bytes (GGML id 39).
     MXFP4,
+    /// NVIDIA FP4: blocks of 64 four-bit E2M1 floats with one UE4M3 (FP8)
+    /// scale per 16 elements, 36 bytes (GGML id 40).
     NVFP4,
+    /// 1-bit blocks of 128: one sign bit per element and one f16 scale,
+    /// 18 bytes (GGML id 41).
     Q1_0,
 }
 
