@@ -71,7 +71,7 @@ fn generate_greedy_matches_the_fixture() {
         let n = case["n_predict"].as_u64().unwrap().to_string();
         let o = run(tern()
             .args([
-                "generate", "-t", "2", "--temp", "0", "-n", &n, "--json", "-p", prompt,
+                "generate", "--exact", "-t", "2", "--temp", "0", "-n", &n, "--json", "-p", prompt,
             ])
             .arg("-m")
             .arg(smollm2()));
