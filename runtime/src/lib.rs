@@ -16,6 +16,8 @@
 //! # Ok::<(), tern_runtime::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod api;
 pub mod backend;
 pub mod chat;

@@ -261,7 +261,7 @@ fn tensor_bytes(name: &str, ty: GgmlType, dims: &[u64]) -> Result<u64> {
         }
         n = n.checked_mul(d).ok_or_else(overflow)?;
     }
-    if dims[0] % ty.block_size() != 0 {
+    if !dims[0].is_multiple_of(ty.block_size()) {
         return Err(bad(format!(
             "dims[0] = {} is not a multiple of the {ty} block size {}",
             dims[0],

@@ -88,7 +88,7 @@ pub mod q4_0 {
     /// `src.len() == dst.len() / 32 * 18` (checked in debug builds; in
     /// release a mismatch converts only the whole blocks both sides have).
     pub fn dequantize_row_ref(src: &[u8], dst: &mut [f32]) {
-        debug_assert!(dst.len() % QK4_0 == 0);
+        debug_assert!(dst.len().is_multiple_of(QK4_0));
         debug_assert_eq!(src.len(), dst.len() / QK4_0 * BlockQ4_0::BYTES);
         for (b, out) in src
             .chunks_exact(BlockQ4_0::BYTES)
@@ -112,7 +112,7 @@ pub mod q4_0 {
     /// Precondition: `x.len()` is a multiple of 32 and
     /// `src.len() == x.len() / 32 * 18`.
     pub fn vec_dot_ref(src: &[u8], x: &[f32]) -> f32 {
-        debug_assert!(x.len() % QK4_0 == 0);
+        debug_assert!(x.len().is_multiple_of(QK4_0));
         debug_assert_eq!(src.len(), x.len() / QK4_0 * BlockQ4_0::BYTES);
         let mut sum = 0.0f32;
         for (b, xs) in src
@@ -145,7 +145,7 @@ pub mod q4_0 {
     /// Precondition: `src.len()` is a multiple of 32 and
     /// `dst.len() == src.len() / 32 * 18`.
     pub fn quantize_row_ref(src: &[f32], dst: &mut [u8]) {
-        debug_assert!(src.len() % QK4_0 == 0);
+        debug_assert!(src.len().is_multiple_of(QK4_0));
         debug_assert_eq!(dst.len(), src.len() / QK4_0 * BlockQ4_0::BYTES);
         for (xs, out) in src
             .chunks_exact(QK4_0)
@@ -243,7 +243,7 @@ pub mod q4_1 {
     /// `src.len() == dst.len() / 32 * 20` (checked in debug builds; in
     /// release a mismatch converts only the whole blocks both sides have).
     pub fn dequantize_row_ref(src: &[u8], dst: &mut [f32]) {
-        debug_assert!(dst.len() % QK4_1 == 0);
+        debug_assert!(dst.len().is_multiple_of(QK4_1));
         debug_assert_eq!(src.len(), dst.len() / QK4_1 * BlockQ4_1::BYTES);
         for (b, out) in src
             .chunks_exact(BlockQ4_1::BYTES)
@@ -267,7 +267,7 @@ pub mod q4_1 {
     /// Precondition: `x.len()` is a multiple of 32 and
     /// `src.len() == x.len() / 32 * 20`.
     pub fn vec_dot_ref(src: &[u8], x: &[f32]) -> f32 {
-        debug_assert!(x.len() % QK4_1 == 0);
+        debug_assert!(x.len().is_multiple_of(QK4_1));
         debug_assert_eq!(src.len(), x.len() / QK4_1 * BlockQ4_1::BYTES);
         let mut sum = 0.0f32;
         for (b, xs) in src
@@ -303,7 +303,7 @@ pub mod q4_1 {
     /// Precondition: `src.len()` is a multiple of 32 and
     /// `dst.len() == src.len() / 32 * 20`.
     pub fn quantize_row_ref(src: &[f32], dst: &mut [u8]) {
-        debug_assert!(src.len() % QK4_1 == 0);
+        debug_assert!(src.len().is_multiple_of(QK4_1));
         debug_assert_eq!(dst.len(), src.len() / QK4_1 * BlockQ4_1::BYTES);
         for (xs, out) in src
             .chunks_exact(QK4_1)

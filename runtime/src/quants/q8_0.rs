@@ -62,7 +62,7 @@ impl BlockQ8_0 {
 /// `src.len() == dst.len() / 32 * 34` (checked in debug builds; in release a
 /// mismatch converts only the whole blocks both sides have).
 pub fn dequantize_row_ref(src: &[u8], dst: &mut [f32]) {
-    debug_assert!(dst.len() % QK8_0 == 0);
+    debug_assert!(dst.len().is_multiple_of(QK8_0));
     debug_assert_eq!(src.len(), dst.len() / QK8_0 * BlockQ8_0::BYTES);
     for (b, out) in src
         .chunks_exact(BlockQ8_0::BYTES)
@@ -87,7 +87,7 @@ pub fn dequantize_row_ref(src: &[u8], dst: &mut [f32]) {
 /// Precondition: `x.len()` is a multiple of 32 and
 /// `src.len() == x.len() / 32 * 34`.
 pub fn vec_dot_ref(src: &[u8], x: &[f32]) -> f32 {
-    debug_assert!(x.len() % QK8_0 == 0);
+    debug_assert!(x.len().is_multiple_of(QK8_0));
     debug_assert_eq!(src.len(), x.len() / QK8_0 * BlockQ8_0::BYTES);
     let mut sum = 0.0f32;
     for (b, xs) in src
@@ -118,7 +118,7 @@ pub fn vec_dot_ref(src: &[u8], x: &[f32]) -> f32 {
 /// Precondition: `src.len()` is a multiple of 32 and
 /// `dst.len() == src.len() / 32 * 34`.
 pub fn quantize_row_ref(src: &[f32], dst: &mut [u8]) {
-    debug_assert!(src.len() % QK8_0 == 0);
+    debug_assert!(src.len().is_multiple_of(QK8_0));
     debug_assert_eq!(dst.len(), src.len() / QK8_0 * BlockQ8_0::BYTES);
     for (xs, out) in src
         .chunks_exact(QK8_0)

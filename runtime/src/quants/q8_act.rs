@@ -28,7 +28,7 @@ pub const QK8_ACT: usize = 32;
 /// Quantizes one activation row: `x.len()` (a multiple of 32) values into
 /// `qs` (same length), `d` and `s` (`x.len() / 32` each).
 pub fn quantize_row_ref(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
-    debug_assert!(x.len() % QK8_ACT == 0);
+    debug_assert!(x.len().is_multiple_of(QK8_ACT));
     debug_assert_eq!(qs.len(), x.len());
     debug_assert_eq!(d.len(), x.len() / QK8_ACT);
     debug_assert_eq!(s.len(), x.len() / QK8_ACT);

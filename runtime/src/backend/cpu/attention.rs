@@ -86,7 +86,7 @@ pub(super) fn attention(
     let spec = kv.spec;
     let hd = p.head_dim;
     if p.n_head_kv == 0
-        || p.n_head % p.n_head_kv != 0
+        || !p.n_head.is_multiple_of(p.n_head_kv)
         || p.n_head_kv != spec.n_head_kv
         || hd != spec.head_dim
         || q.cols != p.n_head * hd

@@ -396,7 +396,7 @@ pub mod kernels {
     /// `None` if `set` is not available or lengths disagree.
     pub fn quantize(set: &str, x: &[f32]) -> Option<(Vec<i8>, Vec<f32>, Vec<f32>)> {
         let k = find(set)?;
-        if x.len() % 32 != 0 {
+        if !x.len().is_multiple_of(32) {
             return None;
         }
         let (mut qs, mut d, mut s) = (
@@ -430,7 +430,11 @@ pub mod kernels {
         let gemm = kern.gemm(ty)?;
         let row_bytes = ty.row_bytes(k as u64)? as usize;
         let nb = k / 32;
-        if k % 32 != 0 || row_bytes == 0 || w.len() % row_bytes != 0 || qs.len() % k != 0 {
+        if !k.is_multiple_of(32)
+            || row_bytes == 0
+            || !w.len().is_multiple_of(row_bytes)
+            || !qs.len().is_multiple_of(k)
+        {
             return None;
         }
         let (rows, n_tok) = (w.len() / row_bytes, qs.len() / k);
