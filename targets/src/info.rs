@@ -98,10 +98,9 @@ impl BuildInfo<'_> {
         line(
             "tuning:",
             &format!(
-                "threads {}, KV cache {} (run: tern -t N --kv-type {})",
-                self.threads(),
+                "--kv-type {}, {} (advice; tern does not read this file)",
                 p.kv_type.flag(),
-                p.kv_type.flag()
+                self.threads().advice()
             ),
         );
         s
@@ -200,6 +199,7 @@ mod tests {
             "cuda:          no (CPU profile)",
             "binaries:      tern (42 bytes)",
             "needs glibc:   >= 2.34",
+            "tuning:        --kv-type f16, no -t (tern's default: all cores)",
         ] {
             assert!(text.contains(want), "{want:?} not in\n{text}");
         }

@@ -33,6 +33,17 @@ impl fmt::Display for Threads {
     }
 }
 
+impl Threads {
+    /// The advice as `tern` flags, e.g. `-t 4`.
+    pub fn advice(self) -> String {
+        match self {
+            Threads::AllCores => "no -t (tern's default: all cores)".into(),
+            Threads::PhysicalCores => "-t <physical cores>".into(),
+            Threads::Fixed(n) => format!("-t {n}"),
+        }
+    }
+}
+
 /// The KV-cache element type a profile recommends (`tern --kv-type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KvType {
