@@ -1,8 +1,22 @@
-//! tern-targets: per-device build profiles (not yet filled).
+//! tern-targets: per-device build profiles and release bundles.
 //!
-//! This crate will own one profile per target — `cpu-x86_64`, `cpu-aarch64`,
-//! `jetson-orin` (aarch64, sm_87, cortex-a78ae), `rtx4090` (x86_64, sm_89)
-//! and `hopper` (sm_90) — each naming its Rust triple, linker, target-cpu,
-//! cargo features and CUDA arch, plus the glue that builds a release bundle
-//! (tern, tern-quantize, README) for a profile. It holds data and build glue
-//! only; no inference code lives here.
+//! A [`Profile`] names everything that differs between the devices tern
+//! ships for — Rust triple, linker, `-C target-cpu`, cargo features, CUDA
+//! arch and tuning defaults (threads, KV type) — in one table
+//! ([`PROFILES`]: `cpu-x86_64`, `cpu-aarch64`, `jetson-orin`, `rtx4090`,
+//! `hopper`). The `tern-bundle` binary builds a release bundle for one of
+//! them (see [`bundle::build`]):
+//!
+//! ```text
+//! cargo run -p tern-targets --bin tern-bundle -- cpu-aarch64
+//! ```
+//!
+//! This crate holds data and build glue only; no inference code lives here,
+//! and nothing in the runtime depends on it.
+
+pub mod bundle;
+pub mod info;
+pub mod profiles;
+
+pub use bundle::{build, Bundle, Error};
+pub use profiles::{find, names, KvType, Profile, Threads, PROFILES};

@@ -19,7 +19,8 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         let p = e.path();
         let name = e.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with('.') || name == "target" {
+        // target/ and dist/ (release bundles) are build output, git-ignored.
+        if name.starts_with('.') || name == "target" || name == "dist" {
             continue;
         }
         if p.is_dir() {
