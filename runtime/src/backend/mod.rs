@@ -16,7 +16,7 @@ pub mod cpu;
 
 use std::sync::Arc;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::quants::GgmlType;
 
@@ -169,6 +169,29 @@ pub trait Backend: Send + Sync + Sized + 'static {
 
     /// `out[t, r] = Σ_c W[r, c] · x[t, c]`.
     fn matmul(&self, x: &Self::Tensor, w: &Self::Weight, out: &mut Self::Tensor) -> Result<()>;
+
+    /// Several matmuls of the same input: `outs[i] = x · ws[i]ᵀ`, with the
+    /// same results as one [`Backend::matmul`] per pair (the q/k/v and
+    /// gate/up projections). A backend may share work between them, such as
+    /// preparing `x` once; the default runs them one by one.
+    fn matmul_many(
+        &self,
+        x: &Self::Tensor,
+        ws: &[&Self::Weight],
+        outs: &mut [&mut Self::Tensor],
+    ) -> Result<()> {
+        if ws.len() != outs.len() {
+            return Err(Error::InvalidBatch(format!(
+                "matmul_many: {} weights for {} outputs",
+                ws.len(),
+                outs.len()
+            )));
+        }
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            self.matmul(x, w, out)?;
+        }
+        Ok(())
+    }
 
     /// Rotate each row's heads in place; row t is at position `positions[t]`.
     fn rope(&self, x: &mut Self::Tensor, positions: &[u32], rope: &Rope) -> Result<()>;

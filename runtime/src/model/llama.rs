@@ -178,9 +178,11 @@ impl<B: Backend> LlamaModel<B> {
         for (il, l) in w.layers.iter().enumerate() {
             // Attention: h += residual_scale · Wo · attn(rope(Wq·x), rope(Wk·x), Wv·x)
             b.rms_norm(&st.x, &l.attn_norm, c.rms_eps, &mut st.xb)?;
-            b.matmul(&st.xb, &l.attn_q, &mut st.q)?;
-            b.matmul(&st.xb, &l.attn_k, &mut st.k)?;
-            b.matmul(&st.xb, &l.attn_v, &mut st.v)?;
+            b.matmul_many(
+                &st.xb,
+                &[&l.attn_q, &l.attn_k, &l.attn_v],
+                &mut [&mut st.q, &mut st.k, &mut st.v],
+            )?;
             b.rope(&mut st.q, positions, &rope.q)?;
             b.rope(&mut st.k, positions, &rope.k)?;
             b.kv_write(kv, il, first_slot, &st.k, &st.v)?;
@@ -190,8 +192,11 @@ impl<B: Backend> LlamaModel<B> {
 
             // FFN (SwiGLU): h += residual_scale · W_down · (silu(W_gate·x) ⊙ W_up·x)
             b.rms_norm(&st.x, &l.ffn_norm, c.rms_eps, &mut st.xb)?;
-            b.matmul(&st.xb, &l.ffn_gate, &mut st.gate)?;
-            b.matmul(&st.xb, &l.ffn_up, &mut st.up)?;
+            b.matmul_many(
+                &st.xb,
+                &[&l.ffn_gate, &l.ffn_up],
+                &mut [&mut st.gate, &mut st.up],
+            )?;
             b.silu_mul(&mut st.gate, &st.up)?;
             b.matmul(&st.gate, &l.ffn_down, &mut st.proj)?;
             b.add_scaled(&mut st.x, &st.proj, c.residual_scale)?;

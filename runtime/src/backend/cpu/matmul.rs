@@ -43,12 +43,7 @@ const PREFILL_TOKS: usize = 64;
 /// Batches smaller than this are treated as decode (one token tile).
 const DECODE_MAX_TOKS: usize = 8;
 
-pub(super) fn matmul(
-    be: &CpuBackend,
-    x: &CpuTensor,
-    w: &CpuWeight,
-    out: &mut CpuTensor,
-) -> Result<()> {
+fn check(x: &CpuTensor, w: &CpuWeight, out: &CpuTensor) -> Result<()> {
     let (n_tok, k) = (x.rows, x.cols);
     if k != w.cols || out.rows != n_tok || out.cols != w.rows {
         return Err(shape_err(
@@ -59,6 +54,122 @@ pub(super) fn matmul(
             ),
         ));
     }
+    Ok(())
+}
+
+/// At most this many matrices share one job in [`matmul_many`].
+const MAX_MANY: usize = 4;
+
+/// `outs[i] = x · ws[i]ᵀ` on the fast path with `x` quantized once and all
+/// the matrices' rectangles in one pool job: one wake-up and one
+/// quantization instead of one per matrix (q/k/v, gate/up). Each output
+/// element is computed by the same kernel call on the same rectangle as in
+/// [`matmul`], so the results are the same bits. Falls back to one
+/// [`matmul`] per matrix when any of them is not on the fast path.
+pub(super) fn matmul_many(
+    be: &CpuBackend,
+    x: &CpuTensor,
+    ws: &[&CpuWeight],
+    outs: &mut [&mut CpuTensor],
+) -> Result<()> {
+    if ws.len() != outs.len() {
+        return Err(shape_err(
+            "matmul_many",
+            format!("{} weights for {} outputs", ws.len(), outs.len()),
+        ));
+    }
+    for (w, out) in ws.iter().zip(outs.iter()) {
+        check(x, w, out)?;
+    }
+    let (n_tok, k) = (x.rows, x.cols);
+    let fast = be.fast.filter(|kern| {
+        ws.len() <= MAX_MANY
+            && ws.iter().all(|w| {
+                matches!(w.storage, WeightStorage::Mapped { .. }) && kern.gemm(w.ty).is_some()
+            })
+    });
+    let Some(kern) = fast else {
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            matmul(be, x, w, out)?;
+        }
+        return Ok(());
+    };
+    if n_tok == 0 {
+        return Ok(());
+    }
+    let (rc, tc) = tile_shape(n_tok);
+    let n_tt = n_tok.div_ceil(tc);
+    // Per matrix: kernel, weights, output, and the first task index.
+    let mut gemms = [None; MAX_MANY];
+    let mut wms = [None; MAX_MANY];
+    let mut os = [SyncPtr(std::ptr::null_mut()); MAX_MANY];
+    let mut first = [0usize; MAX_MANY + 1];
+    for (i, (w, out)) in ws.iter().zip(outs.iter_mut()).enumerate() {
+        gemms[i] = kern.gemm(w.ty);
+        let WeightStorage::Mapped {
+            file,
+            info,
+            row_bytes,
+        } = &w.storage
+        else {
+            return Err(shape_err("matmul_many", "a weight is not a matrix".into()));
+        };
+        wms[i] = Some(WMat {
+            data: file.tensor_data(info),
+            row_bytes: *row_bytes,
+            k,
+        });
+        os[i] = SyncPtr(out.as_mut_slice().as_mut_ptr());
+        first[i + 1] = first[i] + w.rows.div_ceil(rc) * n_tt;
+    }
+    let n_mats = ws.len();
+    QACTS.with(|q| {
+        let mut q = q.borrow_mut();
+        let xq = q.quantize(&kern, x.as_slice(), n_tok, k);
+        be.pool.run(first[n_mats], &|task| {
+            // The matrix owning this task: the last one starting at or before it.
+            let m = (1..n_mats)
+                .take_while(|&m| first[m] <= task)
+                .last()
+                .unwrap_or(0);
+            let (Some(gemm), Some(wm)) = (gemms[m], wms[m].as_ref()) else {
+                return;
+            };
+            let n_rows = ws[m].rows;
+            let i = task - first[m];
+            let (ri, ti) = (i / n_tt, i % n_tt);
+            let rows = ri * rc..((ri + 1) * rc).min(n_rows);
+            let toks = ti * tc..((ti + 1) * tc).min(n_tok);
+            let o = os[m];
+            SCRATCH.with(|s| {
+                // SAFETY: as in `matmul`: the rectangles of different tasks
+                // are disjoint, each inside its matrix, activations and
+                // output (`[n_tok, n_rows]`, checked above); the outputs are
+                // distinct tensors (`&mut` borrows).
+                unsafe { gemm(wm, rows, &xq, toks, o.get(), n_rows, &mut s.borrow_mut()) }
+            });
+        });
+    });
+    Ok(())
+}
+
+/// Rows × tokens of one task: one token tile for decode-sized batches.
+fn tile_shape(n_tok: usize) -> (usize, usize) {
+    if n_tok < DECODE_MAX_TOKS {
+        (DECODE_ROWS, n_tok)
+    } else {
+        (PREFILL_ROWS, PREFILL_TOKS)
+    }
+}
+
+pub(super) fn matmul(
+    be: &CpuBackend,
+    x: &CpuTensor,
+    w: &CpuWeight,
+    out: &mut CpuTensor,
+) -> Result<()> {
+    check(x, w, out)?;
+    let (n_tok, k) = (x.rows, x.cols);
     if n_tok == 0 || w.rows == 0 {
         return Ok(());
     }
@@ -82,11 +193,7 @@ pub(super) fn matmul(
             return QACTS.with(|q| {
                 let mut q = q.borrow_mut();
                 let xq = q.quantize(&kern, x.as_slice(), n_tok, k);
-                let (rc, tc) = if n_tok < DECODE_MAX_TOKS {
-                    (DECODE_ROWS, n_tok)
-                } else {
-                    (PREFILL_ROWS, PREFILL_TOKS)
-                };
+                let (rc, tc) = tile_shape(n_tok);
                 let (n_rt, n_tt) = (n_rows.div_ceil(rc), n_tok.div_ceil(tc));
                 be.pool.run(n_rt * n_tt, &|i| {
                     let (ri, ti) = (i / n_tt, i % n_tt);

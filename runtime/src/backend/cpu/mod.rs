@@ -331,6 +331,15 @@ impl Backend for CpuBackend {
         matmul::matmul(self, x, w, out)
     }
 
+    fn matmul_many(
+        &self,
+        x: &CpuTensor,
+        ws: &[&CpuWeight],
+        outs: &mut [&mut CpuTensor],
+    ) -> Result<()> {
+        matmul::matmul_many(self, x, ws, outs)
+    }
+
     fn rope(&self, x: &mut CpuTensor, positions: &[u32], rope: &Rope) -> Result<()> {
         norm_rope::rope(x, positions, rope)
     }
