@@ -237,6 +237,16 @@ impl Session {
         Ok(l)
     }
 
+    /// Like `forward`, but writes the logits (`[outputs, n_vocab]`) into
+    /// `out`, reusing its allocation.
+    pub fn forward_into(&mut self, batch: &Batch, out: &mut Vec<f32>) -> Result<()> {
+        match &mut self.inner {
+            SessionImpl::Cpu(s) => s.forward_into(batch, out)?,
+        }
+        self.tokens.extend_from_slice(&batch.tokens);
+        Ok(())
+    }
+
     /// Keep only the first `len` tokens of the cache.
     pub fn truncate(&mut self, len: usize) -> Result<()> {
         match &mut self.inner {

@@ -148,6 +148,8 @@ pub struct Generation<'s> {
     decoder: StreamDecoder,
     params: GenerateParams,
     logits: Vec<f32>,
+    /// The one-token batch each step feeds, reused so decoding allocates nothing.
+    step_batch: Batch,
     finish: Option<FinishReason>,
     usage: Usage,
     /// Text held back at the end, flushed when generation ends.
@@ -179,6 +181,7 @@ impl Session {
             finish: None,
             usage,
             tail_flushed: false,
+            step_batch: Batch::new(&[0], 0),
         })
     }
 
@@ -287,9 +290,10 @@ impl Generation<'_> {
             self.finish = Some(FinishReason::ContextFull);
         } else {
             let pos = self.session.len() as u32;
-            let l = self.session.forward(&Batch::new(&[id], pos))?;
-            self.logits.clear();
-            self.logits.extend_from_slice(l.as_slice());
+            self.step_batch.tokens[0] = id;
+            self.step_batch.positions[0] = pos;
+            self.session
+                .forward_into(&self.step_batch, &mut self.logits)?;
         }
         self.usage.generation_time += t0.elapsed();
         Ok(Some(Piece { id, text }))

@@ -195,16 +195,28 @@ impl<B: Backend> Session<B> {
     /// Run a batch: its tokens are appended to the cache and the logits of
     /// `batch.outputs` returned. On error the session is unchanged.
     pub fn forward(&mut self, batch: &Batch) -> Result<Logits> {
+        let mut data = Vec::new();
+        self.forward_into(batch, &mut data)?;
+        Ok(Logits {
+            n_vocab: self.model.config.n_vocab,
+            data,
+        })
+    }
+
+    /// Like `forward`, but leaves the logits (`[outputs, n_vocab]`) in
+    /// `out`, reusing its allocation: the decode loop allocates nothing here.
+    pub fn forward_into(&mut self, batch: &Batch, out: &mut Vec<f32>) -> Result<()> {
         self.validate(batch)?;
         let m = &self.model;
         m.forward(&mut self.state, &mut self.kv, &self.rope, batch, self.len)?;
         let n_vocab = m.config.n_vocab;
-        let mut data = vec![0.0f32; batch.outputs.len() * n_vocab];
-        m.read_logits(&self.state, &mut data)?;
-        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        out.clear();
+        out.resize(batch.outputs.len() * n_vocab, 0.0);
+        m.read_logits(&self.state, out)?;
+        if let Some(i) = out.iter().position(|v| !v.is_finite()) {
             return Err(Error::NumericalError { index: i / n_vocab });
         }
         self.len += batch.tokens.len();
-        Ok(Logits { n_vocab, data })
+        Ok(())
     }
 }
