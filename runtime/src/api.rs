@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::backend::cpu::CpuBackend;
+#[cfg(feature = "cuda")]
+use crate::backend::cuda::CudaBackend;
 use crate::backend::KvType;
 use crate::chat::ChatTemplate;
 use crate::error::{Error, Result};
@@ -64,10 +66,35 @@ impl Default for SessionParams {
 // One variant per backend.
 enum ModelImpl {
     Cpu(Arc<LlamaModel<CpuBackend>>),
+    #[cfg(feature = "cuda")]
+    Cuda(Arc<LlamaModel<CudaBackend>>),
 }
 
 enum SessionImpl {
     Cpu(session::Session<CpuBackend>),
+    #[cfg(feature = "cuda")]
+    Cuda(session::Session<CudaBackend>),
+}
+
+/// The GPU to run on for `device`, `None` for the CPU. `Auto` falls back to
+/// the CPU with one log line; `Cuda` turns every failure into an error.
+#[cfg(feature = "cuda")]
+fn open_gpu(params: &ModelParams) -> Result<Option<CudaBackend>> {
+    match params.device {
+        Device::Cpu => Ok(None),
+        Device::Auto if params.exact => Ok(None),
+        Device::Cuda if params.exact => Err(Error::DeviceUnavailable(
+            "--exact selects the CPU's f32 reference path; it cannot run on the GPU".into(),
+        )),
+        Device::Auto => match CudaBackend::open(0) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) => {
+                log::info!("no usable GPU ({e}); running on the CPU");
+                Ok(None)
+            }
+        },
+        Device::Cuda => CudaBackend::open(0).map(Some),
+    }
 }
 
 struct ModelInner {
@@ -93,14 +120,14 @@ impl Model {
 
     /// Load a model from an already parsed GGUF (mapped or in memory).
     pub fn from_gguf(file: GgufFile, params: &ModelParams) -> Result<Model> {
-        match params.device {
-            Device::Cpu | Device::Auto => {}
-            Device::Cuda => {
-                return Err(Error::DeviceUnavailable(
-                    "this build of tern has no CUDA backend (build with --features cuda)".into(),
-                ))
-            }
+        #[cfg(not(feature = "cuda"))]
+        if params.device == Device::Cuda {
+            return Err(Error::DeviceUnavailable(
+                "this build of tern has no CUDA backend (build with --features cuda)".into(),
+            ));
         }
+        #[cfg(feature = "cuda")]
+        let gpu = open_gpu(params)?;
         let path = file.path().map(Path::to_path_buf);
         // A model without tokenizer metadata still runs on token ids; one
         // whose tokenizer metadata is broken is rejected here, at load.
@@ -120,6 +147,19 @@ impl Model {
         let threads = params
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = gpu {
+            let m = LlamaModel::load(file, gpu)?;
+            return Ok(Model {
+                inner: Arc::new(ModelInner {
+                    engine: ModelImpl::Cuda(Arc::new(m)),
+                    tokenizer,
+                    template,
+                    path,
+                    threads,
+                }),
+            });
+        }
         let backend = if params.exact {
             CpuBackend::exact(threads)
         } else {
@@ -142,6 +182,8 @@ impl Model {
     pub fn config(&self) -> &Config {
         match &self.inner.engine {
             ModelImpl::Cpu(m) => &m.config,
+            #[cfg(feature = "cuda")]
+            ModelImpl::Cuda(m) => &m.config,
         }
     }
 
@@ -149,6 +191,8 @@ impl Model {
     pub fn gguf(&self) -> &GgufFile {
         match &self.inner.engine {
             ModelImpl::Cpu(m) => &m.file,
+            #[cfg(feature = "cuda")]
+            ModelImpl::Cuda(m) => &m.file,
         }
     }
 
@@ -173,6 +217,8 @@ impl Model {
     pub fn backend_name(&self) -> &'static str {
         match &self.inner.engine {
             ModelImpl::Cpu(_) => "cpu",
+            #[cfg(feature = "cuda")]
+            ModelImpl::Cuda(_) => "cuda",
         }
     }
 
@@ -180,6 +226,8 @@ impl Model {
     pub fn kernel_name(&self) -> &'static str {
         match &self.inner.engine {
             ModelImpl::Cpu(m) => m.backend.kernel_name(),
+            #[cfg(feature = "cuda")]
+            ModelImpl::Cuda(_) => "nvrtc",
         }
     }
 
@@ -208,6 +256,12 @@ impl Model {
                 params.n_ctx,
                 params.kv_type,
             )?),
+            #[cfg(feature = "cuda")]
+            ModelImpl::Cuda(m) => SessionImpl::Cuda(session::Session::new(
+                Arc::clone(m),
+                params.n_ctx,
+                params.kv_type,
+            )?),
         };
         Ok(Session {
             inner,
@@ -232,6 +286,8 @@ impl Session {
     pub fn forward(&mut self, batch: &Batch) -> Result<Logits> {
         let l = match &mut self.inner {
             SessionImpl::Cpu(s) => s.forward(batch)?,
+            #[cfg(feature = "cuda")]
+            SessionImpl::Cuda(s) => s.forward(batch)?,
         };
         self.tokens.extend_from_slice(&batch.tokens);
         Ok(l)
@@ -242,6 +298,8 @@ impl Session {
     pub fn forward_into(&mut self, batch: &Batch, out: &mut Vec<f32>) -> Result<()> {
         match &mut self.inner {
             SessionImpl::Cpu(s) => s.forward_into(batch, out)?,
+            #[cfg(feature = "cuda")]
+            SessionImpl::Cuda(s) => s.forward_into(batch, out)?,
         }
         self.tokens.extend_from_slice(&batch.tokens);
         Ok(())
@@ -251,6 +309,8 @@ impl Session {
     pub fn truncate(&mut self, len: usize) -> Result<()> {
         match &mut self.inner {
             SessionImpl::Cpu(s) => s.truncate(len)?,
+            #[cfg(feature = "cuda")]
+            SessionImpl::Cuda(s) => s.truncate(len)?,
         }
         self.tokens.truncate(len);
         Ok(())
@@ -276,6 +336,8 @@ impl Session {
     pub fn n_ctx(&self) -> usize {
         match &self.inner {
             SessionImpl::Cpu(s) => s.n_ctx(),
+            #[cfg(feature = "cuda")]
+            SessionImpl::Cuda(s) => s.n_ctx(),
         }
     }
 

@@ -271,6 +271,15 @@ pub enum Error {
     /// The requested device cannot be used.
     #[error("device unavailable: {0}")]
     DeviceUnavailable(String),
+    /// A GPU call failed (driver or kernel error, or device memory exhausted
+    /// while running); the message names the operation.
+    #[error("GPU error in {op}: {msg}")]
+    Gpu {
+        /// The operation that failed ("matmul", "load kernels", ...).
+        op: String,
+        /// The driver's or compiler's message.
+        msg: String,
+    },
     /// Logits that are not finite: weights or activations went bad.
     #[error("non-finite logits at batch index {index}: the model's weights or activations contain NaN or Inf")]
     NumericalError {

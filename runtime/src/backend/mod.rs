@@ -13,6 +13,8 @@
 //! masks (speculative verification) slot in here without touching model code.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use std::sync::Arc;
 
@@ -112,6 +114,20 @@ pub struct AttnParams {
     pub scale: f32,
     /// Which cache slots each token of the batch may attend to.
     pub visibility: Visibility,
+}
+
+/// The host values of one forward step that change from step to step. A
+/// backend that replays recorded steps (CUDA graphs) substitutes these.
+#[derive(Clone, Copy, Debug)]
+pub struct StepInputs<'a> {
+    /// Token ids of the batch.
+    pub tokens: &'a [u32],
+    /// Their positions.
+    pub positions: &'a [u32],
+    /// The KV slot of the batch's first token.
+    pub first_slot: usize,
+    /// Rows whose logits are kept.
+    pub outputs: &'a [usize],
 }
 
 /// A compute backend. Implementations own their memory; model code only
@@ -229,4 +245,19 @@ pub trait Backend: Send + Sync + Sized + 'static {
 
     /// `out[i] = x[rows[i]]`: keep the rows whose logits were asked for.
     fn gather_rows(&self, x: &Self::Tensor, rows: &[usize], out: &mut Self::Tensor) -> Result<()>;
+
+    /// Run the ops of one whole forward step over `kv`. `ops` issues the
+    /// same op sequence every time it is called with inputs of the same
+    /// shape, and reads nothing else from the host than `inputs`, so a
+    /// backend may record it once and replay the recording with new inputs
+    /// (CUDA graphs). The default just runs it.
+    fn run_step(
+        &self,
+        kv: &mut Self::KvCache,
+        inputs: &StepInputs,
+        ops: &mut dyn FnMut(&mut Self::KvCache) -> Result<()>,
+    ) -> Result<()> {
+        let _ = inputs;
+        ops(kv)
+    }
 }

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::{AttnParams, Backend, Rope, Visibility};
+use crate::backend::{AttnParams, Backend, Rope, StepInputs, Visibility};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::model::{Config, Weights};
@@ -172,44 +172,52 @@ impl<B: Backend> LlamaModel<B> {
             visibility: Visibility::Causal,
         };
 
-        // h = embed(tokens) · embedding_scale
-        b.embed(&w.token_embd, tokens, c.embedding_scale, &mut st.x)?;
+        let inputs = StepInputs {
+            tokens,
+            positions,
+            first_slot,
+            outputs,
+        };
+        b.run_step(kv, &inputs, &mut |kv| {
+            // h = embed(tokens) · embedding_scale
+            b.embed(&w.token_embd, tokens, c.embedding_scale, &mut st.x)?;
 
-        for (il, l) in w.layers.iter().enumerate() {
-            // Attention: h += residual_scale · Wo · attn(rope(Wq·x), rope(Wk·x), Wv·x)
-            b.rms_norm(&st.x, &l.attn_norm, c.rms_eps, &mut st.xb)?;
-            b.matmul_many(
-                &st.xb,
-                &[&l.attn_q, &l.attn_k, &l.attn_v],
-                &mut [&mut st.q, &mut st.k, &mut st.v],
-            )?;
-            b.rope(&mut st.q, positions, &rope.q)?;
-            b.rope(&mut st.k, positions, &rope.k)?;
-            b.kv_write(kv, il, first_slot, &st.k, &st.v)?;
-            b.attention(&st.q, kv, il, first_slot, &attn, &mut st.att)?;
-            b.matmul(&st.att, &l.attn_output, &mut st.proj)?;
-            b.add_scaled(&mut st.x, &st.proj, c.residual_scale)?;
+            for (il, l) in w.layers.iter().enumerate() {
+                // Attention: h += residual_scale · Wo · attn(rope(Wq·x), rope(Wk·x), Wv·x)
+                b.rms_norm(&st.x, &l.attn_norm, c.rms_eps, &mut st.xb)?;
+                b.matmul_many(
+                    &st.xb,
+                    &[&l.attn_q, &l.attn_k, &l.attn_v],
+                    &mut [&mut st.q, &mut st.k, &mut st.v],
+                )?;
+                b.rope(&mut st.q, positions, &rope.q)?;
+                b.rope(&mut st.k, positions, &rope.k)?;
+                b.kv_write(kv, il, first_slot, &st.k, &st.v)?;
+                b.attention(&st.q, kv, il, first_slot, &attn, &mut st.att)?;
+                b.matmul(&st.att, &l.attn_output, &mut st.proj)?;
+                b.add_scaled(&mut st.x, &st.proj, c.residual_scale)?;
 
-            // FFN (SwiGLU): h += residual_scale · W_down · (silu(W_gate·x) ⊙ W_up·x)
-            b.rms_norm(&st.x, &l.ffn_norm, c.rms_eps, &mut st.xb)?;
-            b.matmul_many(
-                &st.xb,
-                &[&l.ffn_gate, &l.ffn_up],
-                &mut [&mut st.gate, &mut st.up],
-            )?;
-            b.silu_mul(&mut st.gate, &st.up)?;
-            b.matmul(&st.gate, &l.ffn_down, &mut st.proj)?;
-            b.add_scaled(&mut st.x, &st.proj, c.residual_scale)?;
-        }
+                // FFN (SwiGLU): h += residual_scale · W_down · (silu(W_gate·x) ⊙ W_up·x)
+                b.rms_norm(&st.x, &l.ffn_norm, c.rms_eps, &mut st.xb)?;
+                b.matmul_many(
+                    &st.xb,
+                    &[&l.ffn_gate, &l.ffn_up],
+                    &mut [&mut st.gate, &mut st.up],
+                )?;
+                b.silu_mul(&mut st.gate, &st.up)?;
+                b.matmul(&st.gate, &l.ffn_down, &mut st.proj)?;
+                b.add_scaled(&mut st.x, &st.proj, c.residual_scale)?;
+            }
 
-        // logits = W_out · norm(h) / logit_scale, only for the rows asked for.
-        b.gather_rows(&st.x, outputs, &mut st.picked)?;
-        b.rms_norm(&st.picked, &w.output_norm, c.rms_eps, &mut st.picked_norm)?;
-        b.matmul(&st.picked_norm, &w.output, &mut st.logits)?;
-        if c.logit_scale != 1.0 {
-            b.scale(&mut st.logits, 1.0 / c.logit_scale)?;
-        }
-        Ok(())
+            // logits = W_out · norm(h) / logit_scale, only for the rows asked for.
+            b.gather_rows(&st.x, outputs, &mut st.picked)?;
+            b.rms_norm(&st.picked, &w.output_norm, c.rms_eps, &mut st.picked_norm)?;
+            b.matmul(&st.picked_norm, &w.output, &mut st.logits)?;
+            if c.logit_scale != 1.0 {
+                b.scale(&mut st.logits, 1.0 / c.logit_scale)?;
+            }
+            Ok(())
+        })
     }
 
     /// Copy the logits of the last `forward` (`[n_out, n_vocab]`) to `out`.

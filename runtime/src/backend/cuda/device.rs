@@ -1,0 +1,333 @@
+//! The thin layer over the CUDA driver: finding a GPU without panicking,
+//! device buffers, kernel launches, and the pinned staging arena through
+//! which every per-step host value (token ids, positions, slots) reaches the
+//! device.
+//!
+//! cudarc's safe API is used for the context, the stream and module loading;
+//! buffers and launches go through its `result` layer with raw device
+//! pointers, because the backend runs everything on one stream (ordering is
+//! the stream's) and must be able to capture a whole decode step into a CUDA
+//! graph, which cudarc's per-buffer event tracking would get in the way of.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::driver::{result, sys, CudaContext, CudaStream, DriverError};
+
+use crate::error::{Error, Result};
+
+/// A driver error as a tern error naming the operation.
+pub(super) fn gpu_err(op: &str, e: DriverError) -> Error {
+    Error::Gpu {
+        op: op.to_string(),
+        msg: format!("{e:?}"),
+    }
+}
+
+/// Whether the CUDA driver library can be loaded at all. cudarc panics
+/// when it is missing, so this is asked before anything else touches it.
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen the library by its usual names.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// Whether NVRTC (the run-time compiler) can be loaded.
+pub fn nvrtc_present() -> bool {
+    // SAFETY: only tries to dlopen the library by its usual names.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// An open GPU: context, the one stream everything runs on, and facts
+/// about the device.
+pub(super) struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    /// Compute capability (major, minor).
+    pub cc: (i32, i32),
+    /// The device's name, for logs.
+    pub name: String,
+    /// Device memory in bytes.
+    pub total_mem: usize,
+}
+
+impl Gpu {
+    /// Open GPU `ordinal`, or explain why not (no driver, no device, driver
+    /// too old). Never panics.
+    pub fn open(ordinal: usize) -> Result<Gpu> {
+        if !driver_present() {
+            return Err(Error::DeviceUnavailable(
+                "no CUDA driver (libcuda) found on this machine".into(),
+            ));
+        }
+        let unavailable = |what: &str, e: DriverError| {
+            Error::DeviceUnavailable(format!("CUDA {what} failed: {e:?}"))
+        };
+        result::init().map_err(|e| unavailable("initialisation", e))?;
+        let n = CudaContext::device_count().map_err(|e| unavailable("device query", e))?;
+        if n <= ordinal as i32 {
+            return Err(Error::DeviceUnavailable(format!(
+                "no CUDA device {ordinal} ({n} found)"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| unavailable("context creation", e))?;
+        // One stream orders everything; per-buffer events would only cost
+        // time and break graph capture.
+        // SAFETY: called before any buffer or stream of this context exists.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| unavailable("stream creation", e))?;
+        let cc = ctx
+            .compute_capability()
+            .map_err(|e| unavailable("device query", e))?;
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let total_mem = ctx.total_mem().unwrap_or(0);
+        Ok(Gpu {
+            ctx,
+            stream,
+            cc,
+            name,
+            total_mem,
+        })
+    }
+
+    pub fn cu_stream(&self) -> sys::CUstream {
+        self.stream.cu_stream()
+    }
+
+    /// Make this context current on the calling thread.
+    pub fn bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| gpu_err("bind", e))
+    }
+
+    /// Wait for everything queued so far.
+    pub fn sync(&self, op: &str) -> Result<()> {
+        self.stream.synchronize().map_err(|e| gpu_err(op, e))
+    }
+}
+
+/// A device allocation of `bytes` bytes, freed on drop.
+pub(super) struct DevBuf {
+    pub ptr: sys::CUdeviceptr,
+    pub bytes: usize,
+    ctx: Arc<CudaContext>,
+}
+
+// SAFETY: a device pointer is an address in the context's space; the
+// buffer is only touched through the stream, which orders all access.
+unsafe impl Send for DevBuf {}
+// SAFETY: as above; shared references never write through the pointer on
+// the host.
+unsafe impl Sync for DevBuf {}
+
+impl DevBuf {
+    /// Allocate `bytes` (at least 1) of device memory. Running out is
+    /// `Error::OutOfMemory` naming `what`, and leaves the device usable.
+    pub fn new(gpu: &Gpu, bytes: usize, what: &str) -> Result<DevBuf> {
+        gpu.bind()?;
+        // SAFETY: a plain allocation in the bound context.
+        let ptr = unsafe { result::malloc_sync(bytes.max(1)) }.map_err(|e| {
+            if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                Error::OutOfMemory {
+                    bytes: bytes as u64,
+                    what: format!("{what} (GPU memory)"),
+                }
+            } else {
+                gpu_err("allocate", e)
+            }
+        })?;
+        Ok(DevBuf {
+            ptr,
+            bytes,
+            ctx: Arc::clone(&gpu.ctx),
+        })
+    }
+
+    /// Copy `src` to the start of the buffer and wait for the copy.
+    pub fn upload<T: Copy>(&self, gpu: &Gpu, src: &[T]) -> Result<()> {
+        let n = std::mem::size_of_val(src);
+        if n > self.bytes {
+            return Err(Error::InvalidBatch(format!(
+                "upload of {n} bytes into a buffer of {}",
+                self.bytes
+            )));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        // SAFETY: `src` is a live host slice of n bytes and the buffer holds
+        // at least n; the synchronous copy finishes before we return.
+        unsafe {
+            sys::cuMemcpyHtoDAsync_v2(self.ptr, src.as_ptr() as *const c_void, n, gpu.cu_stream())
+                .result()
+                .map_err(|e| gpu_err("upload", e))?;
+        }
+        gpu.sync("upload")
+    }
+
+    /// Copy the first `dst.len()` elements of the buffer to `dst` (waits).
+    pub fn download<T: Copy>(&self, gpu: &Gpu, dst: &mut [T]) -> Result<()> {
+        let n = std::mem::size_of_val(dst);
+        if n > self.bytes {
+            return Err(Error::InvalidBatch(format!(
+                "download of {n} bytes from a buffer of {}",
+                self.bytes
+            )));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        // SAFETY: `dst` is a live, exclusively borrowed host slice of n
+        // bytes; we wait for the copy before returning.
+        unsafe {
+            result::memcpy_dtoh_async(dst, self.ptr, gpu.cu_stream())
+                .map_err(|e| gpu_err("download", e))?;
+        }
+        gpu.sync("download")
+    }
+
+    /// Zero the buffer (queued on the stream).
+    pub fn zero(&self, gpu: &Gpu) -> Result<()> {
+        // SAFETY: the range is the buffer's own.
+        unsafe { result::memset_d8_async(self.ptr, 0, self.bytes, gpu.cu_stream()) }
+            .map_err(|e| gpu_err("memset", e))
+    }
+}
+
+impl Drop for DevBuf {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: the pointer came from malloc_sync and is freed once.
+            // Work still queued that reads it was ordered before any later
+            // allocation can reuse it only after this synchronous free.
+            unsafe {
+                let _ = result::free_sync(self.ptr);
+            }
+        }
+    }
+}
+
+/// A kernel argument: a value whose address is handed to cuLaunchKernel.
+pub(super) enum Arg {
+    Ptr(u64),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+}
+
+impl Arg {
+    fn as_void(&mut self) -> *mut c_void {
+        match self {
+            Arg::Ptr(v) => v as *mut u64 as *mut c_void,
+            Arg::I32(v) => v as *mut i32 as *mut c_void,
+            Arg::I64(v) => v as *mut i64 as *mut c_void,
+            Arg::F32(v) => v as *mut f32 as *mut c_void,
+        }
+    }
+}
+
+/// Launch `f` on the stream with `grid` × `block` threads.
+pub(super) fn launch(
+    gpu: &Gpu,
+    f: sys::CUfunction,
+    name: &str,
+    grid: (u32, u32, u32),
+    block: u32,
+    args: &mut [Arg],
+) -> Result<()> {
+    if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+        return Ok(());
+    }
+    let mut ptrs: Vec<*mut c_void> = args.iter_mut().map(Arg::as_void).collect();
+    // SAFETY: the argument list matches the kernel's signature (each call
+    // site is written against its kernel), every pointer argument is a live
+    // device buffer of the size the kernel indexes, and `ptrs` outlives the
+    // call (cuLaunchKernel copies the values before returning).
+    unsafe {
+        result::launch_kernel(f, grid, (block, 1, 1), 0, gpu.cu_stream(), &mut ptrs)
+            .map_err(|e| gpu_err(name, e))
+    }
+}
+
+/// Host values for one step, staged in page-locked memory and copied to
+/// the device on the stream, so a captured graph replays the copies with
+/// whatever the host has written there since.
+pub(super) struct Staging {
+    host: *mut u32,
+    dev: DevBuf,
+    cap: usize,
+    /// Next free u32 slot; reset only after the stream has drained.
+    pub cursor: usize,
+}
+
+// SAFETY: the pinned host block is only written under the backend's lock.
+unsafe impl Send for Staging {}
+
+impl Staging {
+    pub const CAP: usize = 1 << 16;
+
+    pub fn new(gpu: &Gpu) -> Result<Staging> {
+        gpu.bind()?;
+        let bytes = Staging::CAP * 4;
+        // SAFETY: a plain page-locked allocation of `bytes`.
+        let host = unsafe { result::malloc_host(bytes, 0) }
+            .map_err(|e| gpu_err("pinned allocation", e))? as *mut u32;
+        let dev = DevBuf::new(gpu, bytes, "staging")?;
+        Ok(Staging {
+            host,
+            dev,
+            cap: Staging::CAP,
+            cursor: 0,
+        })
+    }
+
+    /// Room for `n` more values without waiting?
+    pub fn fits(&self, n: usize) -> bool {
+        self.cursor + n <= self.cap
+    }
+
+    /// Write `vals` at the cursor, queue their copy to the device and
+    /// return (slot, device pointer). The caller has checked `fits`.
+    pub fn push(&mut self, gpu: &Gpu, vals: &[u32]) -> Result<(usize, u64)> {
+        let at = self.cursor;
+        let n = vals.len().max(1);
+        // SAFETY: at + n ≤ cap (the caller checked), so the writes stay in
+        // the pinned block; no queued copy reads these slots (the cursor
+        // only moves back after the stream has drained).
+        unsafe {
+            std::ptr::copy_nonoverlapping(vals.as_ptr(), self.host.add(at), vals.len());
+        }
+        self.cursor += n;
+        let dptr = self.dev.ptr + (at * 4) as u64;
+        // SAFETY: both ranges lie inside their allocations.
+        unsafe {
+            sys::cuMemcpyHtoDAsync_v2(
+                dptr,
+                self.host.add(at) as *const c_void,
+                vals.len() * 4,
+                gpu.cu_stream(),
+            )
+            .result()
+            .map_err(|e| gpu_err("stage", e))?;
+        }
+        Ok((at, dptr))
+    }
+
+    /// Overwrite slots `at..at + vals.len()` in host memory only (for a
+    /// graph replay, whose captured copies then carry them over).
+    pub fn rewrite(&mut self, at: usize, vals: &[u32]) {
+        assert!(at + vals.len() <= self.cap);
+        // SAFETY: bounds checked above; the stream is idle when replays
+        // rewrite (the previous step's results were read back).
+        unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), self.host.add(at), vals.len()) }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // SAFETY: allocated by malloc_host, freed once.
+        unsafe {
+            let _ = result::free_host(self.host as *mut c_void);
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The CUDA C sources of every kernel, compiled at run time by NVRTC for the
+//! GPU found and cached on disk.
+//!
+//! The `.cu` files under `kernels/` are concatenated (`common.cuh` first)
+//! into one translation unit, so they need no include path and no toolkit
+//! header. The PTX NVRTC produces is cached under
+//! `$TERN_CACHE/cuda-kernels/` (default `~/.cache/tern/cuda-kernels/`),
+//! keyed by the sha256 of the source, the target architecture and the NVRTC
+//! version, and written through a temp file and a rename so a crash never
+//! leaves a torn entry. A failed cache read or write only costs a compile.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cudarc::driver::{sys, CudaModule};
+use cudarc::nvrtc::{CompileOptions, Ptx};
+use sha2::{Digest, Sha256};
+
+use super::device::{gpu_err, nvrtc_present, Gpu};
+use crate::error::{Error, Result};
+
+/// The kernel sources, in the order they are concatenated.
+pub const SOURCES: [(&str, &str); 5] = [
+    ("common.cuh", include_str!("kernels/common.cuh")),
+    ("elementwise.cu", include_str!("kernels/elementwise.cu")),
+    ("matvec.cu", include_str!("kernels/matvec.cu")),
+    ("matmul.cu", include_str!("kernels/matmul.cu")),
+    ("attention.cu", include_str!("kernels/attention.cu")),
+];
+
+/// Every kernel entry point the backend launches.
+pub const KERNEL_NAMES: [&str; 15] = [
+    "embed",
+    "rms_norm",
+    "rope",
+    "silu_mul",
+    "add_scaled",
+    "scale",
+    "gather_rows",
+    "kv_write",
+    "argmax_rows",
+    "quantize_act",
+    "matvec_q",
+    "matvec_f",
+    "matmul_mma",
+    "attn_partial",
+    "attn_combine",
+];
+
+/// The one translation unit NVRTC compiles.
+pub fn source() -> String {
+    let mut s = String::new();
+    for (name, text) in SOURCES {
+        s.push_str(&format!("// ---- {name} ----\n"));
+        s.push_str(text);
+        s.push('\n');
+    }
+    s
+}
+
+/// NVRTC's version as (major, minor), or an error if NVRTC is missing.
+pub fn nvrtc_version() -> Result<(i32, i32)> {
+    if !nvrtc_present() {
+        return Err(Error::DeviceUnavailable(
+            "NVRTC (libnvrtc) not found: it compiles tern's GPU kernels; install the CUDA \
+             toolkit or the nvidia-cuda-nvrtc-cu12 wheel and put its lib/ on LD_LIBRARY_PATH"
+                .into(),
+        ));
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: the library is present; the call writes two ints.
+    let r = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    if r != cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
+        return Err(Error::DeviceUnavailable(format!(
+            "NVRTC version query failed: {r:?}"
+        )));
+    }
+    Ok((major, minor))
+}
+
+/// Compile the kernels to PTX for `compute_{arch}` (e.g. 90). The error
+/// carries NVRTC's log.
+pub fn compile(arch: u32) -> Result<String> {
+    compile_source(&source(), arch)
+}
+
+/// Compile any CUDA C `src` to PTX for `compute_{arch}`; the error carries
+/// NVRTC's log.
+pub fn compile_source(src: &str, arch: u32) -> Result<String> {
+    nvrtc_version()?;
+    let arch_opt: &'static str = match arch {
+        75 => "compute_75",
+        80 => "compute_80",
+        86 => "compute_86",
+        87 => "compute_87",
+        89 => "compute_89",
+        90 => "compute_90",
+        100 => "compute_100",
+        120 => "compute_120",
+        other => {
+            return Err(Error::DeviceUnavailable(format!(
+                "no kernel build for compute capability {}.{} (tern targets sm_75 and newer)",
+                other / 10,
+                other % 10
+            )))
+        }
+    };
+    let opts = CompileOptions {
+        arch: Some(arch_opt),
+        options: vec!["--std=c++14".into(), "-default-device".into()],
+        name: Some("tern_kernels.cu".into()),
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| Error::Gpu {
+        op: format!("compile kernels for sm_{arch}"),
+        msg: format!("{e}"),
+    })?;
+    Ok(ptx.to_src())
+}
+
+fn cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("TERN_CACHE") {
+        return Some(PathBuf::from(d).join("cuda-kernels"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/tern/cuda-kernels"))
+}
+
+/// The cache file name for `arch` under NVRTC `ver`.
+pub fn cache_key(arch: u32, ver: (i32, i32)) -> String {
+    let digest = Sha256::digest(source().as_bytes());
+    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}-sm{arch}-nvrtc{}.{}.ptx", ver.0, ver.1)
+}
+
+/// PTX for `arch`, from the cache or freshly compiled (and then cached).
+pub fn ptx_for(arch: u32) -> Result<String> {
+    let ver = nvrtc_version()?;
+    let key = cache_key(arch, ver);
+    let dir = cache_dir();
+    if let Some(path) = dir.as_ref().map(|d| d.join(&key)) {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if text.contains(".entry") {
+                log::debug!("cuda: kernels from cache {}", path.display());
+                return Ok(text);
+            }
+        }
+    }
+    let t = std::time::Instant::now();
+    let ptx = compile(arch)?;
+    log::info!(
+        "cuda: compiled kernels for sm_{arch} in {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
+    if let Some(d) = dir {
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&d)?;
+            let tmp = d.join(format!("{key}.tmp{}", std::process::id()));
+            std::fs::write(&tmp, &ptx)?;
+            std::fs::rename(&tmp, d.join(&key))
+        };
+        if let Err(e) = write() {
+            log::warn!("cuda: could not cache kernels in {}: {e}", d.display());
+        }
+    }
+    Ok(ptx)
+}
+
+/// The loaded kernels: one function handle per entry point.
+pub(super) struct Kernels {
+    _module: Arc<CudaModule>,
+    funcs: Vec<sys::CUfunction>,
+}
+
+// SAFETY: CUfunction handles are immutable once loaded and usable from any
+// thread with the context current.
+unsafe impl Send for Kernels {}
+// SAFETY: as above.
+unsafe impl Sync for Kernels {}
+
+impl Kernels {
+    pub fn load(gpu: &Gpu) -> Result<Kernels> {
+        let arch = (gpu.cc.0 * 10 + gpu.cc.1) as u32;
+        let ptx = ptx_for(arch)?;
+        let module = gpu
+            .ctx
+            .load_module(Ptx::from_src(ptx))
+            .map_err(|e| gpu_err("load kernels", e))?;
+        let mut funcs = Vec::with_capacity(KERNEL_NAMES.len());
+        for name in KERNEL_NAMES {
+            let f = module
+                .load_function(name)
+                .map_err(|e| gpu_err(&format!("load kernel {name}"), e))?;
+            funcs.push(f.cu_function());
+        }
+        Ok(Kernels {
+            _module: module,
+            funcs,
+        })
+    }
+
+    /// The handle of kernel `name` (one of [`KERNEL_NAMES`]).
+    pub fn get(&self, name: &str) -> sys::CUfunction {
+        let i = KERNEL_NAMES
+            .iter()
+            .position(|&n| n == name)
+            .expect("kernel names are fixed at compile time");
+        self.funcs[i]
+    }
+}

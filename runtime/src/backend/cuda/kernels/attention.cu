@@ -1,0 +1,100 @@
+// attention.cu — causal attention over the KV cache (f16 or f32), split
+// over the key axis (flash-decoding) and merged by attn_combine.
+//
+// attn_partial: block (split s, query head h, token t), 4 warps. The token
+// at batch row t sits in slot first_slot[0] + t and sees slots 0..=that.
+// Block s takes keys [s·chunk, (s+1)·chunk) of those; each warp takes every
+// 4th key, lanes split the head dimension, and keeps a running max, sum and
+// weighted value sum (online softmax). The warps merge in shared memory. With
+// one split the block writes the normalised output; with several it writes
+// (o, m, l) partials that attn_combine merges. Grouped-query attention: query
+// head h reads KV head h / (n_head / n_head_kv).
+
+#define ATT_WARPS 4
+#define ATT_MAXD 8 // head_dim ≤ 256
+
+__device__ __forceinline__ float kv_at(const u8* c, int f16, long long i) {
+    return f16 ? h2f(((const u16*)c)[i]) : ((const float*)c)[i];
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_partial(
+    const float* q, const u8* kc, const u8* vc, const u32* first_slot, int n_head, int n_head_kv,
+    int head_dim, float scale, int chunk, int n_split, int f16, float* out, float* part_o,
+    float2* part_ml) {
+    __shared__ float sq[256];
+    __shared__ float so[ATT_WARPS][256];
+    __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
+    int s = blockIdx.x, h = blockIdx.y, t = blockIdx.z;
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    int hk = h / (n_head / n_head_kv);
+    int width = n_head_kv * head_dim;
+    long long n_vis = (long long)first_slot[0] + t + 1;
+    long long k0 = (long long)s * chunk;
+    long long k1 = min(k0 + chunk, n_vis);
+    const float* qr = q + ((long long)t * n_head + h) * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) sq[d] = qr[d] * scale;
+    __syncthreads();
+
+    float m = NEG_INF, l = 0.f, o[ATT_MAXD];
+#pragma unroll
+    for (int i = 0; i < ATT_MAXD; i++) o[i] = 0.f;
+    for (long long j = k0 + warp; j < k1; j += ATT_WARPS) {
+        long long base = j * width + (long long)hk * head_dim;
+        float dot = 0.f;
+#pragma unroll
+        for (int i = 0; i < ATT_MAXD; i++) {
+            int d = lane + 32 * i;
+            if (d < head_dim) dot += sq[d] * kv_at(kc, f16, base + d);
+        }
+        dot = warp_sum(dot);
+        float mn = fmaxf(m, dot);
+        float corr = __expf(m - mn), p = __expf(dot - mn);
+        l = l * corr + p;
+#pragma unroll
+        for (int i = 0; i < ATT_MAXD; i++) {
+            int d = lane + 32 * i;
+            if (d < head_dim) o[i] = o[i] * corr + p * kv_at(vc, f16, base + d);
+        }
+        m = mn;
+    }
+    if (lane == 0) { sm[warp] = m; sl[warp] = l; }
+#pragma unroll
+    for (int i = 0; i < ATT_MAXD; i++) {
+        int d = lane + 32 * i;
+        if (d < head_dim) so[warp][d] = o[i];
+    }
+    __syncthreads();
+    float M = NEG_INF;
+    for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, sm[w]);
+    float L = 0.f;
+    for (int w = 0; w < ATT_WARPS; w++) L += sm[w] == NEG_INF ? 0.f : sl[w] * __expf(sm[w] - M);
+    long long row = (long long)t * n_head + h;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float acc = 0.f;
+        for (int w = 0; w < ATT_WARPS; w++)
+            if (sm[w] != NEG_INF) acc += so[w][d] * __expf(sm[w] - M);
+        if (n_split == 1)
+            out[row * head_dim + d] = L > 0.f ? acc / L : 0.f;
+        else
+            part_o[(row * n_split + s) * head_dim + d] = acc;
+    }
+    if (n_split > 1 && threadIdx.x == 0) part_ml[row * n_split + s] = make_float2(M, L);
+}
+
+// Merge the splits of one (token, head): o = Σ_s o_s·e^{m_s−M} / Σ_s l_s·e^{m_s−M}.
+extern "C" __global__ void attn_combine(const float* part_o, const float2* part_ml, int n_split,
+                                        int head_dim, float* out) {
+    long long row = blockIdx.x;
+    const float2* ml = part_ml + row * n_split;
+    float M = NEG_INF;
+    for (int s = 0; s < n_split; s++) M = fmaxf(M, ml[s].x);
+    float L = 0.f;
+    for (int s = 0; s < n_split; s++)
+        if (ml[s].x != NEG_INF) L += ml[s].y * __expf(ml[s].x - M);
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float acc = 0.f;
+        for (int s = 0; s < n_split; s++)
+            if (ml[s].x != NEG_INF) acc += part_o[(row * n_split + s) * head_dim + d] * __expf(ml[s].x - M);
+        out[row * head_dim + d] = L > 0.f ? acc / L : 0.f;
+    }
+}

@@ -1,0 +1,70 @@
+// common.cuh — shared helpers for every tern CUDA kernel: f16 conversion
+// through PTX (so no toolkit header is needed under NVRTC), warp
+// reductions, and the weight layout every matmul and embedding reads.
+//
+// Weight layout (packed on the host at load, see backend/cuda/mod.rs):
+//   F32 / F16  : rows × cols values, row-major.
+//   Q8_0       : qs  = rows × (cols/32) × 32 int8,  then d = rows × (cols/32) f16.
+//   Q4_0/Q4_1  : qs  = rows × (cols/32) × 16 bytes (GGML nibble order: byte j
+//                holds element j in its low and element j+16 in its high
+//                nibble), then d (f16), then for Q4_1 m (f16), each
+//                rows × (cols/32).
+// Splitting the 18/20/34-byte GGML blocks into a quant array and scale
+// arrays lets every thread read its 16 or 32 quant bytes with aligned
+// 16-byte loads.
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+#define NEG_INF __int_as_float(0xff800000)
+
+#define TY_F32 0
+#define TY_F16 1
+#define TY_Q4_0 2
+#define TY_Q4_1 3
+#define TY_Q8_0 8
+
+__device__ __forceinline__ float h2f(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ u16 f2h(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// One weight element, for the slow paths (embedding rows, small tails).
+__device__ __forceinline__ float weight_at(int ty, const u8* w, long long rows, long long cols,
+                                           long long r, long long c) {
+    if (ty == TY_F32) return ((const float*)w)[r * cols + c];
+    if (ty == TY_F16) return h2f(((const u16*)w)[r * cols + c]);
+    long long nb = cols / 32, b = r * nb + c / 32;
+    int j = (int)(c % 32);
+    if (ty == TY_Q8_0) {
+        const u16* d = (const u16*)(w + rows * cols);
+        return h2f(d[b]) * (float)((const signed char*)w)[b * 32 + j];
+    }
+    const u16* d = (const u16*)(w + rows * nb * 16);
+    u8 byte = w[b * 16 + (j & 15)];
+    int q = j < 16 ? (byte & 15) : (byte >> 4);
+    if (ty == TY_Q4_0) return h2f(d[b]) * (float)(q - 8);
+    const u16* m = d + rows * nb;
+    return h2f(d[b]) * (float)q + h2f(m[b]);
+}

@@ -1,0 +1,123 @@
+// elementwise.cu — embedding lookup, RMSNorm, RoPE, SwiGLU, the residual
+// update, scaling, row gathering, the KV-cache write and argmax. Every
+// value that changes from one decode step to the next (token ids,
+// positions, the first KV slot, output rows) is read from device memory,
+// so a captured decode graph replays with new inputs.
+
+extern "C" __global__ void embed(const u8* w, int ty, long long rows, long long cols,
+                                 const u32* ids, float scale, float* out) {
+    long long t = blockIdx.x;
+    long long r = ids[t];
+    for (long long c = threadIdx.x; c < cols; c += blockDim.x)
+        out[t * cols + c] = weight_at(ty, w, rows, cols, r, c) * scale;
+}
+
+// One block per row; the sum of squares in f32 per thread, then a tree.
+extern "C" __global__ void rms_norm(const float* x, const float* w, float eps, int cols,
+                                    float* out) {
+    __shared__ float part[32];
+    const float* xr = x + (long long)blockIdx.x * cols;
+    float* o = out + (long long)blockIdx.x * cols;
+    float ss = 0.f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) ss += xr[c] * xr[c];
+    ss = warp_sum(ss);
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) part[warp] = ss;
+    __syncthreads();
+    if (warp == 0) {
+        int nw = blockDim.x / 32;
+        ss = lane < nw ? part[lane] : 0.f;
+        ss = warp_sum(ss);
+        if (lane == 0) part[0] = ss;
+    }
+    __syncthreads();
+    float s = rsqrtf(part[0] / (float)cols + eps);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = xr[c] * s * w[c];
+}
+
+// GGML "normal" RoPE: pair (2i, 2i+1) of every head turns by pos·inv_freq[i].
+// Angles in f64 as on the CPU, so long positions lose nothing.
+extern "C" __global__ void rope(float* x, const u32* pos, const double* inv_freq, int n_head,
+                                int head_dim, int n_rot, int rows) {
+    int half = n_rot / 2;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long total = (long long)rows * n_head * half;
+    if (i >= total) return;
+    int p = (int)(i % half);
+    long long th = i / half;
+    int h = (int)(th % n_head);
+    long long t = th / n_head;
+    double theta = (double)pos[t] * inv_freq[p];
+    double sn, cs;
+    sincos(theta, &sn, &cs);
+    float c = (float)cs, s = (float)sn;
+    float* v = x + (t * n_head + h) * head_dim + 2 * p;
+    float x0 = v[0], x1 = v[1];
+    v[0] = x0 * c - x1 * s;
+    v[1] = x0 * s + x1 * c;
+}
+
+extern "C" __global__ void silu_mul(float* gate, const float* up, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float g = gate[i];
+        gate[i] = g / (1.f + expf(-g)) * up[i];
+    }
+}
+
+extern "C" __global__ void add_scaled(float* acc, const float* x, float s, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) acc[i] += s * x[i];
+}
+
+extern "C" __global__ void scale(float* x, float s, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] *= s;
+}
+
+extern "C" __global__ void gather_rows(const float* x, const u32* rows, int cols, float* out) {
+    long long r = rows[blockIdx.x];
+    for (int c = threadIdx.x; c < cols; c += blockDim.x)
+        out[(long long)blockIdx.x * cols + c] = x[r * cols + c];
+}
+
+// K and V rows of this batch into slots first_slot[0] + t; f16 or f32 cache.
+extern "C" __global__ void kv_write(const float* k, const float* v, u8* kc, u8* vc,
+                                    const u32* first_slot, int width, int rows, int f16) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)rows * width) return;
+    long long dst = (long long)first_slot[0] * width + i;
+    if (f16) {
+        ((u16*)kc)[dst] = f2h(k[i]);
+        ((u16*)vc)[dst] = f2h(v[i]);
+    } else {
+        ((float*)kc)[dst] = k[i];
+        ((float*)vc)[dst] = v[i];
+    }
+}
+
+// Index of the largest value of each row (the first on ties), for greedy decoding.
+extern "C" __global__ void argmax_rows(const float* x, int cols, u32* out) {
+    __shared__ float bv[32];
+    __shared__ int bi[32];
+    const float* r = x + (long long)blockIdx.x * cols;
+    float best = NEG_INF;
+    int idx = 0x7fffffff;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = r[c];
+        if (v > best || (v == best && c < idx)) { best = v; idx = c; }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+        if (ov > best || (ov == best && oi < idx)) { best = ov; idx = oi; }
+    }
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) { bv[warp] = best; bi[warp] = idx; }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < (int)(blockDim.x / 32); w++)
+            if (bv[w] > best || (bv[w] == best && bi[w] < idx)) { best = bv[w]; idx = bi[w]; }
+        out[blockIdx.x] = (u32)idx;
+    }
+}

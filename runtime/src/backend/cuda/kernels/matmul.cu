@@ -1,0 +1,146 @@
+// matmul.cu — prefill matrix-matrix products on the tensor cores:
+// out[t, r] = Σ_c W[r, c]·x[t, c] for many tokens.
+//
+// Each block computes a 64 (weight rows) × 64 (tokens) tile with 4 warps
+// (2 × 2, 32 × 32 each). Per 32-column step it dequantizes the weight tile
+// to f16 in shared memory, converts the activation tile to f16 beside it,
+// and each warp runs mma.sync m16n8k16 (f16 inputs, f32 accumulators) over
+// it. Rows are padded to 40 halves so the fragment loads of a warp hit 32
+// different banks. PTX is written inline, so no toolkit header is needed.
+
+#define MM_BM 64
+#define MM_BN 64
+#define MM_BK 32
+#define MM_LD 40
+
+__device__ __forceinline__ void mma_16816(float* c, const u32* a, const u32* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+extern "C" __global__ void __launch_bounds__(128) matmul_mma(const u8* w, int ty, int rows,
+                                                             int cols, const float* x, int ntok,
+                                                             float* out) {
+    __shared__ __align__(16) u16 sw[MM_BM * MM_LD];
+    __shared__ __align__(16) u16 sx[MM_BN * MM_LD];
+    int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    int wm = warp / 2, wn = warp % 2;
+    int r0 = blockIdx.x * MM_BM, t0 = blockIdx.y * MM_BN;
+    int nb = cols / 32;
+    long long nrow_blocks = (long long)rows * nb;
+    const u16* dq = (const u16*)(w + nrow_blocks * (ty == TY_Q8_0 ? 32 : 16));
+    const u16* mq = dq + nrow_blocks;
+
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int k = 0; k < 4; k++) acc[i][j][k] = 0.f;
+
+    // Loader roles: thread → (tile row, half of the 32 columns).
+    int lr = tid / 2, lh = tid % 2;
+    for (int b = 0; b < nb; b++) {
+        // Weight tile row lr, columns lh*16 .. lh*16+15, as f16.
+        {
+            int r = r0 + lr;
+            u16* dst = sw + lr * MM_LD + lh * 16;
+            if (r < rows) {
+                long long blk = (long long)r * nb + b;
+                if (ty == TY_Q4_0 || ty == TY_Q4_1) {
+                    float d = h2f(dq[blk]);
+                    float m = ty == TY_Q4_1 ? h2f(mq[blk]) : -8.f * d;
+                    uint4 q = *(const uint4*)(w + blk * 16);
+                    u32 qw[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+                    for (int k = 0; k < 16; k++) {
+                        u32 byte = (qw[k / 4] >> (8 * (k % 4))) & 0xff;
+                        u32 nib = lh == 0 ? (byte & 15) : (byte >> 4);
+                        dst[k] = f2h(d * (float)nib + m);
+                    }
+                } else if (ty == TY_Q8_0) {
+                    float d = h2f(dq[blk]);
+                    const signed char* q = (const signed char*)(w + blk * 32 + lh * 16);
+#pragma unroll
+                    for (int k = 0; k < 16; k++) dst[k] = f2h(d * (float)q[k]);
+                } else if (ty == TY_F16) {
+                    const uint4* p = (const uint4*)((const u16*)w + (long long)r * cols + b * 32 + lh * 16);
+                    ((uint4*)dst)[0] = p[0];
+                    ((uint4*)dst)[1] = p[1];
+                } else {
+                    const float* p = (const float*)w + (long long)r * cols + b * 32 + lh * 16;
+#pragma unroll
+                    for (int k = 0; k < 16; k++) dst[k] = f2h(p[k]);
+                }
+            } else {
+#pragma unroll
+                for (int k = 0; k < 16; k++) dst[k] = 0;
+            }
+        }
+        // Activation tile: token lr, columns lh*16 .. +15.
+        {
+            int t = t0 + lr;
+            u16* dst = sx + lr * MM_LD + lh * 16;
+            if (t < ntok) {
+                const float4* p = (const float4*)(x + (long long)t * cols + b * 32 + lh * 16);
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    float4 v = p[k];
+                    dst[4 * k] = f2h(v.x);
+                    dst[4 * k + 1] = f2h(v.y);
+                    dst[4 * k + 2] = f2h(v.z);
+                    dst[4 * k + 3] = f2h(v.w);
+                }
+            } else {
+#pragma unroll
+                for (int k = 0; k < 16; k++) dst[k] = 0;
+            }
+        }
+        __syncthreads();
+        int g = lane / 4, q4 = lane % 4;
+#pragma unroll
+        for (int kk = 0; kk < MM_BK; kk += 16) {
+            u32 af[2][4], bf[4][2];
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const u16* base = sw + (wm * 32 + i * 16) * MM_LD + kk + q4 * 2;
+                af[i][0] = *(const u32*)(base + g * MM_LD);
+                af[i][1] = *(const u32*)(base + (g + 8) * MM_LD);
+                af[i][2] = *(const u32*)(base + g * MM_LD + 8);
+                af[i][3] = *(const u32*)(base + (g + 8) * MM_LD + 8);
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const u16* base = sx + (wn * 32 + j * 8 + g) * MM_LD + kk + q4 * 2;
+                bf[j][0] = *(const u32*)(base);
+                bf[j][1] = *(const u32*)(base + 8);
+            }
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) mma_16816(acc[i][j], af[i], bf[j]);
+        }
+        __syncthreads();
+    }
+    // C fragment: (row g, cols 2·q4, 2·q4+1) and (row g+8, same cols);
+    // rows are weight rows, columns tokens.
+    int g = lane / 4, q4 = lane % 4;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int r = r0 + wm * 32 + i * 16 + g;
+            int t = t0 + wn * 32 + j * 8 + q4 * 2;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                int rr = r + (k >= 2 ? 8 : 0);
+                int tt = t + (k % 2);
+                if (rr < rows && tt < ntok) out[(long long)tt * rows + rr] = acc[i][j][k];
+            }
+        }
+    }
+}

@@ -1,0 +1,1056 @@
+//! The CUDA backend (feature `cuda`): weights, activations and the KV cache
+//! live in device memory; every op is one or two kernel launches on a
+//! single stream; a decode step is captured once as a CUDA graph and
+//! replayed.
+//!
+//! - `device.rs`: driver access that never panics, buffers, launches, the
+//!   pinned staging arena for per-step host values.
+//! - `kernels.rs` + `kernels/*.cu`: the CUDA C sources, NVRTC compilation
+//!   for the GPU found, the on-disk PTX cache.
+//! - this file: handle types, weight packing, the `Backend` impl and graph
+//!   capture/replay.
+//!
+//! **Graphs.** Every host value an op needs per step (token ids, positions,
+//! the first KV slot, output rows, RoPE frequencies) goes through the
+//! staging arena: written into page-locked memory and copied to the device
+//! on the stream; kernels read it from there. When the same step shape
+//! (tokens, outputs) runs twice in a row on one KV cache without any device
+//! allocation in between, the third run is captured into a graph, and later
+//! runs only rewrite the staged values and replay it. Any allocation (a
+//! larger batch, a new session growing scratch) bumps an epoch and the
+//! graph is captured afresh next time.
+
+mod device;
+pub mod kernels;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cudarc::driver::sys;
+
+pub use self::device::{driver_present, nvrtc_present};
+use self::device::{launch, Arg, DevBuf, Gpu, Staging};
+use super::{AttnParams, Backend, KvSpec, KvType, Op, Rope, StepInputs};
+use crate::error::{Error, Result};
+use crate::gguf::{GgufFile, TensorInfo};
+use crate::quants::{self, GgmlType};
+
+/// Rows of `x` at or below which matmuls run as mat-vec (decode) kernels.
+const MATVEC_MAX_ROWS: usize = 4;
+
+/// The CUDA backend. Clones share the device, kernels and scratch.
+#[derive(Clone)]
+pub struct CudaBackend {
+    sh: Arc<Shared>,
+}
+
+struct Shared {
+    gpu: Gpu,
+    k: kernels::Kernels,
+    /// Bumped on every device allocation made for activations or scratch;
+    /// a graph captured at another epoch is stale.
+    epoch: AtomicU64,
+    m: Mutex<Mutable>,
+    /// Held for a whole forward step, so two sessions' steps never
+    /// interleave (a capture in progress must see only its own launches).
+    step: Mutex<()>,
+}
+
+/// Scratch and staging, touched under the lock.
+struct Mutable {
+    staging: Staging,
+    /// Entries staged since capture began: (slot, what, values).
+    capture_log: Option<Vec<(usize, Staged, Vec<u32>)>>,
+    xq: Option<DevBuf>,
+    xs: Option<DevBuf>,
+    part_o: Option<DevBuf>,
+    part_ml: Option<DevBuf>,
+}
+
+/// What a staged host value was, so a replay can put the new step's
+/// values in its place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Staged {
+    Tokens,
+    Positions,
+    FirstSlot,
+    Outputs,
+    Const,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaBackend({})", self.sh.gpu.name)
+    }
+}
+
+impl CudaBackend {
+    /// Open GPU `ordinal`, compile (or load from cache) the kernels. Fails
+    /// with `DeviceUnavailable` when there is no driver, no such device or
+    /// no NVRTC; never panics.
+    pub fn open(ordinal: usize) -> Result<CudaBackend> {
+        let gpu = Gpu::open(ordinal)?;
+        let k = kernels::Kernels::load(&gpu)?;
+        let staging = Staging::new(&gpu)?;
+        log::info!(
+            "cuda: {} (sm_{}{}, {:.1} GiB)",
+            gpu.name,
+            gpu.cc.0,
+            gpu.cc.1,
+            gpu.total_mem as f64 / (1u64 << 30) as f64
+        );
+        Ok(CudaBackend {
+            sh: Arc::new(Shared {
+                gpu,
+                k,
+                epoch: AtomicU64::new(0),
+                m: Mutex::new(Mutable {
+                    staging,
+                    capture_log: None,
+                    xq: None,
+                    xs: None,
+                    part_o: None,
+                    part_ml: None,
+                }),
+                step: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The device's name ("NVIDIA H200").
+    pub fn device_name(&self) -> &str {
+        &self.sh.gpu.name
+    }
+
+    /// Compute capability (major, minor).
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.sh.gpu.cc
+    }
+
+    /// Wait for all queued work (for timing).
+    pub fn synchronize(&self) -> Result<()> {
+        self.sh.gpu.sync("synchronize")
+    }
+
+    /// Index of the largest logit of each row of `x`, computed on the
+    /// device (greedy decoding without copying the logits back).
+    pub fn argmax_rows(&self, x: &CudaTensor, out: &mut [u32]) -> Result<()> {
+        if out.len() != x.rows {
+            return Err(shape_err(
+                "argmax",
+                format!("{} outputs for {} rows", out.len(), x.rows),
+            ));
+        }
+        let g = self.gpu()?;
+        let buf = DevBuf::new(g, x.rows.max(1) * 4, "argmax")?;
+        launch(
+            g,
+            self.f("argmax_rows"),
+            "argmax",
+            (x.rows as u32, 1, 1),
+            256,
+            &mut [
+                Arg::Ptr(x.buf.ptr),
+                Arg::I32(x.cols as i32),
+                Arg::Ptr(buf.ptr),
+            ],
+        )?;
+        buf.download(g, out)
+    }
+
+    fn gpu(&self) -> Result<&Gpu> {
+        self.sh.gpu.bind()?;
+        Ok(&self.sh.gpu)
+    }
+
+    fn f(&self, name: &str) -> sys::CUfunction {
+        self.sh.k.get(name)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Mutable> {
+        // A panic while holding the lock leaves only scratch pointers
+        // behind, which stay valid: recover the guard.
+        self.sh.m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self) {
+        self.sh.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn epoch(&self) -> u64 {
+        self.sh.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Stage `vals` for the device; returns its device address.
+    fn stage(&self, m: &mut Mutable, what: Staged, vals: &[u32]) -> Result<u64> {
+        let g = self.gpu()?;
+        if !m.staging.fits(vals.len().max(1)) {
+            if m.capture_log.is_some() {
+                return Err(Error::Gpu {
+                    op: "stage".into(),
+                    msg: "staging arena full during capture".into(),
+                });
+            }
+            g.sync("stage")?;
+            m.staging.cursor = 0;
+        }
+        let (slot, ptr) = m.staging.push(g, vals)?;
+        if let Some(log) = m.capture_log.as_mut() {
+            log.push((slot, what, vals.to_vec()));
+        }
+        Ok(ptr)
+    }
+
+    /// Make sure scratch `which` holds at least `bytes`.
+    fn ensure(&self, slot: &mut Option<DevBuf>, bytes: usize, what: &str) -> Result<u64> {
+        if slot.as_ref().is_none_or(|b| b.bytes < bytes) {
+            *slot = None;
+            let b = DevBuf::new(self.gpu()?, bytes.next_power_of_two(), what)?;
+            self.bump();
+            *slot = Some(b);
+        }
+        Ok(slot.as_ref().map_or(0, |b| b.ptr))
+    }
+}
+
+/// An f32 activation `[rows, cols]` in device memory; the buffer may be
+/// larger than `rows · cols` (capacity kept across batches).
+pub struct CudaTensor {
+    rows: usize,
+    cols: usize,
+    buf: DevBuf,
+}
+
+/// A weight in device memory, packed for the kernels (see
+/// `kernels/common.cuh` for the layouts).
+pub struct CudaWeight {
+    name: String,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    buf: DevBuf,
+}
+
+/// A session's KV cache, plus the decode graphs captured over it.
+pub struct CudaKvCache {
+    spec: KvSpec,
+    layers: Vec<(DevBuf, DevBuf)>,
+    graph: Option<StepGraph>,
+    /// The last eager step: (shape, epoch before, epoch after).
+    last_eager: Option<((usize, usize), u64, u64)>,
+}
+
+struct StepGraph {
+    shape: (usize, usize),
+    epoch: u64,
+    exec: sys::CUgraphExec,
+    graph: sys::CUgraph,
+    log: Vec<(usize, Staged, Vec<u32>)>,
+}
+
+// SAFETY: the graph handles are only used under the backend's step lock.
+unsafe impl Send for StepGraph {}
+
+impl Drop for StepGraph {
+    fn drop(&mut self) {
+        // SAFETY: created by end_capture/instantiate, destroyed once.
+        unsafe {
+            let _ = sys::cuGraphExecDestroy(self.exec);
+            let _ = sys::cuGraphDestroy(self.graph);
+        }
+    }
+}
+
+fn shape_err(op: &str, detail: String) -> Error {
+    Error::InvalidBatch(format!("cuda {op}: {detail}"))
+}
+
+fn ty_code(ty: GgmlType) -> i32 {
+    match ty {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Q4_0 => 2,
+        GgmlType::Q4_1 => 3,
+        GgmlType::Q8_0 => 8,
+        _ => -1,
+    }
+}
+
+fn blocks(n: usize, per: usize) -> u32 {
+    n.div_ceil(per).max(1) as u32
+}
+
+/// Split GGML blocks into the kernels' layout: all quant bytes, then the
+/// f16 scales, then (Q4_1) the f16 minimums. F32 and F16 stay as they are.
+pub fn pack_weight(ty: GgmlType, data: &[u8], rows: usize, cols: usize) -> Result<Vec<u8>> {
+    let nb = cols / 32;
+    let (bsz, qbytes, has_m) = match ty {
+        GgmlType::F32 | GgmlType::F16 => return Ok(data.to_vec()),
+        GgmlType::Q4_0 => (18, 16, false),
+        GgmlType::Q4_1 => (20, 16, true),
+        GgmlType::Q8_0 => (34, 32, false),
+        other => {
+            return Err(Error::UnsupportedType {
+                tensor: "<weight>".into(),
+                ty: other,
+                backend: "cuda",
+            })
+        }
+    };
+    let n = rows * nb;
+    if data.len() != n * bsz {
+        return Err(Error::BadLength {
+            what: "cuda weight packing".into(),
+            expected: (n * bsz) as u64,
+            got: data.len() as u64,
+        });
+    }
+    let mut out = vec![0u8; n * qbytes + n * 2 * if has_m { 2 } else { 1 }];
+    let (qs, rest) = out.split_at_mut(n * qbytes);
+    let (ds, ms) = rest.split_at_mut(n * 2);
+    for (i, blk) in data.chunks_exact(bsz).enumerate() {
+        ds[2 * i..2 * i + 2].copy_from_slice(&blk[0..2]);
+        let q0 = if has_m {
+            ms[2 * i..2 * i + 2].copy_from_slice(&blk[2..4]);
+            4
+        } else {
+            2
+        };
+        qs[i * qbytes..(i + 1) * qbytes].copy_from_slice(&blk[q0..q0 + qbytes]);
+    }
+    Ok(out)
+}
+
+impl CudaBackend {
+    fn matmul_impl(&self, x: &CudaTensor, w: &CudaWeight, out: &mut CudaTensor) -> Result<()> {
+        if x.cols != w.cols || out.cols != w.rows || out.rows != x.rows {
+            return Err(shape_err(
+                "matmul",
+                format!(
+                    "[{}, {}] · {} [{}, {}]ᵀ into [{}, {}]",
+                    x.rows, x.cols, w.name, w.rows, w.cols, out.rows, out.cols
+                ),
+            ));
+        }
+        let g = self.gpu()?;
+        let ty = ty_code(w.ty);
+        let (rows, cols, ntok) = (w.rows, w.cols, x.rows);
+        if ntok == 0 {
+            return Ok(());
+        }
+        if ntok <= MATVEC_MAX_ROWS {
+            if matches!(w.ty, GgmlType::F32 | GgmlType::F16) {
+                return launch(
+                    g,
+                    self.f("matvec_f"),
+                    "matvec",
+                    (blocks(rows, 4), 1, 1),
+                    128,
+                    &mut [
+                        Arg::Ptr(w.buf.ptr),
+                        Arg::I32(ty),
+                        Arg::I32(rows as i32),
+                        Arg::I32(cols as i32),
+                        Arg::Ptr(x.buf.ptr),
+                        Arg::I32(ntok as i32),
+                        Arg::Ptr(out.buf.ptr),
+                    ],
+                );
+            }
+            let nblk = ntok * cols / 32;
+            let mut m = self.lock();
+            let mut xq_slot = m.xq.take();
+            let xq = self.ensure(&mut xq_slot, nblk * 32, "activation quantization");
+            m.xq = xq_slot;
+            let xq = xq?;
+            let mut xs_slot = m.xs.take();
+            let xs = self.ensure(&mut xs_slot, nblk * 8, "activation scales");
+            m.xs = xs_slot;
+            let xs = xs?;
+            drop(m);
+            launch(
+                g,
+                self.f("quantize_act"),
+                "quantize_act",
+                (blocks(nblk, 8), 1, 1),
+                256,
+                &mut [
+                    Arg::Ptr(x.buf.ptr),
+                    Arg::I64(nblk as i64),
+                    Arg::Ptr(xq),
+                    Arg::Ptr(xs),
+                ],
+            )?;
+            // 4 warps per block, 2 rows per warp.
+            return launch(
+                g,
+                self.f("matvec_q"),
+                "matvec",
+                (blocks(rows, 8), 1, 1),
+                128,
+                &mut [
+                    Arg::Ptr(w.buf.ptr),
+                    Arg::I32(ty),
+                    Arg::I32(rows as i32),
+                    Arg::I32(cols as i32),
+                    Arg::Ptr(xq),
+                    Arg::Ptr(xs),
+                    Arg::I32(ntok as i32),
+                    Arg::Ptr(out.buf.ptr),
+                ],
+            );
+        }
+        launch(
+            g,
+            self.f("matmul_mma"),
+            "matmul",
+            (blocks(rows, 64), blocks(ntok, 64), 1),
+            128,
+            &mut [
+                Arg::Ptr(w.buf.ptr),
+                Arg::I32(ty),
+                Arg::I32(rows as i32),
+                Arg::I32(cols as i32),
+                Arg::Ptr(x.buf.ptr),
+                Arg::I32(ntok as i32),
+                Arg::Ptr(out.buf.ptr),
+            ],
+        )
+    }
+
+    fn elementwise(&self, name: &str, args: &mut [Arg], n: usize) -> Result<()> {
+        let g = self.gpu()?;
+        launch(g, self.f(name), name, (blocks(n, 256), 1, 1), 256, args)
+    }
+}
+
+impl Backend for CudaBackend {
+    type Tensor = CudaTensor;
+    type Weight = CudaWeight;
+    type KvCache = CudaKvCache;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn supports(&self, op: Op, ty: GgmlType) -> bool {
+        match op {
+            Op::Vector => quants::kernels(ty).is_some(),
+            Op::Embed | Op::MatMul => ty_code(ty) >= 0,
+        }
+    }
+
+    fn load_weight(&self, file: &Arc<GgufFile>, info: &TensorInfo, op: Op) -> Result<CudaWeight> {
+        if !self.supports(op, info.ty) {
+            return Err(Error::UnsupportedType {
+                tensor: info.name.clone(),
+                ty: info.ty,
+                backend: "cuda",
+            });
+        }
+        let cols = usize::try_from(info.dims[0]).map_err(|_| Error::SizeOverflow {
+            tensor: info.name.clone(),
+            reason: "row length".into(),
+        })?;
+        let rows = usize::try_from(info.n_elements / info.dims[0].max(1)).map_err(|_| {
+            Error::SizeOverflow {
+                tensor: info.name.clone(),
+                reason: "row count".into(),
+            }
+        })?;
+        let g = self.gpu()?;
+        let data = file.tensor_data(info);
+        let (ty, bytes) = match op {
+            Op::Vector => {
+                let mut v = vec![0f32; rows * cols];
+                quants::dequantize_row(info.ty, data, &mut v)?;
+                let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                (GgmlType::F32, b)
+            }
+            Op::Embed | Op::MatMul => {
+                if cols % 32 != 0 {
+                    return Err(Error::Gpu {
+                        op: format!("load {}", info.name),
+                        msg: format!(
+                            "rows of {cols} values: the CUDA kernels need a multiple of 32"
+                        ),
+                    });
+                }
+                (info.ty, pack_weight(info.ty, data, rows, cols)?)
+            }
+        };
+        let buf = DevBuf::new(g, bytes.len(), &info.name)?;
+        buf.upload(g, &bytes)?;
+        Ok(CudaWeight {
+            name: info.name.clone(),
+            ty,
+            rows,
+            cols,
+            buf,
+        })
+    }
+
+    fn alloc(&self, rows: usize, cols: usize) -> Result<CudaTensor> {
+        let n = rows
+            .checked_mul(cols)
+            .and_then(|n| n.checked_mul(4))
+            .ok_or(Error::OutOfMemory {
+                bytes: u64::MAX,
+                what: "activation".into(),
+            })?;
+        let buf = DevBuf::new(self.gpu()?, n, "activation")?;
+        buf.zero(self.gpu()?)?;
+        self.bump();
+        Ok(CudaTensor { rows, cols, buf })
+    }
+
+    fn shape(&self, t: &CudaTensor) -> (usize, usize) {
+        (t.rows, t.cols)
+    }
+
+    fn resize_rows(&self, t: &mut CudaTensor, rows: usize) -> Result<()> {
+        let need = rows
+            .checked_mul(t.cols)
+            .and_then(|n| n.checked_mul(4))
+            .ok_or(Error::OutOfMemory {
+                bytes: u64::MAX,
+                what: "activation".into(),
+            })?;
+        if need > t.buf.bytes {
+            t.buf = DevBuf::new(self.gpu()?, need, "activation")?;
+            self.bump();
+        }
+        t.rows = rows;
+        Ok(())
+    }
+
+    fn read(&self, t: &CudaTensor, out: &mut [f32]) -> Result<()> {
+        if out.len() != t.rows * t.cols {
+            return Err(shape_err(
+                "read",
+                format!("{} values for [{}, {}]", out.len(), t.rows, t.cols),
+            ));
+        }
+        let g = self.gpu()?;
+        t.buf.download(g, out)?;
+        // The stream is idle now: staged values can be overwritten.
+        let mut m = self.lock();
+        if m.capture_log.is_none() {
+            m.staging.cursor = 0;
+        }
+        Ok(())
+    }
+
+    fn alloc_kv(&self, spec: &KvSpec) -> Result<CudaKvCache> {
+        let elem = match spec.ty {
+            KvType::F32 => 4,
+            KvType::F16 => 2,
+        };
+        let per = spec
+            .n_ctx
+            .checked_mul(spec.n_head_kv * spec.head_dim)
+            .and_then(|n| n.checked_mul(elem))
+            .ok_or(Error::OutOfMemory {
+                bytes: u64::MAX,
+                what: "KV cache".into(),
+            })?;
+        if spec.head_dim > 256 {
+            return Err(Error::Gpu {
+                op: "alloc_kv".into(),
+                msg: format!("head size {} > 256 is not supported on CUDA", spec.head_dim),
+            });
+        }
+        let g = self.gpu()?;
+        let mut layers = Vec::with_capacity(spec.n_layer);
+        for _ in 0..spec.n_layer {
+            let k = DevBuf::new(g, per, "KV cache")?;
+            let v = DevBuf::new(g, per, "KV cache")?;
+            k.zero(g)?;
+            v.zero(g)?;
+            layers.push((k, v));
+        }
+        self.bump();
+        Ok(CudaKvCache {
+            spec: *spec,
+            layers,
+            graph: None,
+            last_eager: None,
+        })
+    }
+
+    fn embed(
+        &self,
+        table: &CudaWeight,
+        ids: &[u32],
+        scale: f32,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        if out.rows != ids.len() || out.cols != table.cols {
+            return Err(shape_err(
+                "embed",
+                format!("{} ids into [{}, {}]", ids.len(), out.rows, out.cols),
+            ));
+        }
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= table.rows) {
+            return Err(shape_err(
+                "embed",
+                format!("token {bad} outside {} rows", table.rows),
+            ));
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut m = self.lock();
+        let ids_ptr = self.stage(&mut m, Staged::Tokens, ids)?;
+        drop(m);
+        let g = self.gpu()?;
+        launch(
+            g,
+            self.f("embed"),
+            "embed",
+            (ids.len() as u32, 1, 1),
+            256,
+            &mut [
+                Arg::Ptr(table.buf.ptr),
+                Arg::I32(ty_code(table.ty)),
+                Arg::I64(table.rows as i64),
+                Arg::I64(table.cols as i64),
+                Arg::Ptr(ids_ptr),
+                Arg::F32(scale),
+                Arg::Ptr(out.buf.ptr),
+            ],
+        )
+    }
+
+    fn rms_norm(
+        &self,
+        x: &CudaTensor,
+        w: &CudaWeight,
+        eps: f32,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        if w.rows * w.cols != x.cols
+            || w.ty != GgmlType::F32
+            || (out.rows, out.cols) != (x.rows, x.cols)
+        {
+            return Err(shape_err(
+                "rms_norm",
+                format!("{} for rows of {}", w.name, x.cols),
+            ));
+        }
+        let g = self.gpu()?;
+        launch(
+            g,
+            self.f("rms_norm"),
+            "rms_norm",
+            (x.rows as u32, 1, 1),
+            256,
+            &mut [
+                Arg::Ptr(x.buf.ptr),
+                Arg::Ptr(w.buf.ptr),
+                Arg::F32(eps),
+                Arg::I32(x.cols as i32),
+                Arg::Ptr(out.buf.ptr),
+            ],
+        )
+    }
+
+    fn matmul(&self, x: &CudaTensor, w: &CudaWeight, out: &mut CudaTensor) -> Result<()> {
+        self.matmul_impl(x, w, out)
+    }
+
+    fn rope(&self, x: &mut CudaTensor, positions: &[u32], rope: &Rope) -> Result<()> {
+        let half = rope.n_rot / 2;
+        if positions.len() != x.rows
+            || x.cols != rope.n_head * rope.head_dim
+            || rope.n_rot > rope.head_dim
+            || rope.inv_freq.len() != half
+        {
+            return Err(shape_err(
+                "rope",
+                format!("{} positions for [{}, {}]", positions.len(), x.rows, x.cols),
+            ));
+        }
+        if x.rows == 0 || half == 0 {
+            return Ok(());
+        }
+        let freq: Vec<u32> = rope
+            .inv_freq
+            .iter()
+            .flat_map(|f| {
+                let b = f.to_bits();
+                [b as u32, (b >> 32) as u32]
+            })
+            .collect();
+        let mut m = self.lock();
+        let pos = self.stage(&mut m, Staged::Positions, positions)?;
+        let fr = self.stage(&mut m, Staged::Const, &freq)?;
+        drop(m);
+        let n = x.rows * rope.n_head * half;
+        self.elementwise(
+            "rope",
+            &mut [
+                Arg::Ptr(x.buf.ptr),
+                Arg::Ptr(pos),
+                Arg::Ptr(fr),
+                Arg::I32(rope.n_head as i32),
+                Arg::I32(rope.head_dim as i32),
+                Arg::I32(rope.n_rot as i32),
+                Arg::I32(x.rows as i32),
+            ],
+            n,
+        )
+    }
+
+    fn kv_write(
+        &self,
+        kv: &mut CudaKvCache,
+        layer: usize,
+        first_slot: usize,
+        k: &CudaTensor,
+        v: &CudaTensor,
+    ) -> Result<()> {
+        let spec = kv.spec;
+        let width = spec.n_head_kv * spec.head_dim;
+        if layer >= spec.n_layer
+            || k.cols != width
+            || (v.rows, v.cols) != (k.rows, k.cols)
+            || first_slot + k.rows > spec.n_ctx
+        {
+            return Err(shape_err(
+                "kv_write",
+                format!(
+                    "layer {layer}, slots {first_slot}+{} of {}",
+                    k.rows, spec.n_ctx
+                ),
+            ));
+        }
+        let mut m = self.lock();
+        let fs = self.stage(&mut m, Staged::FirstSlot, &[first_slot as u32])?;
+        drop(m);
+        let (kc, vc) = &kv.layers[layer];
+        self.elementwise(
+            "kv_write",
+            &mut [
+                Arg::Ptr(k.buf.ptr),
+                Arg::Ptr(v.buf.ptr),
+                Arg::Ptr(kc.ptr),
+                Arg::Ptr(vc.ptr),
+                Arg::Ptr(fs),
+                Arg::I32(width as i32),
+                Arg::I32(k.rows as i32),
+                Arg::I32((spec.ty == KvType::F16) as i32),
+            ],
+            k.rows * width,
+        )
+    }
+
+    fn attention(
+        &self,
+        q: &CudaTensor,
+        kv: &CudaKvCache,
+        layer: usize,
+        first_slot: usize,
+        p: &AttnParams,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let spec = kv.spec;
+        if layer >= spec.n_layer
+            || p.n_head_kv != spec.n_head_kv
+            || p.head_dim != spec.head_dim
+            || p.n_head_kv == 0
+            || !p.n_head.is_multiple_of(p.n_head_kv)
+            || q.cols != p.n_head * p.head_dim
+            || (out.rows, out.cols) != (q.rows, q.cols)
+            || first_slot + q.rows > spec.n_ctx
+        {
+            return Err(shape_err(
+                "attention",
+                format!(
+                    "layer {layer}, [{}, {}] at slot {first_slot}",
+                    q.rows, q.cols
+                ),
+            ));
+        }
+        if q.rows == 0 {
+            return Ok(());
+        }
+        // Decode: split the keys so enough blocks run; the split depends on
+        // the cache size only, so a captured graph stays valid as the
+        // sequence grows. Prefill: one block per (token, head) is plenty.
+        let (chunk, n_split) = if q.rows <= MATVEC_MAX_ROWS {
+            let chunk = spec.n_ctx.div_ceil(32).max(64);
+            (chunk, spec.n_ctx.div_ceil(chunk))
+        } else {
+            (spec.n_ctx, 1)
+        };
+        let mut m = self.lock();
+        let fs = self.stage(&mut m, Staged::FirstSlot, &[first_slot as u32])?;
+        let rows_heads = q.rows * p.n_head;
+        let (po, pml) = if n_split > 1 {
+            let mut a = m.part_o.take();
+            let po = self.ensure(
+                &mut a,
+                rows_heads * n_split * p.head_dim * 4,
+                "attention partials",
+            );
+            m.part_o = a;
+            let mut b = m.part_ml.take();
+            let pml = self.ensure(&mut b, rows_heads * n_split * 8, "attention partials");
+            m.part_ml = b;
+            (po?, pml?)
+        } else {
+            (0, 0)
+        };
+        drop(m);
+        let g = self.gpu()?;
+        let (kc, vc) = &kv.layers[layer];
+        launch(
+            g,
+            self.f("attn_partial"),
+            "attention",
+            (n_split as u32, p.n_head as u32, q.rows as u32),
+            128,
+            &mut [
+                Arg::Ptr(q.buf.ptr),
+                Arg::Ptr(kc.ptr),
+                Arg::Ptr(vc.ptr),
+                Arg::Ptr(fs),
+                Arg::I32(p.n_head as i32),
+                Arg::I32(p.n_head_kv as i32),
+                Arg::I32(p.head_dim as i32),
+                Arg::F32(p.scale),
+                Arg::I32(chunk as i32),
+                Arg::I32(n_split as i32),
+                Arg::I32((spec.ty == KvType::F16) as i32),
+                Arg::Ptr(out.buf.ptr),
+                Arg::Ptr(po),
+                Arg::Ptr(pml),
+            ],
+        )?;
+        if n_split > 1 {
+            launch(
+                g,
+                self.f("attn_combine"),
+                "attention",
+                (rows_heads as u32, 1, 1),
+                128,
+                &mut [
+                    Arg::Ptr(po),
+                    Arg::Ptr(pml),
+                    Arg::I32(n_split as i32),
+                    Arg::I32(p.head_dim as i32),
+                    Arg::Ptr(out.buf.ptr),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn silu_mul(&self, gate: &mut CudaTensor, up: &CudaTensor) -> Result<()> {
+        if (gate.rows, gate.cols) != (up.rows, up.cols) {
+            return Err(shape_err("silu_mul", "shapes differ".into()));
+        }
+        let n = gate.rows * gate.cols;
+        self.elementwise(
+            "silu_mul",
+            &mut [
+                Arg::Ptr(gate.buf.ptr),
+                Arg::Ptr(up.buf.ptr),
+                Arg::I64(n as i64),
+            ],
+            n,
+        )
+    }
+
+    fn add_scaled(&self, acc: &mut CudaTensor, x: &CudaTensor, scale: f32) -> Result<()> {
+        if (acc.rows, acc.cols) != (x.rows, x.cols) {
+            return Err(shape_err("add_scaled", "shapes differ".into()));
+        }
+        let n = acc.rows * acc.cols;
+        self.elementwise(
+            "add_scaled",
+            &mut [
+                Arg::Ptr(acc.buf.ptr),
+                Arg::Ptr(x.buf.ptr),
+                Arg::F32(scale),
+                Arg::I64(n as i64),
+            ],
+            n,
+        )
+    }
+
+    fn scale(&self, x: &mut CudaTensor, s: f32) -> Result<()> {
+        let n = x.rows * x.cols;
+        self.elementwise(
+            "scale",
+            &mut [Arg::Ptr(x.buf.ptr), Arg::F32(s), Arg::I64(n as i64)],
+            n,
+        )
+    }
+
+    fn gather_rows(&self, x: &CudaTensor, rows: &[usize], out: &mut CudaTensor) -> Result<()> {
+        if (out.rows, out.cols) != (rows.len(), x.cols) || rows.iter().any(|&r| r >= x.rows) {
+            return Err(shape_err(
+                "gather_rows",
+                format!("{} rows of {}", rows.len(), x.rows),
+            ));
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let mut m = self.lock();
+        let rp = self.stage(&mut m, Staged::Outputs, &idx)?;
+        drop(m);
+        let g = self.gpu()?;
+        launch(
+            g,
+            self.f("gather_rows"),
+            "gather_rows",
+            (rows.len() as u32, 1, 1),
+            256,
+            &mut [
+                Arg::Ptr(x.buf.ptr),
+                Arg::Ptr(rp),
+                Arg::I32(x.cols as i32),
+                Arg::Ptr(out.buf.ptr),
+            ],
+        )
+    }
+
+    fn run_step(
+        &self,
+        kv: &mut CudaKvCache,
+        inputs: &StepInputs,
+        ops: &mut dyn FnMut(&mut CudaKvCache) -> Result<()>,
+    ) -> Result<()> {
+        let _step = self.sh.step.lock().unwrap_or_else(|e| e.into_inner());
+        let g = self.gpu()?;
+        // Everything queued before has drained: the staging arena is free.
+        g.sync("step")?;
+        self.lock().staging.cursor = 0;
+        let shape = (inputs.tokens.len(), inputs.outputs.len());
+        let graphs_on = std::env::var_os("TERN_CUDA_GRAPHS").is_none_or(|v| v != "0");
+        if !graphs_on || shape.0 > MATVEC_MAX_ROWS {
+            return ops(kv);
+        }
+        let epoch = self.epoch();
+        if let Some(gr) = kv.graph.as_ref() {
+            if gr.shape == shape && gr.epoch == epoch {
+                return self.replay(kv, inputs);
+            }
+        }
+        let steady = kv.last_eager == Some((shape, epoch, epoch));
+        if !steady {
+            let before = epoch;
+            let r = ops(kv);
+            kv.last_eager = Some((shape, before, self.epoch()));
+            return r;
+        }
+        // Capture this step, then replay it.
+        kv.graph = None;
+        self.lock().capture_log = Some(Vec::new());
+        let stream = g.cu_stream();
+        // SAFETY: the stream is ours and idle; capture mode "relaxed" lets
+        // other threads use the driver meanwhile.
+        let begun = unsafe {
+            sys::cuStreamBeginCapture_v2(
+                stream,
+                sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED,
+            )
+        }
+        .result();
+        if let Err(e) = begun {
+            self.lock().capture_log = None;
+            log::debug!("cuda: graph capture unavailable ({e:?}); running eagerly");
+            return ops(kv);
+        }
+        let r = ops(kv);
+        let mut graph: sys::CUgraph = std::ptr::null_mut();
+        // SAFETY: ends the capture begun above on the same stream.
+        let ended = unsafe { sys::cuStreamEndCapture(stream, &mut graph) }.result();
+        let log = self.lock().capture_log.take().unwrap_or_default();
+        let captured = r.is_ok() && ended.is_ok() && !graph.is_null() && self.epoch() == epoch;
+        if !captured {
+            if !graph.is_null() {
+                // SAFETY: the graph came from the capture and is not used.
+                unsafe {
+                    let _ = sys::cuGraphDestroy(graph);
+                }
+            }
+            kv.last_eager = None;
+            log::debug!("cuda: graph capture failed; running eagerly");
+            self.lock().staging.cursor = 0;
+            return ops(kv);
+        }
+        let mut exec: sys::CUgraphExec = std::ptr::null_mut();
+        // SAFETY: instantiating a graph we own.
+        let inst = unsafe { sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0) }.result();
+        if let Err(e) = inst {
+            // SAFETY: as above.
+            unsafe {
+                let _ = sys::cuGraphDestroy(graph);
+            }
+            log::debug!("cuda: graph instantiation failed ({e:?}); running eagerly");
+            kv.last_eager = None;
+            return ops(kv);
+        }
+        kv.graph = Some(StepGraph {
+            shape,
+            epoch,
+            exec,
+            graph,
+            log,
+        });
+        self.replay(kv, inputs)
+    }
+}
+
+impl CudaBackend {
+    /// Put this step's values where the captured copies read them, then
+    /// launch the graph.
+    fn replay(&self, kv: &mut CudaKvCache, inputs: &StepInputs) -> Result<()> {
+        let Some(gr) = kv.graph.as_ref() else {
+            return Err(Error::Gpu {
+                op: "replay".into(),
+                msg: "no graph".into(),
+            });
+        };
+        let outputs: Vec<u32> = inputs.outputs.iter().map(|&o| o as u32).collect();
+        let first_slot = [inputs.first_slot as u32];
+        let mut m = self.lock();
+        for (slot, what, vals) in &gr.log {
+            let new: &[u32] = match what {
+                Staged::Tokens => inputs.tokens,
+                Staged::Positions => inputs.positions,
+                Staged::FirstSlot => &first_slot,
+                Staged::Outputs => &outputs,
+                Staged::Const => vals,
+            };
+            if new.len() != vals.len() {
+                return Err(Error::Gpu {
+                    op: "replay".into(),
+                    msg: format!(
+                        "{what:?}: {} values where {} were captured",
+                        new.len(),
+                        vals.len()
+                    ),
+                });
+            }
+            m.staging.rewrite(*slot, new);
+        }
+        m.staging.cursor = gr
+            .log
+            .iter()
+            .map(|(s, _, v)| s + v.len().max(1))
+            .max()
+            .unwrap_or(0);
+        drop(m);
+        let g = self.gpu()?;
+        // SAFETY: the exec graph is live; the stream is ours.
+        unsafe { sys::cuGraphLaunch(gr.exec, g.cu_stream()) }
+            .result()
+            .map_err(|e| device::gpu_err("graph launch", e))
+    }
+}

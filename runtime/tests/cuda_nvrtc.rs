@@ -1,0 +1,64 @@
+//! Every CUDA kernel compiles through NVRTC for each GPU generation tern
+//! targets (sm_87 Jetson Orin, sm_89 RTX 4090, sm_90 Hopper), with no GPU
+//! needed: CI runs this with NVRTC from the `nvidia-cuda-nvrtc-cu12` wheel,
+//! so a kernel that does not compile never lands.
+//!
+//! Without NVRTC the test says so and returns, unless `TERN_REQUIRE_NVRTC=1`
+//! (set by `scripts/test.sh` once the wheel is installed) or
+//! `TERN_REQUIRE_GPU=1`, which make it fail.
+#![cfg(feature = "cuda")]
+
+use tern_runtime::backend::cuda::kernels;
+
+fn required() -> bool {
+    ["TERN_REQUIRE_NVRTC", "TERN_REQUIRE_GPU"]
+        .iter()
+        .any(|k| std::env::var_os(k).is_some_and(|v| v == "1"))
+}
+
+#[test]
+fn every_kernel_compiles_for_every_target_arch() {
+    let ver = match kernels::nvrtc_version() {
+        Ok(v) => v,
+        Err(e) if !required() => {
+            eprintln!("skipped: {e}");
+            return;
+        }
+        Err(e) => panic!("NVRTC required but unavailable: {e}"),
+    };
+    eprintln!("NVRTC {}.{}", ver.0, ver.1);
+    for arch in [87u32, 89, 90] {
+        let t = std::time::Instant::now();
+        let ptx = kernels::compile(arch).unwrap_or_else(|e| panic!("sm_{arch}: {e}"));
+        for name in kernels::KERNEL_NAMES {
+            assert!(
+                ptx.contains(&format!(".entry {name}(")),
+                "sm_{arch}: kernel {name} missing from the PTX"
+            );
+        }
+        assert!(
+            ptx.contains(&format!(".target sm_{arch}")),
+            "sm_{arch}: wrong target"
+        );
+        eprintln!(
+            "sm_{arch}: {} kernels, {} bytes of PTX, {:.2}s",
+            kernels::KERNEL_NAMES.len(),
+            ptx.len(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+}
+
+#[test]
+fn a_broken_kernel_reports_the_compiler_log() {
+    if kernels::nvrtc_version().is_err() && !required() {
+        eprintln!("skipped: no NVRTC");
+        return;
+    }
+    let err = kernels::compile_source(
+        "extern \"C\" __global__ void k() { undefined_thing(); }",
+        90,
+    )
+    .expect_err("must not compile");
+    assert!(err.to_string().contains("undefined_thing"), "{err}");
+}

@@ -1,0 +1,404 @@
+//! Every CUDA op against the CPU backend's exact path, on fresh random
+//! inputs (never zeros), by NMSE: ggml's bounds, 5e-4 for matmul and
+//! attention, 1e-7 for the f32 elementwise ops. Also the model-level check:
+//! logits of the tiny synthetic models on the GPU against the CPU.
+//!
+//! Needs a GPU. Without one the tests print why and return, unless
+//! `TERN_REQUIRE_GPU=1`, which makes them fail instead (the GPU machine's
+//! runs set it, so nothing skips silently there).
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use tern_runtime::backend::cpu::CpuBackend;
+use tern_runtime::backend::cuda::CudaBackend;
+use tern_runtime::backend::{AttnParams, Backend, KvSpec, KvType, Op, Rope, Visibility};
+use tern_runtime::gguf::{GgufFile, GgufWriter};
+use tern_runtime::quants::{self, GgmlType};
+
+fn gpu() -> Option<CudaBackend> {
+    match CudaBackend::open(0) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            if std::env::var_os("TERN_REQUIRE_GPU").is_some_and(|v| v == "1") {
+                panic!("TERN_REQUIRE_GPU=1 but no GPU opened: {e}");
+            }
+            eprintln!("skipped: no GPU ({e})");
+            None
+        }
+    }
+}
+
+/// Deterministic non-zero pseudo-random values in about [-1, 1].
+struct Rng(u64);
+impl Rng {
+    fn f32(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0 + 1e-3
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
+}
+
+/// A GGUF in memory holding the named f32 matrices converted to `ty`.
+fn file_with(tensors: &[(&str, GgmlType, usize, usize, Vec<f32>)]) -> Arc<GgufFile> {
+    let mut w = GgufWriter::new();
+    for (name, ty, rows, cols, data) in tensors {
+        let mut bytes = vec![0u8; ty.row_bytes(*cols as u64).unwrap() as usize * rows];
+        let rb = bytes.len() / rows;
+        for r in 0..*rows {
+            quants::quantize_row(
+                *ty,
+                &data[r * cols..(r + 1) * cols],
+                &mut bytes[r * rb..(r + 1) * rb],
+            )
+            .unwrap();
+        }
+        w.add_tensor(*name, *ty, &[*cols as u64, *rows as u64], bytes)
+            .unwrap();
+    }
+    let mut buf = Vec::new();
+    w.write_to(&mut buf).unwrap();
+    Arc::new(GgufFile::from_bytes(buf).unwrap())
+}
+
+/// Upload `data` as a `[rows, cols]` activation on backend `b`: an embedding
+/// lookup of rows 0..rows of an f32 table, which both backends do exactly.
+fn input<B: Backend>(
+    b: &B,
+    file: &Arc<GgufFile>,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> B::Tensor {
+    let w = b
+        .load_weight(file, file.tensor(name).unwrap(), Op::Embed)
+        .unwrap();
+    let mut t = b.alloc(rows, cols).unwrap();
+    let ids: Vec<u32> = (0..rows as u32).collect();
+    b.embed(&w, &ids, 1.0, &mut t).unwrap();
+    t
+}
+
+fn read<B: Backend>(b: &B, t: &B::Tensor) -> Vec<f32> {
+    let (r, c) = b.shape(t);
+    let mut v = vec![f32::NAN; r * c];
+    b.read(t, &mut v).unwrap();
+    v
+}
+
+fn check(op: &str, got: &[f32], want: &[f32], bound: f64) {
+    assert!(got.iter().all(|v| v.is_finite()), "{op}: non-finite output");
+    let e = nmse(got, want);
+    eprintln!("{op:<40} NMSE {e:.3e} (bound {bound:.0e})");
+    assert!(e <= bound, "{op}: NMSE {e:e} over {bound:e}");
+}
+
+#[test]
+fn matmul_every_type_and_batch_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend::exact(2);
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    for &(rows, cols) in &[(96, 64), (200, 576), (1000, 1536)] {
+        for ty in [
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+        ] {
+            for &ntok in &[1usize, 3, 4, 5, 17, 130] {
+                let f = file_with(&[
+                    ("w", ty, rows, cols, rng.vec(rows * cols)),
+                    ("x", GgmlType::F32, ntok, cols, rng.vec(ntok * cols)),
+                ]);
+                let run = |b: &dyn Fn() -> Vec<f32>| b();
+                let want = run(&|| {
+                    let w = cpu
+                        .load_weight(&f, f.tensor("w").unwrap(), Op::MatMul)
+                        .unwrap();
+                    let x = input(&cpu, &f, "x", ntok, cols);
+                    let mut o = cpu.alloc(ntok, rows).unwrap();
+                    cpu.matmul(&x, &w, &mut o).unwrap();
+                    read(&cpu, &o)
+                });
+                let got = run(&|| {
+                    let w = g
+                        .load_weight(&f, f.tensor("w").unwrap(), Op::MatMul)
+                        .unwrap();
+                    let x = input(&g, &f, "x", ntok, cols);
+                    let mut o = g.alloc(ntok, rows).unwrap();
+                    g.matmul(&x, &w, &mut o).unwrap();
+                    read(&g, &o)
+                });
+                check(
+                    &format!("matmul {ty} [{rows}x{cols}] x {ntok}"),
+                    &got,
+                    &want,
+                    5e-4,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn embed_norm_and_elementwise_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend::exact(2);
+    let mut rng = Rng(77);
+    let (n, cols) = (7usize, 576usize);
+    for ty in [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+    ] {
+        let f = file_with(&[("t", ty, 50, cols, rng.vec(50 * cols))]);
+        let ids = [3u32, 0, 49, 7, 7, 21, 1];
+        let e = |b: &dyn Fn() -> Vec<f32>| b();
+        let want = e(&|| {
+            let w = cpu
+                .load_weight(&f, f.tensor("t").unwrap(), Op::Embed)
+                .unwrap();
+            let mut o = cpu.alloc(n, cols).unwrap();
+            cpu.embed(&w, &ids, 1.5, &mut o).unwrap();
+            read(&cpu, &o)
+        });
+        let got = e(&|| {
+            let w = g
+                .load_weight(&f, f.tensor("t").unwrap(), Op::Embed)
+                .unwrap();
+            let mut o = g.alloc(n, cols).unwrap();
+            g.embed(&w, &ids, 1.5, &mut o).unwrap();
+            read(&g, &o)
+        });
+        check(&format!("embed {ty}"), &got, &want, 1e-12);
+    }
+
+    let f = file_with(&[
+        ("x", GgmlType::F32, n, cols, rng.vec(n * cols)),
+        ("y", GgmlType::F32, n, cols, rng.vec(n * cols)),
+        ("norm", GgmlType::F32, 1, cols, rng.vec(cols)),
+    ]);
+    fn ops<B: Backend>(b: &B, f: &Arc<GgufFile>, n: usize, cols: usize) -> Vec<Vec<f32>> {
+        let nw = b
+            .load_weight(f, f.tensor("norm").unwrap(), Op::Vector)
+            .unwrap();
+        let x = input(b, f, "x", n, cols);
+        let y = input(b, f, "y", n, cols);
+        let mut out = Vec::new();
+        let mut o = b.alloc(n, cols).unwrap();
+        b.rms_norm(&x, &nw, 1e-5, &mut o).unwrap();
+        out.push(read(b, &o));
+        let mut gte = input(b, f, "x", n, cols);
+        b.silu_mul(&mut gte, &y).unwrap();
+        out.push(read(b, &gte));
+        let mut acc = input(b, f, "x", n, cols);
+        b.add_scaled(&mut acc, &y, 0.37).unwrap();
+        out.push(read(b, &acc));
+        b.scale(&mut acc, -1.9).unwrap();
+        out.push(read(b, &acc));
+        let mut p = b.alloc(3, cols).unwrap();
+        b.gather_rows(&x, &[6, 0, 3], &mut p).unwrap();
+        out.push(read(b, &p));
+        let mut q = input(b, f, "x", n, cols);
+        let rope = Rope {
+            n_head: 9,
+            head_dim: 64,
+            n_rot: 64,
+            inv_freq: (0..32)
+                .map(|i| 10000f64.powf(-(2.0 * i as f64) / 64.0))
+                .collect(),
+        };
+        b.rope(&mut q, &[0, 1, 2, 100, 4095, 30000, 65535], &rope)
+            .unwrap();
+        out.push(read(b, &q));
+        out
+    }
+    let want = ops(&cpu, &f, n, cols);
+    let got = ops(&g, &f, n, cols);
+    for (name, (gv, wv)) in [
+        "rms_norm",
+        "silu_mul",
+        "add_scaled",
+        "scale",
+        "gather_rows",
+        "rope",
+    ]
+    .iter()
+    .zip(got.iter().zip(&want))
+    {
+        check(name, gv, wv, 1e-7);
+    }
+}
+
+#[test]
+fn attention_prefill_and_decode_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend::exact(2);
+    let mut rng = Rng(4242);
+    // (n_head, n_head_kv, head_dim, n_ctx, prefix, batch)
+    for &(nh, nkv, hd, n_ctx, prefix, batch) in &[
+        (9usize, 3usize, 64usize, 256usize, 0usize, 37usize),
+        (9, 3, 64, 4096, 500, 1),
+        (32, 2, 128, 2048, 1000, 3),
+        (4, 4, 128, 512, 0, 200),
+        (8, 2, 64, 300, 17, 9),
+    ] {
+        for kv_ty in [KvType::F16, KvType::F32] {
+            let total = prefix + batch;
+            let w = nkv * hd;
+            let f = file_with(&[
+                ("k", GgmlType::F32, total, w, rng.vec(total * w)),
+                ("v", GgmlType::F32, total, w, rng.vec(total * w)),
+                ("q", GgmlType::F32, batch, nh * hd, rng.vec(batch * nh * hd)),
+            ]);
+            fn run<B: Backend>(
+                b: &B,
+                f: &Arc<GgufFile>,
+                d: (usize, usize, usize, usize, usize, usize),
+                ty: KvType,
+            ) -> Vec<f32> {
+                let (nh, nkv, hd, n_ctx, prefix, batch) = d;
+                let total = prefix + batch;
+                let mut kv = b
+                    .alloc_kv(&KvSpec {
+                        n_layer: 2,
+                        n_ctx,
+                        n_head_kv: nkv,
+                        head_dim: hd,
+                        ty,
+                    })
+                    .unwrap();
+                let k = input(b, f, "k", total, nkv * hd);
+                let v = input(b, f, "v", total, nkv * hd);
+                b.kv_write(&mut kv, 1, 0, &k, &v).unwrap();
+                let q = input(b, f, "q", batch, nh * hd);
+                let p = AttnParams {
+                    n_head: nh,
+                    n_head_kv: nkv,
+                    head_dim: hd,
+                    scale: 1.0 / (hd as f32).sqrt(),
+                    visibility: Visibility::Causal,
+                };
+                let mut o = b.alloc(batch, nh * hd).unwrap();
+                b.attention(&q, &kv, 1, prefix, &p, &mut o).unwrap();
+                read(b, &o)
+            }
+            let d = (nh, nkv, hd, n_ctx, prefix, batch);
+            let want = run(&cpu, &f, d, kv_ty);
+            let got = run(&g, &f, d, kv_ty);
+            check(&format!("attention {d:?} {kv_ty:?}"), &got, &want, 5e-4);
+        }
+    }
+}
+
+#[test]
+fn argmax_on_device_matches_host() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng(5);
+    let (rows, cols) = (3usize, 49152usize);
+    let data = rng.vec(rows * cols);
+    let f = file_with(&[("x", GgmlType::F32, rows, cols, data.clone())]);
+    let x = input(&g, &f, "x", rows, cols);
+    let mut got = [0u32; 3];
+    g.argmax_rows(&x, &mut got).unwrap();
+    for r in 0..rows {
+        assert_eq!(got[r] as usize, argmax(&data[r * cols..(r + 1) * cols]));
+    }
+}
+
+#[test]
+fn out_of_device_memory_is_an_error_and_the_device_stays_usable() {
+    let Some(g) = gpu() else { return };
+    let huge = g.alloc_kv(&KvSpec {
+        n_layer: 64,
+        n_ctx: 1 << 24,
+        n_head_kv: 8,
+        head_dim: 128,
+        ty: KvType::F32,
+    });
+    assert!(
+        matches!(huge, Err(tern_runtime::Error::OutOfMemory { .. })),
+        "a 4 TiB KV cache must fail with OutOfMemory"
+    );
+    let t = g
+        .alloc(4, 64)
+        .expect("the device still allocates after an OOM");
+    let mut v = vec![1.0f32; 256];
+    g.read(&t, &mut v).unwrap();
+    assert!(v.iter().all(|&x| x == 0.0));
+}
+
+#[test]
+fn tiny_models_logits_on_gpu_match_cpu() {
+    let Some(_) = gpu() else { return };
+    use tern_runtime::{Batch, Device, Model, ModelParams, SessionParams};
+    for name in [
+        "tiny-llama-f32",
+        "tiny-llama-f16",
+        "tiny-llama-q4_0",
+        "tiny-llama-q4_1",
+        "tiny-llama-q8_0",
+        "tiny-minicpm-q4_0",
+        "tiny-minicpm-longrope-f32",
+    ] {
+        let path = model_path(&format!("synthetic/{name}.gguf"));
+        let cpu = Model::load(
+            &path,
+            &ModelParams {
+                device: Device::Cpu,
+                exact: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let gm = Model::load(
+            &path,
+            &ModelParams {
+                device: Device::Cuda,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(gm.backend_name(), "cuda");
+        let n_vocab = cpu.config().n_vocab;
+        let prompt: Vec<u32> = (0..40u32)
+            .map(|i| (i * 7919 + 3) % n_vocab as u32)
+            .collect();
+        let sp = SessionParams {
+            n_ctx: 128,
+            ..Default::default()
+        };
+        // Prefill with every logit, then 20 single-token decode steps (the
+        // graph path), each compared.
+        let mut sc = cpu.new_session(&sp).unwrap();
+        let mut sg = gm.new_session(&sp).unwrap();
+        let want = sc.forward(&Batch::new(&prompt, 0).all_logits()).unwrap();
+        let got = sg.forward(&Batch::new(&prompt, 0).all_logits()).unwrap();
+        check(
+            &format!("{name} prefill logits"),
+            got.as_slice(),
+            want.as_slice(),
+            5e-4,
+        );
+        let mut worst = 0.0f64;
+        for i in 0..20u32 {
+            let tok = [(i * 31 + 5) % n_vocab as u32];
+            let pos = sc.len() as u32;
+            let w = sc.forward(&Batch::new(&tok, pos)).unwrap();
+            let gl = sg.forward(&Batch::new(&tok, pos)).unwrap();
+            worst = worst.max(nmse(gl.as_slice(), w.as_slice()));
+        }
+        eprintln!("{name:<40} decode worst NMSE {worst:.3e}");
+        assert!(worst <= 5e-4, "{name}: decode NMSE {worst:e}");
+    }
+}
