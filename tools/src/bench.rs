@@ -3,7 +3,9 @@
 //! N tokens one forward at a time from an empty cache. Each test runs once
 //! to warm up, then `-r` times; the table gives mean ± sample standard
 //! deviation of tokens per second. Tokens are seeded pseudo-random ids, as
-//! llama-bench uses random tokens.
+//! llama-bench uses random tokens. With `-d D` each test also runs after a
+//! D-token context is already in the cache ("tg128 @ d8192"); the context is
+//! filled once per depth and the cache rolled back to it between runs.
 
 use std::time::Instant;
 
@@ -19,6 +21,7 @@ pub struct Row {
     pub test: String,
     pub n_prompt: usize,
     pub n_gen: usize,
+    pub depth: usize,
     pub samples_ts: Vec<f64>,
 }
 
@@ -55,18 +58,18 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-fn run_pp(s: &mut Session, toks: &[u32]) -> Result<f64> {
-    s.clear();
+fn run_pp(s: &mut Session, depth: usize, toks: &[u32]) -> Result<f64> {
+    s.truncate(depth)?;
     let t0 = Instant::now();
     s.feed(toks, || false)?;
     Ok(toks.len() as f64 / t0.elapsed().as_secs_f64())
 }
 
-fn run_tg(s: &mut Session, toks: &[u32]) -> Result<f64> {
-    s.clear();
+fn run_tg(s: &mut Session, depth: usize, toks: &[u32]) -> Result<f64> {
+    s.truncate(depth)?;
     let t0 = Instant::now();
     for (i, &t) in toks.iter().enumerate() {
-        s.forward(&Batch::new(&[t], i as u32))?;
+        s.forward(&Batch::new(&[t], (depth + i) as u32))?;
     }
     Ok(toks.len() as f64 / t0.elapsed().as_secs_f64())
 }
@@ -75,7 +78,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let model = load_model(&args.model)?;
     let max_p = args.n_prompt.iter().copied().max().unwrap_or(0) as usize;
     let max_g = args.n_gen.iter().copied().max().unwrap_or(0) as usize;
-    let n_ctx = max_p.max(max_g).max(1);
+    let max_d = args.depth.iter().copied().max().unwrap_or(0) as usize;
+    let n_ctx = max_p.max(max_g).max(1) + max_d;
     let params = session_params(
         &model,
         Some(n_ctx as u32),
@@ -85,39 +89,56 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut session = model.new_session(&params)?;
     let vocab = model.config().n_vocab;
     let reps = args.repetitions as usize;
-    let mut plan: Vec<(String, usize, usize)> = Vec::new();
-    plan.extend(
-        args.n_prompt
-            .iter()
-            .filter(|&&n| n > 0)
-            .map(|&n| (format!("pp{n}"), n as usize, 0)),
-    );
-    plan.extend(
-        args.n_gen
-            .iter()
-            .filter(|&&n| n > 0)
-            .map(|&n| (format!("tg{n}"), 0, n as usize)),
-    );
+    let mut plan: Vec<(String, usize, usize, usize)> = Vec::new();
+    for &d in &args.depth {
+        let d = d as usize;
+        let at = |name: String| {
+            if d > 0 {
+                format!("{name} @ d{d}")
+            } else {
+                name
+            }
+        };
+        plan.extend(
+            args.n_prompt
+                .iter()
+                .filter(|&&n| n > 0)
+                .map(|&n| (at(format!("pp{n}")), n as usize, 0, d)),
+        );
+        plan.extend(
+            args.n_gen
+                .iter()
+                .filter(|&&n| n > 0)
+                .map(|&n| (at(format!("tg{n}")), 0, n as usize, d)),
+        );
+    }
     let bar = indicatif::ProgressBar::new((plan.len() * (reps + 1)) as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("bench {bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut rows = Vec::new();
-    for (name, np, ng) in plan {
+    for (name, np, ng, depth) in plan {
         bar.set_message(name.clone());
+        if session.len() < depth || session.tokens()[..depth] != tokens(depth, vocab, 999)[..] {
+            session.clear();
+            if depth > 0 {
+                session.feed(&tokens(depth, vocab, 999), || false)?;
+            }
+        }
         let mut row = Row {
             test: name,
             n_prompt: np,
             n_gen: ng,
+            depth,
             samples_ts: Vec::new(),
         };
         for r in 0..=reps {
             let toks = tokens(np.max(ng), vocab, r as u64 + 1);
             let ts = if np > 0 {
-                run_pp(&mut session, &toks)?
+                run_pp(&mut session, depth, &toks)?
             } else {
-                run_tg(&mut session, &toks)?
+                run_tg(&mut session, depth, &toks)?
             };
             if r > 0 {
                 row.samples_ts.push(ts);
@@ -169,6 +190,7 @@ fn json(model: &Model, args: &BenchArgs, rows: &[Row]) -> serde_json::Value {
                     "test": r.test,
                     "n_prompt": r.n_prompt,
                     "n_gen": r.n_gen,
+                    "depth": r.depth,
                     "avg_ts": r.mean(),
                     "stddev_ts": r.sd(),
                     "samples_ts": r.samples_ts,

@@ -164,6 +164,10 @@ pub struct BenchArgs {
     /// Repetitions of each test.
     #[arg(short = 'r', long = "repetitions", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000), allow_negative_numbers = true)]
     pub repetitions: u32,
+
+    /// Context depths: run each test after this many tokens are already in the cache
+    #[arg(short = 'd', long = "depth", default_value = "0", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(0..=16_777_216), allow_negative_numbers = true)]
+    pub depth: Vec<u32>,
     /// Tokens per forward during prompt processing.
     #[arg(short = 'b', long = "batch-size", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_048_576), allow_negative_numbers = true)]
     pub batch_size: u32,

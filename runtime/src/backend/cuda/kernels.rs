@@ -47,9 +47,28 @@ pub const KERNEL_NAMES: [&str; 15] = [
     "attn_combine",
 ];
 
-/// The one translation unit NVRTC compiles.
+/// Tunables baked into the kernels at compile time (the kernel harness
+/// compiles several and times each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelConfig {
+    /// Weight rows each warp of the decode mat-vec computes (1, 2 or 4).
+    pub mv_rows: u32,
+}
+
+impl Default for KernelConfig {
+    fn default() -> KernelConfig {
+        KernelConfig { mv_rows: 2 }
+    }
+}
+
+/// The translation unit for the default configuration.
 pub fn source() -> String {
-    let mut s = String::new();
+    source_with(&KernelConfig::default())
+}
+
+/// The one translation unit NVRTC compiles, with `cfg` as defines.
+pub fn source_with(cfg: &KernelConfig) -> String {
+    let mut s = format!("#define MV_ROWS {}\n", cfg.mv_rows);
     for (name, text) in SOURCES {
         s.push_str(&format!("// ---- {name} ----\n"));
         s.push_str(text);
@@ -82,6 +101,11 @@ pub fn nvrtc_version() -> Result<(i32, i32)> {
 /// carries NVRTC's log.
 pub fn compile(arch: u32) -> Result<String> {
     compile_source(&source(), arch)
+}
+
+/// Like [`compile`], for a configuration.
+pub fn compile_with(cfg: &KernelConfig, arch: u32) -> Result<String> {
+    compile_source(&source_with(cfg), arch)
 }
 
 /// Compile any CUDA C `src` to PTX for `compute_{arch}`; the error carries
@@ -126,16 +150,18 @@ fn cache_dir() -> Option<PathBuf> {
 }
 
 /// The cache file name for `arch` under NVRTC `ver`.
-pub fn cache_key(arch: u32, ver: (i32, i32)) -> String {
-    let digest = Sha256::digest(source().as_bytes());
+pub fn cache_key(src: &str, arch: u32, ver: (i32, i32)) -> String {
+    let digest = Sha256::digest(src.as_bytes());
     let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
     format!("{hex}-sm{arch}-nvrtc{}.{}.ptx", ver.0, ver.1)
 }
 
-/// PTX for `arch`, from the cache or freshly compiled (and then cached).
-pub fn ptx_for(arch: u32) -> Result<String> {
+/// PTX of configuration `cfg` for `arch`, from the cache or freshly
+/// compiled (and then cached).
+pub fn ptx_for(cfg: &KernelConfig, arch: u32) -> Result<String> {
     let ver = nvrtc_version()?;
-    let key = cache_key(arch, ver);
+    let src = source_with(cfg);
+    let key = cache_key(&src, arch, ver);
     let dir = cache_dir();
     if let Some(path) = dir.as_ref().map(|d| d.join(&key)) {
         if let Ok(text) = std::fs::read_to_string(&path) {
@@ -146,7 +172,7 @@ pub fn ptx_for(arch: u32) -> Result<String> {
         }
     }
     let t = std::time::Instant::now();
-    let ptx = compile(arch)?;
+    let ptx = compile_source(&src, arch)?;
     log::info!(
         "cuda: compiled kernels for sm_{arch} in {:.2}s",
         t.elapsed().as_secs_f64()
@@ -178,9 +204,9 @@ unsafe impl Send for Kernels {}
 unsafe impl Sync for Kernels {}
 
 impl Kernels {
-    pub fn load(gpu: &Gpu) -> Result<Kernels> {
+    pub fn load(gpu: &Gpu, cfg: &KernelConfig) -> Result<Kernels> {
         let arch = (gpu.cc.0 * 10 + gpu.cc.1) as u32;
-        let ptx = ptx_for(arch)?;
+        let ptx = ptx_for(cfg, arch)?;
         let module = gpu
             .ctx
             .load_module(Ptx::from_src(ptx))

@@ -54,6 +54,8 @@ struct Shared {
     /// Held for a whole forward step, so two sessions' steps never
     /// interleave (a capture in progress must see only its own launches).
     step: Mutex<()>,
+    /// Rows per warp of `matvec_q` (as compiled).
+    mv_rows: usize,
 }
 
 /// Scratch and staging, touched under the lock.
@@ -89,8 +91,20 @@ impl CudaBackend {
     /// with `DeviceUnavailable` when there is no driver, no such device or
     /// no NVRTC; never panics.
     pub fn open(ordinal: usize) -> Result<CudaBackend> {
+        CudaBackend::open_with(ordinal, &kernels::KernelConfig::default())
+    }
+
+    /// Like [`CudaBackend::open`], with kernels built for `cfg` (the kernel
+    /// harness compares configurations this way).
+    pub fn open_with(ordinal: usize, cfg: &kernels::KernelConfig) -> Result<CudaBackend> {
+        if !(1..=4).contains(&cfg.mv_rows) {
+            return Err(Error::Gpu {
+                op: "open".into(),
+                msg: format!("mv_rows {} outside 1..=4", cfg.mv_rows),
+            });
+        }
         let gpu = Gpu::open(ordinal)?;
-        let k = kernels::Kernels::load(&gpu)?;
+        let k = kernels::Kernels::load(&gpu, cfg)?;
         let staging = Staging::new(&gpu)?;
         log::info!(
             "cuda: {} (sm_{}{}, {:.1} GiB)",
@@ -113,6 +127,7 @@ impl CudaBackend {
                     part_ml: None,
                 }),
                 step: Mutex::new(()),
+                mv_rows: cfg.mv_rows as usize,
             }),
         })
     }
@@ -381,12 +396,12 @@ impl CudaBackend {
                     Arg::Ptr(xs),
                 ],
             )?;
-            // 4 warps per block, 2 rows per warp.
+            // 4 warps per block, mv_rows rows per warp.
             return launch(
                 g,
                 self.f("matvec_q"),
                 "matvec",
-                (blocks(rows, 8), 1, 1),
+                (blocks(rows, 4 * self.sh.mv_rows), 1, 1),
                 128,
                 &mut [
                     Arg::Ptr(w.buf.ptr),

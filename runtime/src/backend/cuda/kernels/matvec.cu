@@ -10,7 +10,9 @@
 // use plain f32 arithmetic.
 
 #define MV_MAXT 4
-#define MV_ROWS 2
+#ifndef MV_ROWS
+#define MV_ROWS 2 // rows per warp; the host reads it from KernelConfig
+#endif
 
 // One warp per 32-element block of one row: xq = round(x/d), d = amax/127.
 extern "C" __global__ void quantize_act(const float* x, long long nblocks, signed char* xq,

@@ -1,0 +1,158 @@
+//! Kernel harness: builds several variants of the CUDA mat-vec (decode) and
+//! the mma.sync mat-mat (prefill) kernels in one GPU run, checks each
+//! against the CPU on the same random weights, and times it on the
+//! MiniCPM4-8B layer shapes, printing achieved GB/s (decode, against the
+//! ~4.3 TB/s measured copy bandwidth) or TFLOP/s (prefill) beside each.
+//! `docs/cuda-kernel-notes.md` records the versions, predictions and
+//! outcomes.
+//!
+//! Run: `cargo run --release --features cuda -p tern-runtime --example cuda_harness`
+//! (on the GPU machine: `.device/bin/cuda_harness`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tern_runtime::backend::cpu::CpuBackend;
+use tern_runtime::backend::cuda::{kernels::KernelConfig, CudaBackend};
+use tern_runtime::backend::{Backend, Op};
+use tern_runtime::gguf::{GgufFile, GgufWriter};
+use tern_runtime::quants::{self, GgmlType};
+
+const COPY_GBS: f64 = 4300.0;
+
+fn rand_vec(seed: u64, n: usize) -> Vec<f32> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0 + 1e-3
+        })
+        .collect()
+}
+
+fn file(rows: usize, cols: usize, ty: GgmlType, ntok: usize) -> Arc<GgufFile> {
+    let w = rand_vec(rows as u64 * 31 + cols as u64, rows * cols);
+    let rb = ty.row_bytes(cols as u64).unwrap() as usize;
+    let mut bytes = vec![0u8; rb * rows];
+    for r in 0..rows {
+        quants::quantize_row(
+            ty,
+            &w[r * cols..(r + 1) * cols],
+            &mut bytes[r * rb..(r + 1) * rb],
+        )
+        .unwrap();
+    }
+    let x = rand_vec(7, ntok * cols);
+    let xb: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut g = GgufWriter::new();
+    g.add_tensor("w", ty, &[cols as u64, rows as u64], bytes)
+        .unwrap();
+    g.add_tensor("x", GgmlType::F32, &[cols as u64, ntok as u64], xb)
+        .unwrap();
+    let mut buf = Vec::new();
+    g.write_to(&mut buf).unwrap();
+    Arc::new(GgufFile::from_bytes(buf).unwrap())
+}
+
+fn run<B: Backend>(
+    b: &B,
+    f: &Arc<GgufFile>,
+    ntok: usize,
+    reps: usize,
+    sync: &dyn Fn(),
+) -> (Vec<f32>, f64) {
+    let wi = f.tensor("w").unwrap();
+    let w = b.load_weight(f, wi, Op::MatMul).unwrap();
+    let xt = b.load_weight(f, f.tensor("x").unwrap(), Op::Embed).unwrap();
+    let cols = wi.dims[0] as usize;
+    let rows = (wi.n_elements / wi.dims[0]) as usize;
+    let mut x = b.alloc(ntok, cols).unwrap();
+    b.embed(&xt, &(0..ntok as u32).collect::<Vec<_>>(), 1.0, &mut x)
+        .unwrap();
+    let mut o = b.alloc(ntok, rows).unwrap();
+    b.matmul(&x, &w, &mut o).unwrap();
+    let mut out = vec![0f32; ntok * rows];
+    b.read(&o, &mut out).unwrap();
+    let mut times = Vec::new();
+    for _ in 0..reps {
+        sync();
+        let t = Instant::now();
+        for _ in 0..10 {
+            b.matmul(&x, &w, &mut o).unwrap();
+        }
+        sync();
+        times.push(t.elapsed().as_secs_f64() / 10.0);
+    }
+    times.sort_by(f64::total_cmp);
+    (out, times[times.len() / 2])
+}
+
+fn nmse(a: &[f32], b: &[f32]) -> f64 {
+    let (mut n, mut d) = (0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        n += (x as f64 - y as f64).powi(2);
+        d += (y as f64).powi(2);
+    }
+    n / d.max(1e-300)
+}
+
+fn main() {
+    let cpu = CpuBackend::exact(std::thread::available_parallelism().map_or(4, |n| n.get()));
+    let variants: Vec<KernelConfig> = [1u32, 2, 4]
+        .iter()
+        .map(|&m| KernelConfig { mv_rows: m })
+        .collect();
+    let gpus: Vec<(KernelConfig, CudaBackend)> = variants
+        .iter()
+        .map(|c| (*c, CudaBackend::open_with(0, c).expect("GPU")))
+        .collect();
+    println!("GPU: {}", gpus[0].1.device_name());
+    // MiniCPM4-8B: q/o 4096², k/v 256×4096, gate/up 16384×4096, down 4096×16384, head 73448×4096.
+    let shapes = [
+        (4096usize, 4096usize),
+        (256, 4096),
+        (16384, 4096),
+        (4096, 16384),
+        (73448, 4096),
+    ];
+    println!("\n## decode mat-vec (1 token), Q4_0 and Q8_0: median of 20×10 launches");
+    println!("| shape | type | variant | µs | GB/s | share of {COPY_GBS:.0} GB/s | NMSE vs CPU |");
+    println!("|---|---|---|---|---|---|---|");
+    for &(rows, cols) in &shapes {
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+            let f = file(rows, cols, ty, 1);
+            let (want, _) = run(&cpu, &f, 1, 1, &|| {});
+            let bytes = f.tensor("w").unwrap().n_bytes as f64 + cols as f64 * 4.0;
+            for (cfg, g) in &gpus {
+                let (got, t) = run(g, &f, 1, 20, &|| g.synchronize().unwrap());
+                let gbs = bytes / t / 1e9;
+                println!(
+                    "| {rows}×{cols} | {ty} | mv_rows={} | {:.1} | {:.0} | {:.0}% | {:.1e} |",
+                    cfg.mv_rows,
+                    t * 1e6,
+                    gbs,
+                    100.0 * gbs / COPY_GBS,
+                    nmse(&got, &want)
+                );
+            }
+        }
+    }
+    println!("\n## prefill mat-mat (512 tokens), Q4_0: mma.sync m16n8k16, 64×64 tiles");
+    println!("| shape | µs | TFLOP/s | NMSE vs CPU |");
+    println!("|---|---|---|---|");
+    let g = &gpus[1].1;
+    for &(rows, cols) in &shapes[..4] {
+        let f = file(rows, cols, GgmlType::Q4_0, 512);
+        let (want, _) = run(&cpu, &f, 512, 1, &|| {});
+        let (got, t) = run(g, &f, 512, 10, &|| g.synchronize().unwrap());
+        let tflops = 2.0 * rows as f64 * cols as f64 * 512.0 / t / 1e12;
+        println!(
+            "| {rows}×{cols} | {:.1} | {:.1} | {:.1e} |",
+            t * 1e6,
+            tflops,
+            nmse(&got, &want)
+        );
+    }
+}
