@@ -117,11 +117,11 @@ fn main() {
         (4096, 16384),
         (73448, 4096),
     ];
-    println!("\n## decode mat-vec (1 token), Q4_0 and Q8_0: median of 20×10 launches");
+    println!("\n## decode mat-vec (1 token), Q4_0, Q4_1 and Q8_0: median of 20×10 launches");
     println!("| shape | type | variant | µs | GB/s | share of {COPY_GBS:.0} GB/s | NMSE vs CPU |");
     println!("|---|---|---|---|---|---|---|");
     for &(rows, cols) in &shapes {
-        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
             let f = file(rows, cols, ty, 1);
             let (want, _) = run(&cpu, &f, 1, 1, &|| {});
             let bytes = f.tensor("w").unwrap().n_bytes as f64 + cols as f64 * 4.0;

@@ -26,9 +26,9 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
     gen smollm2 smollm2-135m q4_1 q8_0
     gen mini05 minicpm4-0.5b q4_0
     gen mini8 minicpm4-8b q4_0
-    B=".device/bin/tern bench --device cuda -r 5"
+    B=".device/bin/tern bench --device cuda"
     for m in smollm2 mini05 mini8; do
-        $B -m "$M/$m.gguf" -p 512 -n 128 2>&1 | tee -a "$OUT/bench.md" || rc=1
+        $B -m "$M/$m.gguf" -p 512 -n 128 -r 5 2>&1 | tee -a "$OUT/bench.md" || rc=1
     done
     if [ "${DEPTH:-1}" = 1 ]; then
         $B -m "$M/mini8.gguf" -p 0 -n 128 -r 2 -d 8192,32768 2>&1 | tee -a "$OUT/bench.md" || rc=1

@@ -283,13 +283,15 @@ impl Staging {
 
     /// Room for `n` more values without waiting?
     pub fn fits(&self, n: usize) -> bool {
-        self.cursor + n <= self.cap
+        self.cursor.next_multiple_of(4) + n <= self.cap
     }
 
     /// Write `vals` at the cursor, queue their copy to the device and
     /// return (slot, device pointer). The caller has checked `fits`.
     pub fn push(&mut self, gpu: &Gpu, vals: &[u32]) -> Result<(usize, u64)> {
-        let at = self.cursor;
+        // Every entry starts on a 16-byte boundary, so kernels may read
+        // staged values as any type up to 16 bytes wide (RoPE reads f64).
+        let at = self.cursor.next_multiple_of(4);
         let n = vals.len().max(1);
         // SAFETY: at + n ≤ cap (the caller checked), so the writes stay in
         // the pinned block; no queued copy reads these slots (the cursor
@@ -297,7 +299,7 @@ impl Staging {
         unsafe {
             std::ptr::copy_nonoverlapping(vals.as_ptr(), self.host.add(at), vals.len());
         }
-        self.cursor += n;
+        self.cursor = at + n;
         let dptr = self.dev.ptr + (at * 4) as u64;
         // SAFETY: both ranges lie inside their allocations.
         unsafe {

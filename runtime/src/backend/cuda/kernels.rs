@@ -29,7 +29,7 @@ pub const SOURCES: [(&str, &str); 5] = [
 ];
 
 /// Every kernel entry point the backend launches.
-pub const KERNEL_NAMES: [&str; 15] = [
+pub const KERNEL_NAMES: [&str; 16] = [
     "embed",
     "rms_norm",
     "rope",
@@ -41,6 +41,7 @@ pub const KERNEL_NAMES: [&str; 15] = [
     "argmax_rows",
     "quantize_act",
     "matvec_q",
+    "matvec_q1",
     "matvec_f",
     "matmul_mma",
     "attn_partial",

@@ -372,48 +372,8 @@ impl CudaBackend {
                     ],
                 );
             }
-            let nblk = ntok * cols / 32;
-            let mut m = self.lock();
-            let mut xq_slot = m.xq.take();
-            let xq = self.ensure(&mut xq_slot, nblk * 32, "activation quantization");
-            m.xq = xq_slot;
-            let xq = xq?;
-            let mut xs_slot = m.xs.take();
-            let xs = self.ensure(&mut xs_slot, nblk * 8, "activation scales");
-            m.xs = xs_slot;
-            let xs = xs?;
-            drop(m);
-            launch(
-                g,
-                self.f("quantize_act"),
-                "quantize_act",
-                (blocks(nblk, 8), 1, 1),
-                256,
-                &mut [
-                    Arg::Ptr(x.buf.ptr),
-                    Arg::I64(nblk as i64),
-                    Arg::Ptr(xq),
-                    Arg::Ptr(xs),
-                ],
-            )?;
-            // 4 warps per block, mv_rows rows per warp.
-            return launch(
-                g,
-                self.f("matvec_q"),
-                "matvec",
-                (blocks(rows, 4 * self.sh.mv_rows), 1, 1),
-                128,
-                &mut [
-                    Arg::Ptr(w.buf.ptr),
-                    Arg::I32(ty),
-                    Arg::I32(rows as i32),
-                    Arg::I32(cols as i32),
-                    Arg::Ptr(xq),
-                    Arg::Ptr(xs),
-                    Arg::I32(ntok as i32),
-                    Arg::Ptr(out.buf.ptr),
-                ],
-            );
+            let (xq, xs) = self.quantize_x(x)?;
+            return self.matvec_q(w, xq, xs, ntok, out);
         }
         launch(
             g,
@@ -427,6 +387,68 @@ impl CudaBackend {
                 Arg::I32(rows as i32),
                 Arg::I32(cols as i32),
                 Arg::Ptr(x.buf.ptr),
+                Arg::I32(ntok as i32),
+                Arg::Ptr(out.buf.ptr),
+            ],
+        )
+    }
+
+    /// Quantize the rows of `x` to 8 bits per 32-block into the scratch
+    /// buffers; returns their device addresses.
+    fn quantize_x(&self, x: &CudaTensor) -> Result<(u64, u64)> {
+        let g = self.gpu()?;
+        let nblk = x.rows * x.cols / 32;
+        let mut m = self.lock();
+        let mut xq_slot = m.xq.take();
+        let xq = self.ensure(&mut xq_slot, nblk * 32, "activation quantization");
+        m.xq = xq_slot;
+        let xq = xq?;
+        let mut xs_slot = m.xs.take();
+        let xs = self.ensure(&mut xs_slot, nblk * 8, "activation scales");
+        m.xs = xs_slot;
+        let xs = xs?;
+        drop(m);
+        launch(
+            g,
+            self.f("quantize_act"),
+            "quantize_act",
+            (blocks(nblk, 8), 1, 1),
+            256,
+            &mut [
+                Arg::Ptr(x.buf.ptr),
+                Arg::I64(nblk as i64),
+                Arg::Ptr(xq),
+                Arg::Ptr(xs),
+            ],
+        )?;
+        Ok((xq, xs))
+    }
+
+    /// Quantized mat-vec of already quantized activations.
+    fn matvec_q(
+        &self,
+        w: &CudaWeight,
+        xq: u64,
+        xs: u64,
+        ntok: usize,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let g = self.gpu()?;
+        let kernel = if ntok == 1 { "matvec_q1" } else { "matvec_q" };
+        // 4 warps per block, mv_rows rows per warp.
+        launch(
+            g,
+            self.f(kernel),
+            "matvec",
+            (blocks(w.rows, 4 * self.sh.mv_rows), 1, 1),
+            128,
+            &mut [
+                Arg::Ptr(w.buf.ptr),
+                Arg::I32(ty_code(w.ty)),
+                Arg::I32(w.rows as i32),
+                Arg::I32(w.cols as i32),
+                Arg::Ptr(xq),
+                Arg::Ptr(xs),
                 Arg::I32(ntok as i32),
                 Arg::Ptr(out.buf.ptr),
             ],
@@ -672,6 +694,39 @@ impl Backend for CudaBackend {
 
     fn matmul(&self, x: &CudaTensor, w: &CudaWeight, out: &mut CudaTensor) -> Result<()> {
         self.matmul_impl(x, w, out)
+    }
+
+    /// Decode-sized batches quantize `x` once for all the weights.
+    fn matmul_many(
+        &self,
+        x: &CudaTensor,
+        ws: &[&CudaWeight],
+        outs: &mut [&mut CudaTensor],
+    ) -> Result<()> {
+        if ws.len() != outs.len() {
+            return Err(shape_err(
+                "matmul_many",
+                format!("{} weights for {} outputs", ws.len(), outs.len()),
+            ));
+        }
+        let shared = x.rows > 0
+            && x.rows <= MATVEC_MAX_ROWS
+            && ws.iter().zip(outs.iter()).all(|(w, o)| {
+                !matches!(w.ty, GgmlType::F32 | GgmlType::F16)
+                    && w.cols == x.cols
+                    && (o.rows, o.cols) == (x.rows, w.rows)
+            });
+        if !shared {
+            for (w, o) in ws.iter().zip(outs.iter_mut()) {
+                self.matmul_impl(x, w, o)?;
+            }
+            return Ok(());
+        }
+        let (xq, xs) = self.quantize_x(x)?;
+        for (w, o) in ws.iter().zip(outs.iter_mut()) {
+            self.matvec_q(w, xq, xs, x.rows, o)?;
+        }
+        Ok(())
     }
 
     fn rope(&self, x: &mut CudaTensor, positions: &[u32], rope: &Rope) -> Result<()> {

@@ -29,81 +29,85 @@ extern "C" __global__ void quantize_act(const float* x, long long nblocks, signe
     if (lane == 0) xs[b] = make_float2(d, d * s);
 }
 
-extern "C" __global__ void matvec_q(const u8* w, int ty, int rows, int cols, const signed char* xq,
-                                    const float2* xs, int ntok, float* out) {
+// Dot of one 32-element weight block with one activation block.
+__device__ __forceinline__ float block_dot(int ty, int4 wa, int4 wb, float d, float m, int4 xa,
+                                           int4 xb, float2 s) {
+    if (ty == TY_Q8_0) {
+        int si = __dp4a(wa.x, xa.x, 0);
+        si = __dp4a(wa.y, xa.y, si);
+        si = __dp4a(wa.z, xa.z, si);
+        si = __dp4a(wa.w, xa.w, si);
+        si = __dp4a(wb.x, xb.x, si);
+        si = __dp4a(wb.y, xb.y, si);
+        si = __dp4a(wb.z, xb.z, si);
+        si = __dp4a(wb.w, xb.w, si);
+        return d * s.x * (float)si;
+    }
+    // Low nibbles are elements 0..15, high nibbles 16..31.
+    int si = __dp4a(wa.x & 0x0f0f0f0f, xa.x, 0);
+    si = __dp4a(wa.y & 0x0f0f0f0f, xa.y, si);
+    si = __dp4a(wa.z & 0x0f0f0f0f, xa.z, si);
+    si = __dp4a(wa.w & 0x0f0f0f0f, xa.w, si);
+    si = __dp4a((wa.x >> 4) & 0x0f0f0f0f, xb.x, si);
+    si = __dp4a((wa.y >> 4) & 0x0f0f0f0f, xb.y, si);
+    si = __dp4a((wa.z >> 4) & 0x0f0f0f0f, xb.z, si);
+    si = __dp4a((wa.w >> 4) & 0x0f0f0f0f, xb.w, si);
+    if (ty == TY_Q4_0) return d * (s.x * (float)si - 8.f * s.y);
+    return d * s.x * (float)si + m * s.y;
+}
+
+// NT: most tokens this instantiation handles (registers scale with it).
+// Each lane takes two blocks per step (b and b + 32) and issues all their
+// loads before any arithmetic, so more bytes are in flight per warp.
+template <int NT>
+__device__ __forceinline__ void matvec_q_impl(const u8* w, int ty, int rows, int cols,
+                                              const signed char* xq, const float2* xs, int ntok,
+                                              float* out) {
     int lane = threadIdx.x % 32;
     int row0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * MV_ROWS;
     if (row0 >= rows) return;
     int nb = cols / 32;
     long long nrow_blocks = (long long)rows * nb;
-    const u16* dq = (const u16*)(w + nrow_blocks * (ty == TY_Q8_0 ? 32 : 16));
+    int qb = ty == TY_Q8_0 ? 32 : 16;
+    const u16* dq = (const u16*)(w + nrow_blocks * qb);
     const u16* mq = dq + nrow_blocks;
-    float acc[MV_ROWS][MV_MAXT];
+    float acc[MV_ROWS][NT];
 #pragma unroll
     for (int i = 0; i < MV_ROWS; i++)
 #pragma unroll
-        for (int t = 0; t < MV_MAXT; t++) acc[i][t] = 0.f;
+        for (int t = 0; t < NT; t++) acc[i][t] = 0.f;
 
-    for (int b = lane; b < nb; b += 32) {
-        // The activation block of every token, shared by this warp's rows.
-        int4 xa[MV_MAXT], xb[MV_MAXT];
-        float2 s[MV_MAXT];
+    for (int b0 = lane; b0 < nb; b0 += 64) {
+        int4 wa[MV_ROWS][2], wb[MV_ROWS][2];
+        float d[MV_ROWS][2], m[MV_ROWS][2];
+        bool two = b0 + 32 < nb;
 #pragma unroll
-        for (int t = 0; t < MV_MAXT; t++) {
-            if (t < ntok) {
-                const int4* p = (const int4*)(xq + ((long long)t * nb + b) * 32);
-                xa[t] = p[0];
-                xb[t] = p[1];
-                s[t] = xs[(long long)t * nb + b];
+        for (int i = 0; i < MV_ROWS; i++) {
+            int r = min(row0 + i, rows - 1);
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                int b = u == 0 ? b0 : (two ? b0 + 32 : b0);
+                long long blk = (long long)r * nb + b;
+                const int4* p = (const int4*)(w + blk * qb);
+                wa[i][u] = p[0];
+                wb[i][u] = ty == TY_Q8_0 ? p[1] : make_int4(0, 0, 0, 0);
+                d[i][u] = h2f(dq[blk]);
+                m[i][u] = ty == TY_Q4_1 ? h2f(mq[blk]) : 0.f;
             }
         }
 #pragma unroll
-        for (int i = 0; i < MV_ROWS; i++) {
-            int r = row0 + i;
-            if (r >= rows) break;
-            long long blk = (long long)r * nb + b;
-            float d = h2f(dq[blk]);
-            if (ty == TY_Q8_0) {
-                const int4* p = (const int4*)(w + blk * 32);
-                int4 wa = p[0], wb = p[1];
+        for (int u = 0; u < 2; u++) {
+            if (u == 1 && !two) break;
+            int b = b0 + 32 * u;
 #pragma unroll
-                for (int t = 0; t < MV_MAXT; t++) {
-                    if (t < ntok) {
-                        int si = __dp4a(wa.x, xa[t].x, 0);
-                        si = __dp4a(wa.y, xa[t].y, si);
-                        si = __dp4a(wa.z, xa[t].z, si);
-                        si = __dp4a(wa.w, xa[t].w, si);
-                        si = __dp4a(wb.x, xb[t].x, si);
-                        si = __dp4a(wb.y, xb[t].y, si);
-                        si = __dp4a(wb.z, xb[t].z, si);
-                        si = __dp4a(wb.w, xb[t].w, si);
-                        acc[i][t] += d * s[t].x * (float)si;
-                    }
-                }
-            } else {
-                int4 q = *(const int4*)(w + blk * 16);
-                int lo0 = q.x & 0x0f0f0f0f, hi0 = (q.x >> 4) & 0x0f0f0f0f;
-                int lo1 = q.y & 0x0f0f0f0f, hi1 = (q.y >> 4) & 0x0f0f0f0f;
-                int lo2 = q.z & 0x0f0f0f0f, hi2 = (q.z >> 4) & 0x0f0f0f0f;
-                int lo3 = q.w & 0x0f0f0f0f, hi3 = (q.w >> 4) & 0x0f0f0f0f;
-                float m = ty == TY_Q4_1 ? h2f(mq[blk]) : 0.f;
+            for (int t = 0; t < NT; t++) {
+                if (t < ntok) {
+                    const int4* p = (const int4*)(xq + ((long long)t * nb + b) * 32);
+                    int4 xa = p[0], xb = p[1];
+                    float2 s = xs[(long long)t * nb + b];
 #pragma unroll
-                for (int t = 0; t < MV_MAXT; t++) {
-                    if (t < ntok) {
-                        // Low nibbles are elements 0..15, high nibbles 16..31.
-                        int si = __dp4a(lo0, xa[t].x, 0);
-                        si = __dp4a(lo1, xa[t].y, si);
-                        si = __dp4a(lo2, xa[t].z, si);
-                        si = __dp4a(lo3, xa[t].w, si);
-                        si = __dp4a(hi0, xb[t].x, si);
-                        si = __dp4a(hi1, xb[t].y, si);
-                        si = __dp4a(hi2, xb[t].z, si);
-                        si = __dp4a(hi3, xb[t].w, si);
-                        if (ty == TY_Q4_0)
-                            acc[i][t] += d * (s[t].x * (float)si - 8.f * s[t].y);
-                        else
-                            acc[i][t] += d * s[t].x * (float)si + m * s[t].y;
-                    }
+                    for (int i = 0; i < MV_ROWS; i++)
+                        acc[i][t] += block_dot(ty, wa[i][u], wb[i][u], d[i][u], m[i][u], xa, xb, s);
                 }
             }
         }
@@ -111,12 +115,25 @@ extern "C" __global__ void matvec_q(const u8* w, int ty, int rows, int cols, con
 #pragma unroll
     for (int i = 0; i < MV_ROWS; i++) {
 #pragma unroll
-        for (int t = 0; t < MV_MAXT; t++) {
+        for (int t = 0; t < NT; t++) {
             float v = warp_sum(acc[i][t]);
             int r = row0 + i;
             if (lane == 0 && t < ntok && r < rows) out[(long long)t * rows + r] = v;
         }
     }
+}
+
+// One token (decode).
+extern "C" __global__ void matvec_q1(const u8* w, int ty, int rows, int cols,
+                                     const signed char* xq, const float2* xs, int ntok,
+                                     float* out) {
+    matvec_q_impl<1>(w, ty, rows, cols, xq, xs, 1, out);
+}
+
+// Up to MV_MAXT tokens (short batches, speculative verification).
+extern "C" __global__ void matvec_q(const u8* w, int ty, int rows, int cols, const signed char* xq,
+                                    const float2* xs, int ntok, float* out) {
+    matvec_q_impl<MV_MAXT>(w, ty, rows, cols, xq, xs, ntok, out);
 }
 
 // F16 / F32 weights: one warp per row, 8 columns per lane per step.
