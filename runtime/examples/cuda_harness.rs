@@ -139,7 +139,9 @@ fn main() {
             }
         }
     }
-    println!("\n## prefill mat-mat (512 tokens), Q4_0: mma.sync m16n8k16, 64×64 tiles");
+    println!(
+        "\n## prefill mat-mat (512 tokens), Q4_0: mma.sync m16n8k16 (128×128 tiles from 2048 rows)"
+    );
     println!("| shape | µs | TFLOP/s | NMSE vs CPU |");
     println!("|---|---|---|---|");
     let g = &gpus[1].1;

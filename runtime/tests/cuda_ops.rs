@@ -105,7 +105,7 @@ fn matmul_every_type_and_batch_matches_cpu() {
     let Some(g) = gpu() else { return };
     let cpu = CpuBackend::exact(2);
     let mut rng = Rng(0x9e3779b97f4a7c15);
-    for &(rows, cols) in &[(96, 64), (200, 576), (1000, 1536)] {
+    for &(rows, cols) in &[(96, 64), (200, 576), (1000, 1536), (2100, 96)] {
         for ty in [
             GgmlType::F32,
             GgmlType::F16,
@@ -398,7 +398,11 @@ fn tiny_models_logits_on_gpu_match_cpu() {
             let gl = sg.forward(&Batch::new(&tok, pos)).unwrap();
             worst = worst.max(nmse(gl.as_slice(), w.as_slice()));
         }
-        eprintln!("{name:<40} decode worst NMSE {worst:.3e}");
-        assert!(worst <= 5e-4, "{name}: decode NMSE {worst:e}");
+        // Decode mat-vecs quantize activations to 8 bits per block of 32
+        // (as the CPU fast path and llama.cpp's MMVQ do), and the tiny
+        // random models pass that error through every layer: bound 2e-3
+        // against the CPU's exact f32 path. Each op alone is held to 5e-4.
+        eprintln!("{name:<40} decode worst NMSE {worst:.3e} (bound 2e-3)");
+        assert!(worst <= 2e-3, "{name}: decode NMSE {worst:e}");
     }
 }

@@ -28,7 +28,7 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
     gen mini8 minicpm4-8b q4_0
     B=".device/bin/tern bench --device cuda"
     for m in smollm2 mini05 mini8; do
-        $B -m "$M/$m.gguf" -p 512 -n 128 -r 5 2>&1 | tee -a "$OUT/bench.md" || rc=1
+        RUST_LOG=tern_runtime=info $B -m "$M/$m.gguf" -p 512 -n 128 -r 5 2>&1 | tee -a "$OUT/bench.md" || rc=1
     done
     if [ "${DEPTH:-1}" = 1 ]; then
         $B -m "$M/mini8.gguf" -p 0 -n 128 -r 2 -d 8192,32768 2>&1 | tee -a "$OUT/bench.md" || rc=1

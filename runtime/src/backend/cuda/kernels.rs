@@ -29,7 +29,7 @@ pub const SOURCES: [(&str, &str); 5] = [
 ];
 
 /// Every kernel entry point the backend launches.
-pub const KERNEL_NAMES: [&str; 16] = [
+pub const KERNEL_NAMES: [&str; 17] = [
     "embed",
     "rms_norm",
     "rope",
@@ -44,6 +44,7 @@ pub const KERNEL_NAMES: [&str; 16] = [
     "matvec_q1",
     "matvec_f",
     "matmul_mma",
+    "matmul_mma_big",
     "attn_partial",
     "attn_combine",
 ];

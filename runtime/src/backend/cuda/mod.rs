@@ -375,12 +375,19 @@ impl CudaBackend {
             let (xq, xs) = self.quantize_x(x)?;
             return self.matvec_q(w, xq, xs, ntok, out);
         }
+        // Big tiles only when they still fill the GPU.
+        let big = rows >= 2048 && ntok >= 128;
+        let (kernel, tile, threads) = if big {
+            ("matmul_mma_big", 128, 256)
+        } else {
+            ("matmul_mma", 64, 128)
+        };
         launch(
             g,
-            self.f("matmul_mma"),
+            self.f(kernel),
             "matmul",
-            (blocks(rows, 64), blocks(ntok, 64), 1),
-            128,
+            (blocks(rows, tile), blocks(ntok, tile), 1),
+            threads,
             &mut [
                 Arg::Ptr(w.buf.ptr),
                 Arg::I32(ty),
@@ -591,10 +598,13 @@ impl Backend for CudaBackend {
                 bytes: u64::MAX,
                 what: "KV cache".into(),
             })?;
-        if spec.head_dim > 256 {
+        if spec.head_dim > 256 || !spec.head_dim.is_multiple_of(8) {
             return Err(Error::Gpu {
                 op: "alloc_kv".into(),
-                msg: format!("head size {} > 256 is not supported on CUDA", spec.head_dim),
+                msg: format!(
+                    "head size {} is not supported on CUDA (a multiple of 8, at most 256)",
+                    spec.head_dim
+                ),
             });
         }
         let g = self.gpu()?;
@@ -1033,7 +1043,7 @@ impl Backend for CudaBackend {
         .result();
         if let Err(e) = begun {
             self.lock().capture_log = None;
-            log::debug!("cuda: graph capture unavailable ({e:?}); running eagerly");
+            log::warn!("cuda: graph capture unavailable ({e:?}); running eagerly");
             return ops(kv);
         }
         let r = ops(kv);
@@ -1050,7 +1060,11 @@ impl Backend for CudaBackend {
                 }
             }
             kv.last_eager = None;
-            log::debug!("cuda: graph capture failed; running eagerly");
+            log::warn!(
+                "cuda: graph capture failed (ops: {:?}, end: {:?}); running eagerly",
+                r.as_ref().err(),
+                ended.err()
+            );
             self.lock().staging.cursor = 0;
             return ops(kv);
         }
@@ -1062,10 +1076,15 @@ impl Backend for CudaBackend {
             unsafe {
                 let _ = sys::cuGraphDestroy(graph);
             }
-            log::debug!("cuda: graph instantiation failed ({e:?}); running eagerly");
+            log::warn!("cuda: graph instantiation failed ({e:?}); running eagerly");
             kv.last_eager = None;
             return ops(kv);
         }
+        log::info!(
+            "cuda: captured a {}-token decode step as a CUDA graph ({} staged inputs)",
+            shape.0,
+            log.len()
+        );
         kv.graph = Some(StepGraph {
             shape,
             epoch,

@@ -4,8 +4,8 @@
 // attn_partial: block (split s, query head h, token t), 4 warps. The token
 // at batch row t sits in slot first_slot[0] + t and sees slots 0..=that.
 // Block s takes keys [s·chunk, (s+1)·chunk) of those; each warp takes every
-// 4th key, lanes split the head dimension, and keeps a running max, sum and
-// weighted value sum (online softmax). The warps merge in shared memory. With
+// 4th tile of 32 keys and keeps a running max, sum and weighted value sum
+// (online softmax). The warps merge in shared memory. With
 // one split the block writes the normalised output; with several it writes
 // (o, m, l) partials that attn_combine merges. Grouped-query attention: query
 // head h reads KV head h / (n_head / n_head_kv).
@@ -13,21 +13,54 @@
 #define ATT_WARPS 4
 #define ATT_MAXD 8 // head_dim ≤ 256
 
-__device__ __forceinline__ float kv_at(const u8* c, int f16, long long i) {
-    return f16 ? h2f(((const u16*)c)[i]) : ((const float*)c)[i];
+// Key/value element i of a cache row as f32.
+template <bool F16>
+__device__ __forceinline__ float kv_at(const u8* c, long long i) {
+    return F16 ? h2f(((const u16*)c)[i]) : ((const float*)c)[i];
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_partial(
+// q·k for the key row at `row` (element offset): each lane reads its own
+// row with 16-byte loads, all independent, so many are in flight.
+template <bool F16>
+__device__ __forceinline__ float qk_row(const float* sq, const u8* kc, long long row, int head_dim) {
+    float dot = 0.f;
+    if (F16) {
+        const uint4* p = (const uint4*)((const u16*)kc + row);
+        for (int c = 0; c < head_dim / 8; c++) {
+            uint4 v = p[c];
+            u32 w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                dot += sq[8 * c + 2 * k] * h2f((u16)(w[k] & 0xffff));
+                dot += sq[8 * c + 2 * k + 1] * h2f((u16)(w[k] >> 16));
+            }
+        }
+    } else {
+        const float4* p = (const float4*)((const float*)kc + row);
+        for (int c = 0; c < head_dim / 4; c++) {
+            float4 v = p[c];
+            dot += sq[4 * c] * v.x + sq[4 * c + 1] * v.y + sq[4 * c + 2] * v.z + sq[4 * c + 3] * v.w;
+        }
+    }
+    return dot;
+}
+
+// Keys are taken 32 at a time per warp: lane j scores key j of the tile
+// (its own row, read with wide loads), the tile's softmax terms come from
+// warp reductions, then each lane accumulates its slice of the head
+// dimension over the tile's 32 value rows (coalesced across the warp).
+template <bool F16>
+__device__ __forceinline__ void attn_partial_impl(
     const float* q, const u8* kc, const u8* vc, const u32* first_slot, int n_head, int n_head_kv,
-    int head_dim, float scale, int chunk, int n_split, int f16, float* out, float* part_o,
+    int head_dim, float scale, int chunk, int n_split, float* out, float* part_o,
     float2* part_ml) {
-    __shared__ float sq[256];
+    __shared__ __align__(16) float sq[256];
     __shared__ float so[ATT_WARPS][256];
     __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
     int s = blockIdx.x, h = blockIdx.y, t = blockIdx.z;
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     int hk = h / (n_head / n_head_kv);
-    int width = n_head_kv * head_dim;
+    long long width = (long long)n_head_kv * head_dim;
     long long n_vis = (long long)first_slot[0] + t + 1;
     long long k0 = (long long)s * chunk;
     long long k1 = min(k0 + chunk, n_vis);
@@ -38,22 +71,26 @@ extern "C" __global__ void __launch_bounds__(128) attn_partial(
     float m = NEG_INF, l = 0.f, o[ATT_MAXD];
 #pragma unroll
     for (int i = 0; i < ATT_MAXD; i++) o[i] = 0.f;
-    for (long long j = k0 + warp; j < k1; j += ATT_WARPS) {
-        long long base = j * width + (long long)hk * head_dim;
-        float dot = 0.f;
+    long long off = (long long)hk * head_dim;
+    for (long long j0 = k0 + 32 * warp; j0 < k1; j0 += 32 * ATT_WARPS) {
+        long long j = j0 + lane;
+        bool valid = j < k1;
+        float sc = valid ? qk_row<F16>(sq, kc, j * width + off, head_dim) : NEG_INF;
+        float mn = fmaxf(m, warp_max(sc));
+        float corr = __expf(m - mn);
+        float p = valid ? __expf(sc - mn) : 0.f;
+        l = l * corr + warp_sum(p);
 #pragma unroll
-        for (int i = 0; i < ATT_MAXD; i++) {
-            int d = lane + 32 * i;
-            if (d < head_dim) dot += sq[d] * kv_at(kc, f16, base + d);
-        }
-        dot = warp_sum(dot);
-        float mn = fmaxf(m, dot);
-        float corr = __expf(m - mn), p = __expf(dot - mn);
-        l = l * corr + p;
+        for (int i = 0; i < ATT_MAXD; i++) o[i] *= corr;
+        int n = (int)min((long long)32, k1 - j0);
+        for (int jj = 0; jj < n; jj++) {
+            float pj = __shfl_sync(0xffffffffu, p, jj);
+            long long base = (j0 + jj) * width + off;
 #pragma unroll
-        for (int i = 0; i < ATT_MAXD; i++) {
-            int d = lane + 32 * i;
-            if (d < head_dim) o[i] = o[i] * corr + p * kv_at(vc, f16, base + d);
+            for (int i = 0; i < ATT_MAXD; i++) {
+                int d = lane + 32 * i;
+                if (d < head_dim) o[i] += pj * kv_at<F16>(vc, base + d);
+            }
         }
         m = mn;
     }
@@ -79,6 +116,18 @@ extern "C" __global__ void __launch_bounds__(128) attn_partial(
             part_o[(row * n_split + s) * head_dim + d] = acc;
     }
     if (n_split > 1 && threadIdx.x == 0) part_ml[row * n_split + s] = make_float2(M, L);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_partial(
+    const float* q, const u8* kc, const u8* vc, const u32* first_slot, int n_head, int n_head_kv,
+    int head_dim, float scale, int chunk, int n_split, int f16, float* out, float* part_o,
+    float2* part_ml) {
+    if (f16)
+        attn_partial_impl<true>(q, kc, vc, first_slot, n_head, n_head_kv, head_dim, scale, chunk,
+                                n_split, out, part_o, part_ml);
+    else
+        attn_partial_impl<false>(q, kc, vc, first_slot, n_head, n_head_kv, head_dim, scale, chunk,
+                                 n_split, out, part_o, part_ml);
 }
 
 // Merge the splits of one (token, head): o = Σ_s o_s·e^{m_s−M} / Σ_s l_s·e^{m_s−M}.

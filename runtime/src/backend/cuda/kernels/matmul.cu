@@ -1,15 +1,14 @@
 // matmul.cu — prefill matrix-matrix products on the tensor cores:
 // out[t, r] = Σ_c W[r, c]·x[t, c] for many tokens.
 //
-// Each block computes a 64 (weight rows) × 64 (tokens) tile with 4 warps
-// (2 × 2, 32 × 32 each). Per 32-column step it dequantizes the weight tile
+// Each block computes a 64 × 64 (weight rows × tokens) tile with 4 warps
+// (2 × 2, 32 × 32 each), or for large problems 128 × 128 with 8 warps
+// (2 × 4, 64 × 32 each). Per 32-column step it dequantizes the weight tile
 // to f16 in shared memory, converts the activation tile to f16 beside it,
 // and each warp runs mma.sync m16n8k16 (f16 inputs, f32 accumulators) over
 // it. Rows are padded to 40 halves so the fragment loads of a warp hit 32
 // different banks. PTX is written inline, so no toolkit header is needed.
 
-#define MM_BM 64
-#define MM_BN 64
 #define MM_BK 32
 #define MM_LD 40
 
@@ -21,28 +20,31 @@ __device__ __forceinline__ void mma_16816(float* c, const u32* a, const u32* b) 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-extern "C" __global__ void __launch_bounds__(128) matmul_mma(const u8* w, int ty, int rows,
-                                                             int cols, const float* x, int ntok,
-                                                             float* out) {
-    __shared__ __align__(16) u16 sw[MM_BM * MM_LD];
-    __shared__ __align__(16) u16 sx[MM_BN * MM_LD];
+// BM × BN tile per block; warps arranged WM × WN, each owning a
+// (BM/WM) × (BN/WN) sub-tile: MI m16 tiles by NJ n8 tiles.
+template <int BM, int BN, int WM, int WN>
+__device__ __forceinline__ void matmul_mma_impl(const u8* w, int ty, int rows, int cols,
+                                                const float* x, int ntok, float* out, u16* sw,
+                                                u16* sx) {
+    constexpr int MI = BM / WM / 16, NJ = BN / WN / 8;
     int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-    int wm = warp / 2, wn = warp % 2;
-    int r0 = blockIdx.x * MM_BM, t0 = blockIdx.y * MM_BN;
+    int wm = warp / WN, wn = warp % WN;
+    int r0 = blockIdx.x * BM, t0 = blockIdx.y * BN;
     int nb = cols / 32;
     long long nrow_blocks = (long long)rows * nb;
     const u16* dq = (const u16*)(w + nrow_blocks * (ty == TY_Q8_0 ? 32 : 16));
     const u16* mq = dq + nrow_blocks;
 
-    float acc[2][4][4];
+    float acc[MI][NJ][4];
 #pragma unroll
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < MI; i++)
 #pragma unroll
-        for (int j = 0; j < 4; j++)
+        for (int j = 0; j < NJ; j++)
 #pragma unroll
             for (int k = 0; k < 4; k++) acc[i][j][k] = 0.f;
 
-    // Loader roles: thread → (tile row, half of the 32 columns).
+    // Loader roles: thread → (tile row, half of the 32 columns); the block
+    // has 2·BM = 2·BN threads.
     int lr = tid / 2, lh = tid % 2;
     for (int b = 0; b < nb; b++) {
         // Weight tile row lr, columns lh*16 .. lh*16+15, as f16.
@@ -104,25 +106,25 @@ extern "C" __global__ void __launch_bounds__(128) matmul_mma(const u8* w, int ty
         int g = lane / 4, q4 = lane % 4;
 #pragma unroll
         for (int kk = 0; kk < MM_BK; kk += 16) {
-            u32 af[2][4], bf[4][2];
+            u32 af[MI][4], bf[NJ][2];
 #pragma unroll
-            for (int i = 0; i < 2; i++) {
-                const u16* base = sw + (wm * 32 + i * 16) * MM_LD + kk + q4 * 2;
+            for (int i = 0; i < MI; i++) {
+                const u16* base = sw + (wm * (BM / WM) + i * 16) * MM_LD + kk + q4 * 2;
                 af[i][0] = *(const u32*)(base + g * MM_LD);
                 af[i][1] = *(const u32*)(base + (g + 8) * MM_LD);
                 af[i][2] = *(const u32*)(base + g * MM_LD + 8);
                 af[i][3] = *(const u32*)(base + (g + 8) * MM_LD + 8);
             }
 #pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const u16* base = sx + (wn * 32 + j * 8 + g) * MM_LD + kk + q4 * 2;
+            for (int j = 0; j < NJ; j++) {
+                const u16* base = sx + (wn * (BN / WN) + j * 8 + g) * MM_LD + kk + q4 * 2;
                 bf[j][0] = *(const u32*)(base);
                 bf[j][1] = *(const u32*)(base + 8);
             }
 #pragma unroll
-            for (int i = 0; i < 2; i++)
+            for (int i = 0; i < MI; i++)
 #pragma unroll
-                for (int j = 0; j < 4; j++) mma_16816(acc[i][j], af[i], bf[j]);
+                for (int j = 0; j < NJ; j++) mma_16816(acc[i][j], af[i], bf[j]);
         }
         __syncthreads();
     }
@@ -130,11 +132,11 @@ extern "C" __global__ void __launch_bounds__(128) matmul_mma(const u8* w, int ty
     // rows are weight rows, columns tokens.
     int g = lane / 4, q4 = lane % 4;
 #pragma unroll
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < MI; i++) {
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
-            int r = r0 + wm * 32 + i * 16 + g;
-            int t = t0 + wn * 32 + j * 8 + q4 * 2;
+        for (int j = 0; j < NJ; j++) {
+            int r = r0 + wm * (BM / WM) + i * 16 + g;
+            int t = t0 + wn * (BN / WN) + j * 8 + q4 * 2;
 #pragma unroll
             for (int k = 0; k < 4; k++) {
                 int rr = r + (k >= 2 ? 8 : 0);
@@ -143,4 +145,21 @@ extern "C" __global__ void __launch_bounds__(128) matmul_mma(const u8* w, int ty
             }
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(128) matmul_mma(const u8* w, int ty, int rows,
+                                                             int cols, const float* x, int ntok,
+                                                             float* out) {
+    __shared__ __align__(16) u16 sw[64 * MM_LD];
+    __shared__ __align__(16) u16 sx[64 * MM_LD];
+    matmul_mma_impl<64, 64, 2, 2>(w, ty, rows, cols, x, ntok, out, sw, sx);
+}
+
+// Large matrices and batches: 128 × 128 tiles, 8 warps of 64 × 32.
+extern "C" __global__ void __launch_bounds__(256) matmul_mma_big(const u8* w, int ty, int rows,
+                                                                 int cols, const float* x,
+                                                                 int ntok, float* out) {
+    __shared__ __align__(16) u16 sw[128 * MM_LD];
+    __shared__ __align__(16) u16 sx[128 * MM_LD];
+    matmul_mma_impl<128, 128, 2, 4>(w, ty, rows, cols, x, ntok, out, sw, sx);
 }
