@@ -315,6 +315,35 @@ impl Staging {
         Ok((at, dptr))
     }
 
+    /// Write several arrays back to back (each 16-byte aligned) at the
+    /// cursor and copy them to the device with one transfer; returns each
+    /// array's device address. The caller has checked that they fit.
+    pub fn push_many(&mut self, gpu: &Gpu, arrays: &[&[u32]]) -> Result<Vec<u64>> {
+        let start = self.cursor.next_multiple_of(4);
+        let mut at = start;
+        let mut ptrs = Vec::with_capacity(arrays.len());
+        for a in arrays {
+            // SAFETY: the caller checked the total fits; no queued copy
+            // reads these slots (the stream has drained).
+            unsafe { std::ptr::copy_nonoverlapping(a.as_ptr(), self.host.add(at), a.len()) };
+            ptrs.push(self.dev.ptr + (at * 4) as u64);
+            at = (at + a.len().max(1)).next_multiple_of(4);
+        }
+        self.cursor = at;
+        // SAFETY: both ranges lie inside their allocations.
+        unsafe {
+            sys::cuMemcpyHtoDAsync_v2(
+                self.dev.ptr + (start * 4) as u64,
+                self.host.add(start) as *const c_void,
+                (at - start) * 4,
+                gpu.cu_stream(),
+            )
+            .result()
+            .map_err(|e| gpu_err("stage", e))?;
+        }
+        Ok(ptrs)
+    }
+
     /// Overwrite slots `at..at + vals.len()` in host memory only (for a
     /// graph replay, whose captured copies then carry them over).
     pub fn rewrite(&mut self, at: usize, vals: &[u32]) {

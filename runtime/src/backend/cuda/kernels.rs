@@ -59,7 +59,7 @@ pub struct KernelConfig {
 
 impl Default for KernelConfig {
     fn default() -> KernelConfig {
-        KernelConfig { mv_rows: 2 }
+        KernelConfig { mv_rows: 1 }
     }
 }
 

@@ -63,10 +63,20 @@ struct Mutable {
     staging: Staging,
     /// Entries staged since capture began: (slot, what, values).
     capture_log: Option<Vec<(usize, Staged, Vec<u32>)>>,
+    /// This step's inputs, uploaded in one transfer when the step began;
+    /// ops asking for the same values get these addresses.
+    step: Option<StepBlock>,
+    /// Constant arrays (RoPE frequencies) uploaded once, by content.
+    consts: Vec<(Vec<u32>, DevBuf)>,
     xq: Option<DevBuf>,
     xs: Option<DevBuf>,
     part_o: Option<DevBuf>,
     part_ml: Option<DevBuf>,
+}
+
+/// A step's inputs on the device: (values, address) per kind.
+struct StepBlock {
+    entries: Vec<(Staged, Vec<u32>, u64)>,
 }
 
 /// What a staged host value was, so a replay can put the new step's
@@ -121,6 +131,8 @@ impl CudaBackend {
                 m: Mutex::new(Mutable {
                     staging,
                     capture_log: None,
+                    step: None,
+                    consts: Vec::new(),
                     xq: None,
                     xs: None,
                     part_o: None,
@@ -199,6 +211,24 @@ impl CudaBackend {
     /// Stage `vals` for the device; returns its device address.
     fn stage(&self, m: &mut Mutable, what: Staged, vals: &[u32]) -> Result<u64> {
         let g = self.gpu()?;
+        if let Some(st) = m.step.as_ref() {
+            if let Some((_, _, ptr)) = st.entries.iter().find(|(w, v, _)| *w == what && v == vals) {
+                return Ok(*ptr);
+            }
+        }
+        if what == Staged::Const {
+            if let Some((_, b)) = m.consts.iter().find(|(v, _)| v == vals) {
+                return Ok(b.ptr);
+            }
+            if m.capture_log.is_none() && m.consts.len() < 64 {
+                let b = DevBuf::new(g, vals.len().max(1) * 4, "constants")?;
+                b.upload(g, vals)?;
+                self.bump();
+                let ptr = b.ptr;
+                m.consts.push((vals.to_vec(), b));
+                return Ok(ptr);
+            }
+        }
         if !m.staging.fits(vals.len().max(1)) {
             if m.capture_log.is_some() {
                 return Err(Error::Gpu {
@@ -1009,7 +1039,48 @@ impl Backend for CudaBackend {
         let g = self.gpu()?;
         // Everything queued before has drained: the staging arena is free.
         g.sync("step")?;
-        self.lock().staging.cursor = 0;
+        self.begin_step(inputs)?;
+        let r = self.run_step_inner(kv, inputs, ops);
+        self.lock().step = None;
+        r
+    }
+}
+
+impl CudaBackend {
+    /// Upload the step's inputs in one transfer at the start of the arena
+    /// (the same addresses every step of a shape, so a graph reads them).
+    fn begin_step(&self, inputs: &StepInputs) -> Result<()> {
+        let g = self.gpu()?;
+        let first = [inputs.first_slot as u32];
+        let outputs: Vec<u32> = inputs.outputs.iter().map(|&o| o as u32).collect();
+        let mut m = self.lock();
+        m.staging.cursor = 0;
+        m.step = None;
+        let total = 16 + inputs.tokens.len() + inputs.positions.len() + outputs.len();
+        if !m.staging.fits(total) {
+            return Ok(()); // a huge batch: ops stage their own values
+        }
+        let ptrs = m
+            .staging
+            .push_many(g, &[&first, inputs.tokens, inputs.positions, &outputs])?;
+        m.step = Some(StepBlock {
+            entries: vec![
+                (Staged::FirstSlot, first.to_vec(), ptrs[0]),
+                (Staged::Tokens, inputs.tokens.to_vec(), ptrs[1]),
+                (Staged::Positions, inputs.positions.to_vec(), ptrs[2]),
+                (Staged::Outputs, outputs, ptrs[3]),
+            ],
+        });
+        Ok(())
+    }
+
+    fn run_step_inner(
+        &self,
+        kv: &mut CudaKvCache,
+        inputs: &StepInputs,
+        ops: &mut dyn FnMut(&mut CudaKvCache) -> Result<()>,
+    ) -> Result<()> {
+        let g = self.gpu()?;
         let shape = (inputs.tokens.len(), inputs.outputs.len());
         let graphs_on = std::env::var_os("TERN_CUDA_GRAPHS").is_none_or(|v| v != "0");
         if !graphs_on || shape.0 > MATVEC_MAX_ROWS {
@@ -1065,7 +1136,6 @@ impl Backend for CudaBackend {
                 r.as_ref().err(),
                 ended.err()
             );
-            self.lock().staging.cursor = 0;
             return ops(kv);
         }
         let mut exec: sys::CUgraphExec = std::ptr::null_mut();
@@ -1129,12 +1199,13 @@ impl CudaBackend {
             }
             m.staging.rewrite(*slot, new);
         }
-        m.staging.cursor = gr
+        let end = gr
             .log
             .iter()
             .map(|(s, _, v)| s + v.len().max(1))
             .max()
             .unwrap_or(0);
+        m.staging.cursor = m.staging.cursor.max(end);
         drop(m);
         let g = self.gpu()?;
         // SAFETY: the exec graph is live; the stream is ours.

@@ -11,7 +11,7 @@
 
 #define MV_MAXT 4
 #ifndef MV_ROWS
-#define MV_ROWS 2 // rows per warp; the host reads it from KernelConfig
+#define MV_ROWS 1 // rows per warp; the host reads it from KernelConfig
 #endif
 
 // One warp per 32-element block of one row: xq = round(x/d), d = amax/127.
