@@ -238,6 +238,32 @@ if ! is_current "$rel"; then
 fi
 (( made )) || log "synthetic models ok (all $(( ${#PRESETS[@]} * ${#TYPES[@]} + 1 )) match the manifest)"
 
+# ---- 4. NVRTC, to compile-check the CUDA kernels without a GPU --------------
+# The nvidia-cuda-nvrtc-cu12 wheel carries libnvrtc; runtime/tests/cuda_nvrtc.rs
+# compiles every kernel for sm_87, sm_89 and sm_90 with it (scripts/test.sh).
+NVRTC_VERSION=12.9.86
+NVRTC_WHEEL=nvidia_cuda_nvrtc_cu12-$NVRTC_VERSION-py3-none-manylinux2010_x86_64.manylinux_2_12_x86_64.whl
+NVRTC_SHA256=210cf05005a447e29214e9ce50851e83fc5f4358df8b453155d5e1918094dcb4
+NVRTC_DIR="$CACHE/nvrtc"
+if [[ "$(uname -m)" != x86_64 ]]; then
+    log "NVRTC wheel: skipped (only fetched on x86_64)"
+elif [[ -f "$NVRTC_DIR/.verified-$NVRTC_SHA256" && -e "$NVRTC_DIR/nvidia/cuda_nvrtc/lib/libnvrtc.so.12" ]]; then
+    log "NVRTC $NVRTC_VERSION ok"
+else
+    log "downloading nvidia-cuda-nvrtc-cu12==$NVRTC_VERSION from PyPI (~90 MB)"
+    "$PY" -m pip download --disable-pip-version-check --no-deps --progress-bar off --only-binary=:all: \
+        --platform manylinux_2_12_x86_64 --platform manylinux2010_x86_64 \
+        "nvidia-cuda-nvrtc-cu12==$NVRTC_VERSION" -d "$TMP/nvrtc" >"$TMP/nvrtc.log" 2>&1 \
+        || die "pip download nvidia-cuda-nvrtc-cu12 failed: $(grep -m1 -i error "$TMP/nvrtc.log" || tail -n1 "$TMP/nvrtc.log")"
+    got=$(sha256 "$TMP/nvrtc/$NVRTC_WHEEL")
+    [[ "$got" == "$NVRTC_SHA256" ]] || die "$NVRTC_WHEEL has sha256 $got, expected $NVRTC_SHA256"
+    rm -rf "$NVRTC_DIR.part" && mkdir -p "$NVRTC_DIR.part"
+    "$PY" -m zipfile -e "$TMP/nvrtc/$NVRTC_WHEEL" "$NVRTC_DIR.part" || die "could not unpack $NVRTC_WHEEL"
+    touch "$NVRTC_DIR.part/.verified-$NVRTC_SHA256"
+    rm -rf "$NVRTC_DIR" && mv "$NVRTC_DIR.part" "$NVRTC_DIR"
+    log "NVRTC $NVRTC_VERSION ok"
+fi
+
 if (( UPDATE )); then
     {
         sed -n '/^#/p' "$MANIFEST"

@@ -406,3 +406,81 @@ fn tiny_models_logits_on_gpu_match_cpu() {
         assert!(worst <= 2e-3, "{name}: decode NMSE {worst:e}");
     }
 }
+
+/// The real SmolLM2-135M-Instruct: 64 greedy tokens on each fixture prompt,
+/// on the GPU and on the CPU's exact path. The texts must be equal, or
+/// every divergence must be a near tie: at the first differing step, the
+/// CPU's top-two logits are within 0.5 of each other.
+#[test]
+fn smollm2_greedy_text_on_gpu_matches_cpu() {
+    let Some(_) = gpu() else { return };
+    use tern_runtime::{Batch, Device, Model, ModelParams, SessionParams};
+    let path = model_path("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let fx = read_json(&fixture_dir().join("models/smollm2.json"));
+    let cpu = Model::load(
+        &path,
+        &ModelParams {
+            device: Device::Cpu,
+            exact: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let gm = Model::load(
+        &path,
+        &ModelParams {
+            device: Device::Cuda,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let sp = SessionParams {
+        n_ctx: 512,
+        ..Default::default()
+    };
+    let mut identical = 0;
+    let prompts = fx["prompts"].as_array().expect("prompts");
+    for (pi, p) in prompts.iter().enumerate() {
+        let prompt = tokens(&p["tokens"]);
+        let greedy = |m: &Model| -> (Vec<u32>, Vec<Vec<f32>>) {
+            let mut s = m.new_session(&sp).unwrap();
+            let mut l = s
+                .forward(&Batch::new(&prompt, 0))
+                .unwrap()
+                .as_slice()
+                .to_vec();
+            let (mut out, mut logits) = (Vec::new(), Vec::new());
+            for _ in 0..64 {
+                let t = argmax(&l) as u32;
+                out.push(t);
+                logits.push(l.clone());
+                let pos = s.len() as u32;
+                l = s
+                    .forward(&Batch::new(&[t], pos))
+                    .unwrap()
+                    .as_slice()
+                    .to_vec();
+            }
+            (out, logits)
+        };
+        let (want, want_logits) = greedy(&cpu);
+        let (got, _) = greedy(&gm);
+        match want.iter().zip(&got).position(|(a, b)| a != b) {
+            None => identical += 1,
+            Some(i) => {
+                let mut sorted = want_logits[i].clone();
+                sorted.sort_by(|a, b| b.total_cmp(a));
+                let gap = sorted[0] - sorted[1];
+                eprintln!("prompt {pi}: diverges at token {i}; CPU top-2 gap {gap:.4}");
+                assert!(
+                    gap < 0.5,
+                    "prompt {pi}: divergence at {i} is not a near tie (gap {gap})"
+                );
+            }
+        }
+    }
+    eprintln!(
+        "SmolLM2 greedy 64 tokens: {identical}/{} prompts identical on GPU and CPU",
+        prompts.len()
+    );
+}
