@@ -29,9 +29,12 @@ pub const SOURCES: [(&str, &str); 5] = [
 ];
 
 /// Every kernel entry point the backend launches.
-pub const KERNEL_NAMES: [&str; 17] = [
+pub const KERNEL_NAMES: [&str; 20] = [
     "embed",
     "rms_norm",
+    "rms_norm_q",
+    "silu_mul_q",
+    "matvec_q1_multi",
     "rope",
     "silu_mul",
     "add_scaled",

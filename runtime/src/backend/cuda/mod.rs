@@ -68,6 +68,11 @@ struct Mutable {
     step: Option<StepBlock>,
     /// Constant arrays (RoPE frequencies) uploaded once, by content.
     consts: Vec<(Vec<u32>, DevBuf)>,
+    /// The activation (device address, rows, cols) whose 8-bit
+    /// quantization `xq`/`xs` hold, if still current: RMSNorm and SwiGLU
+    /// leave it for the mat-vecs that follow, which then skip quantizing.
+    /// Every op that writes a tensor clears it for that tensor.
+    qmemo: Option<(u64, usize, usize)>,
     xq: Option<DevBuf>,
     xs: Option<DevBuf>,
     part_o: Option<DevBuf>,
@@ -133,6 +138,7 @@ impl CudaBackend {
                     capture_log: None,
                     step: None,
                     consts: Vec::new(),
+                    qmemo: None,
                     xq: None,
                     xs: None,
                     part_o: None,
@@ -368,6 +374,7 @@ pub fn pack_weight(ty: GgmlType, data: &[u8], rows: usize, cols: usize) -> Resul
 
 impl CudaBackend {
     fn matmul_impl(&self, x: &CudaTensor, w: &CudaWeight, out: &mut CudaTensor) -> Result<()> {
+        self.wrote(out);
         if x.cols != w.cols || out.cols != w.rows || out.rows != x.rows {
             return Err(shape_err(
                 "matmul",
@@ -430,20 +437,40 @@ impl CudaBackend {
         )
     }
 
+    /// The quantization scratch, grown to `nblk` blocks; returns (xq, xs).
+    fn qscratch(&self, m: &mut Mutable, nblk: usize) -> Result<(u64, u64)> {
+        let before = (m.xq.as_ref().map(|b| b.ptr), m.xs.as_ref().map(|b| b.ptr));
+        let mut xq_slot = m.xq.take();
+        let xq = self.ensure(&mut xq_slot, nblk * 32, "activation quantization");
+        m.xq = xq_slot;
+        let mut xs_slot = m.xs.take();
+        let xs = self.ensure(&mut xs_slot, nblk * 8, "activation scales");
+        m.xs = xs_slot;
+        if before != (m.xq.as_ref().map(|b| b.ptr), m.xs.as_ref().map(|b| b.ptr)) {
+            m.qmemo = None;
+        }
+        Ok((xq?, xs?))
+    }
+
+    /// `t` is about to be overwritten: its quantization is stale.
+    fn wrote(&self, t: &CudaTensor) {
+        let mut m = self.lock();
+        if m.qmemo.is_some_and(|(p, _, _)| p == t.buf.ptr) {
+            m.qmemo = None;
+        }
+    }
+
     /// Quantize the rows of `x` to 8 bits per 32-block into the scratch
-    /// buffers; returns their device addresses.
+    /// buffers (unless they already hold it); returns their addresses.
     fn quantize_x(&self, x: &CudaTensor) -> Result<(u64, u64)> {
         let g = self.gpu()?;
         let nblk = x.rows * x.cols / 32;
         let mut m = self.lock();
-        let mut xq_slot = m.xq.take();
-        let xq = self.ensure(&mut xq_slot, nblk * 32, "activation quantization");
-        m.xq = xq_slot;
-        let xq = xq?;
-        let mut xs_slot = m.xs.take();
-        let xs = self.ensure(&mut xs_slot, nblk * 8, "activation scales");
-        m.xs = xs_slot;
-        let xs = xs?;
+        let (xq, xs) = self.qscratch(&mut m, nblk)?;
+        if m.qmemo == Some((x.buf.ptr, x.rows, x.cols)) {
+            return Ok((xq, xs));
+        }
+        m.qmemo = Some((x.buf.ptr, x.rows, x.cols));
         drop(m);
         launch(
             g,
@@ -662,6 +689,7 @@ impl Backend for CudaBackend {
         scale: f32,
         out: &mut CudaTensor,
     ) -> Result<()> {
+        self.wrote(out);
         if out.rows != ids.len() || out.cols != table.cols {
             return Err(shape_err(
                 "embed",
@@ -716,6 +744,30 @@ impl Backend for CudaBackend {
             ));
         }
         let g = self.gpu()?;
+        self.wrote(out);
+        if x.rows <= MATVEC_MAX_ROWS && x.cols.is_multiple_of(32) {
+            // Decode: leave the 8-bit quantization for the mat-vecs too.
+            let mut m = self.lock();
+            let (xq, xs) = self.qscratch(&mut m, x.rows * x.cols / 32)?;
+            m.qmemo = Some((out.buf.ptr, out.rows, out.cols));
+            drop(m);
+            return launch(
+                g,
+                self.f("rms_norm_q"),
+                "rms_norm",
+                (x.rows as u32, 1, 1),
+                256,
+                &mut [
+                    Arg::Ptr(x.buf.ptr),
+                    Arg::Ptr(w.buf.ptr),
+                    Arg::F32(eps),
+                    Arg::I32(x.cols as i32),
+                    Arg::Ptr(out.buf.ptr),
+                    Arg::Ptr(xq),
+                    Arg::Ptr(xs),
+                ],
+            );
+        }
         launch(
             g,
             self.f("rms_norm"),
@@ -762,7 +814,45 @@ impl Backend for CudaBackend {
             }
             return Ok(());
         }
+        for o in outs.iter() {
+            self.wrote(o);
+        }
         let (xq, xs) = self.quantize_x(x)?;
+        if x.rows == 1 && (2..=3).contains(&ws.len()) {
+            // One launch for all of them.
+            let per = 4 * self.sh.mv_rows;
+            let nb: Vec<usize> = ws.iter().map(|w| w.rows.div_ceil(per)).collect();
+            let mut args = Vec::with_capacity(17);
+            for i in 0..3 {
+                let k = i.min(ws.len() - 1);
+                let (w, o) = (ws[k], &outs[k]);
+                args.extend([
+                    Arg::Ptr(w.buf.ptr),
+                    Arg::I32(ty_code(w.ty)),
+                    Arg::I32(w.rows as i32),
+                    Arg::Ptr(o.buf.ptr),
+                ]);
+            }
+            // With two weights the third slot repeats the second but gets
+            // no blocks.
+            let nb2 = if ws.len() == 3 { nb[2] } else { 0 };
+            args.extend([
+                Arg::I32(nb[0] as i32),
+                Arg::I32(nb[1] as i32),
+                Arg::I32(x.cols as i32),
+                Arg::Ptr(xq),
+                Arg::Ptr(xs),
+            ]);
+            let g = self.gpu()?;
+            return launch(
+                g,
+                self.f("matvec_q1_multi"),
+                "matvec",
+                ((nb[0] + nb[1] + nb2) as u32, 1, 1),
+                128,
+                &mut args,
+            );
+        }
         for (w, o) in ws.iter().zip(outs.iter_mut()) {
             self.matvec_q(w, xq, xs, x.rows, o)?;
         }
@@ -770,6 +860,7 @@ impl Backend for CudaBackend {
     }
 
     fn rope(&self, x: &mut CudaTensor, positions: &[u32], rope: &Rope) -> Result<()> {
+        self.wrote(x);
         let half = rope.n_rot / 2;
         if positions.len() != x.rows
             || x.cols != rope.n_head * rope.head_dim
@@ -864,6 +955,7 @@ impl Backend for CudaBackend {
         p: &AttnParams,
         out: &mut CudaTensor,
     ) -> Result<()> {
+        self.wrote(out);
         let spec = kv.spec;
         if layer >= spec.n_layer
             || p.n_head_kv != spec.n_head_kv
@@ -962,6 +1054,28 @@ impl Backend for CudaBackend {
             return Err(shape_err("silu_mul", "shapes differ".into()));
         }
         let n = gate.rows * gate.cols;
+        self.wrote(gate);
+        if gate.rows <= MATVEC_MAX_ROWS && gate.cols.is_multiple_of(32) {
+            let mut m = self.lock();
+            let (xq, xs) = self.qscratch(&mut m, n / 32)?;
+            m.qmemo = Some((gate.buf.ptr, gate.rows, gate.cols));
+            drop(m);
+            let g = self.gpu()?;
+            return launch(
+                g,
+                self.f("silu_mul_q"),
+                "silu_mul",
+                (blocks(n / 32, 8), 1, 1),
+                256,
+                &mut [
+                    Arg::Ptr(gate.buf.ptr),
+                    Arg::Ptr(up.buf.ptr),
+                    Arg::I64(n as i64),
+                    Arg::Ptr(xq),
+                    Arg::Ptr(xs),
+                ],
+            );
+        }
         self.elementwise(
             "silu_mul",
             &mut [
@@ -974,6 +1088,7 @@ impl Backend for CudaBackend {
     }
 
     fn add_scaled(&self, acc: &mut CudaTensor, x: &CudaTensor, scale: f32) -> Result<()> {
+        self.wrote(acc);
         if (acc.rows, acc.cols) != (x.rows, x.cols) {
             return Err(shape_err("add_scaled", "shapes differ".into()));
         }
@@ -991,6 +1106,7 @@ impl Backend for CudaBackend {
     }
 
     fn scale(&self, x: &mut CudaTensor, s: f32) -> Result<()> {
+        self.wrote(x);
         let n = x.rows * x.cols;
         self.elementwise(
             "scale",
@@ -1000,6 +1116,7 @@ impl Backend for CudaBackend {
     }
 
     fn gather_rows(&self, x: &CudaTensor, rows: &[usize], out: &mut CudaTensor) -> Result<()> {
+        self.wrote(out);
         if (out.rows, out.cols) != (rows.len(), x.cols) || rows.iter().any(|&r| r >= x.rows) {
             return Err(shape_err(
                 "gather_rows",
@@ -1056,6 +1173,7 @@ impl CudaBackend {
         let mut m = self.lock();
         m.staging.cursor = 0;
         m.step = None;
+        m.qmemo = None;
         let total = 16 + inputs.tokens.len() + inputs.positions.len() + outputs.len();
         if !m.staging.fits(total) {
             return Ok(()); // a huge batch: ops stage their own values

@@ -35,6 +35,62 @@ extern "C" __global__ void rms_norm(const float* x, const float* w, float eps, i
     for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = xr[c] * s * w[c];
 }
 
+// Quantize 32 values held one per lane into an 8-bit block (as
+// quantize_act in matvec.cu does), lane 0 writing the scales.
+__device__ __forceinline__ void quantize_lane(float v, signed char* xq, float2* xs, long long b) {
+    int lane = threadIdx.x % 32;
+    float amax = warp_max(fabsf(v));
+    float d = amax / 127.f;
+    int q = d == 0.f ? 0 : __float2int_rn(v / d);
+    xq[b * 32 + lane] = (signed char)q;
+    float s = warp_sum((float)q);
+    if (lane == 0) xs[b] = make_float2(d, d * s);
+}
+
+// RMSNorm of one row that also leaves its 8-bit quantization for the
+// decode mat-vecs (one launch instead of two). cols % 32 == 0.
+extern "C" __global__ void rms_norm_q(const float* x, const float* w, float eps, int cols,
+                                      float* out, signed char* xq, float2* xs) {
+    __shared__ float part[32];
+    const float* xr = x + (long long)blockIdx.x * cols;
+    float* o = out + (long long)blockIdx.x * cols;
+    float ss = 0.f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) ss += xr[c] * xr[c];
+    ss = warp_sum(ss);
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) part[warp] = ss;
+    __syncthreads();
+    if (warp == 0) {
+        int nw = blockDim.x / 32;
+        ss = lane < nw ? part[lane] : 0.f;
+        ss = warp_sum(ss);
+        if (lane == 0) part[0] = ss;
+    }
+    __syncthreads();
+    float s = rsqrtf(part[0] / (float)cols + eps);
+    long long nb = cols / 32;
+    // Each warp takes whole 32-blocks so it can quantize them.
+    for (int c0 = warp * 32; c0 < cols; c0 += blockDim.x) {
+        int c = c0 + lane;
+        float v = xr[c] * s * w[c];
+        o[c] = v;
+        quantize_lane(v, xq, xs, (long long)blockIdx.x * nb + c0 / 32);
+    }
+}
+
+// SwiGLU's gate, plus the 8-bit quantization of the result; one warp per
+// 32-block. n % 32 == 0.
+extern "C" __global__ void silu_mul_q(float* gate, const float* up, long long n, signed char* xq,
+                                      float2* xs) {
+    long long b = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (b * 32 >= n) return;
+    long long i = b * 32 + threadIdx.x % 32;
+    float g = gate[i];
+    float v = g / (1.f + expf(-g)) * up[i];
+    gate[i] = v;
+    quantize_lane(v, xq, xs, b);
+}
+
 // GGML "normal" RoPE: pair (2i, 2i+1) of every head turns by pos·inv_freq[i].
 // Angles in f64 as on the CPU, so long positions lose nothing.
 extern "C" __global__ void rope(float* x, const u32* pos, const double* inv_freq, int n_head,

@@ -62,9 +62,9 @@ __device__ __forceinline__ float block_dot(int ty, int4 wa, int4 wb, float d, fl
 template <int NT>
 __device__ __forceinline__ void matvec_q_impl(const u8* w, int ty, int rows, int cols,
                                               const signed char* xq, const float2* xs, int ntok,
-                                              float* out) {
+                                              float* out, int block) {
     int lane = threadIdx.x % 32;
-    int row0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * MV_ROWS;
+    int row0 = (block * (blockDim.x / 32) + threadIdx.x / 32) * MV_ROWS;
     if (row0 >= rows) return;
     int nb = cols / 32;
     long long nrow_blocks = (long long)rows * nb;
@@ -127,13 +127,31 @@ __device__ __forceinline__ void matvec_q_impl(const u8* w, int ty, int rows, int
 extern "C" __global__ void matvec_q1(const u8* w, int ty, int rows, int cols,
                                      const signed char* xq, const float2* xs, int ntok,
                                      float* out) {
-    matvec_q_impl<1>(w, ty, rows, cols, xq, xs, 1, out);
+    matvec_q_impl<1>(w, ty, rows, cols, xq, xs, 1, out, blockIdx.x);
+}
+
+// One token against up to three weights that share the input (q/k/v,
+// gate/up) in one launch: blocks [0, nb0) serve weight 0, the next nb1
+// weight 1, the rest weight 2; each weight has its own type and output.
+extern "C" __global__ void matvec_q1_multi(const u8* w0, int ty0, int rows0, float* out0,
+                                           const u8* w1, int ty1, int rows1, float* out1,
+                                           const u8* w2, int ty2, int rows2, float* out2,
+                                           int nb0, int nb1, int cols, const signed char* xq,
+                                           const float2* xs) {
+    int b = blockIdx.x;
+    if (b < nb0) {
+        matvec_q_impl<1>(w0, ty0, rows0, cols, xq, xs, 1, out0, b);
+    } else if (b < nb0 + nb1) {
+        matvec_q_impl<1>(w1, ty1, rows1, cols, xq, xs, 1, out1, b - nb0);
+    } else {
+        matvec_q_impl<1>(w2, ty2, rows2, cols, xq, xs, 1, out2, b - nb0 - nb1);
+    }
 }
 
 // Up to MV_MAXT tokens (short batches, speculative verification).
 extern "C" __global__ void matvec_q(const u8* w, int ty, int rows, int cols, const signed char* xq,
                                     const float2* xs, int ntok, float* out) {
-    matvec_q_impl<MV_MAXT>(w, ty, rows, cols, xq, xs, ntok, out);
+    matvec_q_impl<MV_MAXT>(w, ty, rows, cols, xq, xs, ntok, out, blockIdx.x);
 }
 
 // F16 / F32 weights: one warp per row, 8 columns per lane per step.
