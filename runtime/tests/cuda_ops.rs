@@ -252,6 +252,9 @@ fn attention_prefill_and_decode_match_cpu() {
         (32, 2, 128, 2048, 1000, 3),
         (4, 4, 128, 512, 0, 200),
         (8, 2, 64, 300, 17, 9),
+        (8, 1, 64, 1000, 998, 2),
+        (10, 2, 64, 300, 50, 2),
+        (16, 2, 128, 8192, 8000, 1),
     ] {
         for kv_ty in [KvType::F16, KvType::F32] {
             let total = prefix + batch;

@@ -29,7 +29,7 @@ pub const SOURCES: [(&str, &str); 5] = [
 ];
 
 /// Every kernel entry point the backend launches.
-pub const KERNEL_NAMES: [&str; 20] = [
+pub const KERNEL_NAMES: [&str; 21] = [
     "embed",
     "rms_norm",
     "rms_norm_q",
@@ -50,6 +50,7 @@ pub const KERNEL_NAMES: [&str; 20] = [
     "matmul_mma_big",
     "attn_partial",
     "attn_combine",
+    "attn_decode_gqa",
 ];
 
 /// Tunables baked into the kernels at compile time (the kernel harness

@@ -980,12 +980,25 @@ impl Backend for CudaBackend {
         // Decode: split the keys so enough blocks run; the split depends on
         // the cache size only, so a captured graph stays valid as the
         // sequence grows. Prefill: one block per (token, head) is plenty.
+        // Decode with grouped-query heads: one block per KV head serves
+        // all its query heads, so each cache row is read once.
+        let group = p.n_head / p.n_head_kv;
+        let gqa = q.rows <= MATVEC_MAX_ROWS
+            && [1, 2, 3, 4, 6, 8, 16].contains(&group)
+            && p.head_dim <= 128
+            && p.head_dim.is_multiple_of(4)
+            && group * p.head_dim <= 2048
+            && spec.n_ctx > 64;
         let (chunk, n_split) = if q.rows <= MATVEC_MAX_ROWS {
-            let chunk = spec.n_ctx.div_ceil(32).max(64);
+            // About 256 blocks per token, keys at least 64 per block.
+            let per_split = if gqa { p.n_head_kv } else { p.n_head };
+            let want = (256 / per_split.max(1)).clamp(32, 256);
+            let chunk = spec.n_ctx.div_ceil(want).max(64);
             (chunk, spec.n_ctx.div_ceil(chunk))
         } else {
             (spec.n_ctx, 1)
         };
+        let gqa = gqa && n_split > 1;
         let mut m = self.lock();
         let fs = self.stage(&mut m, Staged::FirstSlot, &[first_slot as u32])?;
         let rows_heads = q.rows * p.n_head;
@@ -1007,29 +1020,54 @@ impl Backend for CudaBackend {
         drop(m);
         let g = self.gpu()?;
         let (kc, vc) = &kv.layers[layer];
-        launch(
-            g,
-            self.f("attn_partial"),
-            "attention",
-            (n_split as u32, p.n_head as u32, q.rows as u32),
-            128,
-            &mut [
-                Arg::Ptr(q.buf.ptr),
-                Arg::Ptr(kc.ptr),
-                Arg::Ptr(vc.ptr),
-                Arg::Ptr(fs),
-                Arg::I32(p.n_head as i32),
-                Arg::I32(p.n_head_kv as i32),
-                Arg::I32(p.head_dim as i32),
-                Arg::F32(p.scale),
-                Arg::I32(chunk as i32),
-                Arg::I32(n_split as i32),
-                Arg::I32((spec.ty == KvType::F16) as i32),
-                Arg::Ptr(out.buf.ptr),
-                Arg::Ptr(po),
-                Arg::Ptr(pml),
-            ],
-        )?;
+        if gqa {
+            launch(
+                g,
+                self.f("attn_decode_gqa"),
+                "attention",
+                (n_split as u32, p.n_head_kv as u32, q.rows as u32),
+                128,
+                &mut [
+                    Arg::Ptr(q.buf.ptr),
+                    Arg::Ptr(kc.ptr),
+                    Arg::Ptr(vc.ptr),
+                    Arg::Ptr(fs),
+                    Arg::I32(p.n_head as i32),
+                    Arg::I32(p.n_head_kv as i32),
+                    Arg::I32(p.head_dim as i32),
+                    Arg::F32(p.scale),
+                    Arg::I32(chunk as i32),
+                    Arg::I32(n_split as i32),
+                    Arg::I32((spec.ty == KvType::F16) as i32),
+                    Arg::Ptr(po),
+                    Arg::Ptr(pml),
+                ],
+            )?;
+        } else {
+            launch(
+                g,
+                self.f("attn_partial"),
+                "attention",
+                (n_split as u32, p.n_head as u32, q.rows as u32),
+                128,
+                &mut [
+                    Arg::Ptr(q.buf.ptr),
+                    Arg::Ptr(kc.ptr),
+                    Arg::Ptr(vc.ptr),
+                    Arg::Ptr(fs),
+                    Arg::I32(p.n_head as i32),
+                    Arg::I32(p.n_head_kv as i32),
+                    Arg::I32(p.head_dim as i32),
+                    Arg::F32(p.scale),
+                    Arg::I32(chunk as i32),
+                    Arg::I32(n_split as i32),
+                    Arg::I32((spec.ty == KvType::F16) as i32),
+                    Arg::Ptr(out.buf.ptr),
+                    Arg::Ptr(po),
+                    Arg::Ptr(pml),
+                ],
+            )?;
+        }
         if n_split > 1 {
             launch(
                 g,

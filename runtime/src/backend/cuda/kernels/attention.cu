@@ -147,3 +147,147 @@ extern "C" __global__ void attn_combine(const float* part_o, const float2* part_
         out[row * head_dim + d] = L > 0.f ? acc / L : 0.f;
     }
 }
+
+// Decode attention with the query heads of one KV head served together
+// (grouped-query attention): block (split s, KV head hk, token t) reads
+// each key and value row of its split once for all G = n_head / n_head_kv
+// query heads, instead of once per query head. head_dim ≤ 128 and
+// G·head_dim ≤ 2048; the host falls back to attn_partial otherwise. Writes
+// the same (o, m, l) partials attn_combine merges.
+template <int G, bool F16>
+__device__ __forceinline__ void attn_gqa_impl(const float* q, const u8* kc, const u8* vc,
+                                              const u32* first_slot, int n_head, int n_head_kv,
+                                              int head_dim, float scale, int chunk, int n_split,
+                                              float* part_o, float2* part_ml) {
+    __shared__ __align__(16) float sq[2048];
+    __shared__ float so[ATT_WARPS][2048];
+    __shared__ float sm[ATT_WARPS][16], sl[ATT_WARPS][16];
+    int s = blockIdx.x, hk = blockIdx.y, t = blockIdx.z;
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    int h0 = hk * G;
+    long long width = (long long)n_head_kv * head_dim;
+    long long n_vis = (long long)first_slot[0] + t + 1;
+    long long k0 = (long long)s * chunk;
+    long long k1 = min(k0 + chunk, n_vis);
+    const float* qr = q + ((long long)t * n_head + h0) * head_dim;
+    for (int d = threadIdx.x; d < G * head_dim; d += blockDim.x) sq[d] = qr[d] * scale;
+    __syncthreads();
+
+    float m[G], l[G], o[G][4];
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        m[g] = NEG_INF;
+        l[g] = 0.f;
+#pragma unroll
+        for (int i = 0; i < 4; i++) o[g][i] = 0.f;
+    }
+    long long off = (long long)hk * head_dim;
+    for (long long j0 = k0 + 32 * warp; j0 < k1; j0 += 32 * ATT_WARPS) {
+        long long j = j0 + lane;
+        bool valid = j < k1;
+        float sc[G];
+#pragma unroll
+        for (int g = 0; g < G; g++) sc[g] = 0.f;
+        if (valid) {
+            long long row = j * width + off;
+            for (int c = 0; c < head_dim / 4; c++) {
+                float kf[4];
+                if (F16) {
+                    uint2 v = ((const uint2*)((const u16*)kc + row))[c];
+                    kf[0] = h2f((u16)(v.x & 0xffff));
+                    kf[1] = h2f((u16)(v.x >> 16));
+                    kf[2] = h2f((u16)(v.y & 0xffff));
+                    kf[3] = h2f((u16)(v.y >> 16));
+                } else {
+                    float4 v = ((const float4*)((const float*)kc + row))[c];
+                    kf[0] = v.x; kf[1] = v.y; kf[2] = v.z; kf[3] = v.w;
+                }
+#pragma unroll
+                for (int g = 0; g < G; g++) {
+                    const float* qg = sq + g * head_dim + 4 * c;
+                    sc[g] += qg[0] * kf[0] + qg[1] * kf[1] + qg[2] * kf[2] + qg[3] * kf[3];
+                }
+            }
+        }
+        float p[G];
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            float x = valid ? sc[g] : NEG_INF;
+            float mn = fmaxf(m[g], warp_max(x));
+            float corr = __expf(m[g] - mn);
+            p[g] = valid ? __expf(x - mn) : 0.f;
+            l[g] = l[g] * corr + warp_sum(p[g]);
+#pragma unroll
+            for (int i = 0; i < 4; i++) o[g][i] *= corr;
+            m[g] = mn;
+        }
+        int n = (int)min((long long)32, k1 - j0);
+        for (int jj = 0; jj < n; jj++) {
+            long long base = (j0 + jj) * width + off;
+            float v[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                int d = lane + 32 * i;
+                v[i] = d < head_dim ? kv_at<F16>(vc, base + d) : 0.f;
+            }
+#pragma unroll
+            for (int g = 0; g < G; g++) {
+                float pj = __shfl_sync(0xffffffffu, p[g], jj);
+#pragma unroll
+                for (int i = 0; i < 4; i++) o[g][i] += pj * v[i];
+            }
+        }
+    }
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        if (lane == 0) { sm[warp][g] = m[g]; sl[warp][g] = l[g]; }
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int d = lane + 32 * i;
+            if (d < head_dim) so[warp][g * head_dim + d] = o[g][i];
+        }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < G * head_dim; e += blockDim.x) {
+        int g = e / head_dim, d = e % head_dim;
+        float M = NEG_INF;
+        for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, sm[w][g]);
+        float L = 0.f, acc = 0.f;
+        for (int w = 0; w < ATT_WARPS; w++) {
+            if (sm[w][g] != NEG_INF) {
+                float f = __expf(sm[w][g] - M);
+                L += sl[w][g] * f;
+                acc += so[w][e] * f;
+            }
+        }
+        long long row = (long long)t * n_head + h0 + g;
+        part_o[(row * n_split + s) * head_dim + d] = acc;
+        if (d == 0) part_ml[row * n_split + s] = make_float2(M, L);
+    }
+}
+
+#define GQA_CASE(GV)                                                                             \
+    case GV:                                                                                     \
+        if (f16)                                                                                 \
+            attn_gqa_impl<GV, true>(q, kc, vc, first_slot, n_head, n_head_kv, head_dim, scale,   \
+                                    chunk, n_split, part_o, part_ml);                            \
+        else                                                                                     \
+            attn_gqa_impl<GV, false>(q, kc, vc, first_slot, n_head, n_head_kv, head_dim, scale,  \
+                                     chunk, n_split, part_o, part_ml);                           \
+        break;
+
+// G ∈ {1, 2, 3, 4, 6, 8, 16}: the host only launches it for those.
+extern "C" __global__ void __launch_bounds__(128) attn_decode_gqa(
+    const float* q, const u8* kc, const u8* vc, const u32* first_slot, int n_head, int n_head_kv,
+    int head_dim, float scale, int chunk, int n_split, int f16, float* part_o, float2* part_ml) {
+    switch (n_head / n_head_kv) {
+        GQA_CASE(1)
+        GQA_CASE(2)
+        GQA_CASE(3)
+        GQA_CASE(4)
+        GQA_CASE(6)
+        GQA_CASE(8)
+        GQA_CASE(16)
+        default: break;
+    }
+}

@@ -20,6 +20,110 @@ __device__ __forceinline__ void mma_16816(float* c, const u32* a, const u32* b) 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// Raw bytes of one loader's share of a tile (16 weights or activations).
+struct MmRaw {
+    uint4 a, b, c, e;
+    float d, m;
+    bool ok;
+};
+
+__device__ __forceinline__ MmRaw mm_fetch_w(const u8* w, int ty, int rows, int cols, int nb,
+                                            const u16* dq, const u16* mq, int r, int b, int lh) {
+    MmRaw v;
+    v.ok = r < rows;
+    if (!v.ok) return v;
+    long long blk = (long long)r * nb + b;
+    if (ty == TY_Q4_0 || ty == TY_Q4_1) {
+        v.a = *(const uint4*)(w + blk * 16);
+        v.d = h2f(dq[blk]);
+        v.m = ty == TY_Q4_1 ? h2f(mq[blk]) : -8.f * v.d;
+    } else if (ty == TY_Q8_0) {
+        v.a = *(const uint4*)(w + blk * 32 + lh * 16);
+        v.d = h2f(dq[blk]);
+    } else if (ty == TY_F16) {
+        const uint4* p = (const uint4*)((const u16*)w + (long long)r * cols + b * 32 + lh * 16);
+        v.a = p[0];
+        v.b = p[1];
+    } else {
+        const uint4* p = (const uint4*)((const float*)w + (long long)r * cols + b * 32 + lh * 16);
+        v.a = p[0];
+        v.b = p[1];
+        v.c = p[2];
+        v.e = p[3];
+    }
+    return v;
+}
+
+__device__ __forceinline__ MmRaw mm_fetch_x(const float* x, int ntok, int cols, int t, int b,
+                                            int lh) {
+    MmRaw v;
+    v.ok = t < ntok;
+    if (!v.ok) return v;
+    const uint4* p = (const uint4*)(x + (long long)t * cols + b * 32 + lh * 16);
+    v.a = p[0];
+    v.b = p[1];
+    v.c = p[2];
+    v.e = p[3];
+    return v;
+}
+
+__device__ __forceinline__ void mm_store_f32x16(const MmRaw& v, u16* dst) {
+    u32 f[16] = {v.a.x, v.a.y, v.a.z, v.a.w, v.b.x, v.b.y, v.b.z, v.b.w,
+                 v.c.x, v.c.y, v.c.z, v.c.w, v.e.x, v.e.y, v.e.z, v.e.w};
+    u32 h[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+        h[k] = (u32)f2h(__uint_as_float(f[2 * k])) | ((u32)f2h(__uint_as_float(f[2 * k + 1])) << 16);
+    ((uint4*)dst)[0] = make_uint4(h[0], h[1], h[2], h[3]);
+    ((uint4*)dst)[1] = make_uint4(h[4], h[5], h[6], h[7]);
+}
+
+__device__ __forceinline__ void mm_store_w(const MmRaw& v, int ty, int lh, u16* dst) {
+    if (!v.ok) {
+        ((uint4*)dst)[0] = make_uint4(0, 0, 0, 0);
+        ((uint4*)dst)[1] = make_uint4(0, 0, 0, 0);
+        return;
+    }
+    u32 h[8];
+    if (ty == TY_Q4_0 || ty == TY_Q4_1) {
+        u32 qw[4] = {v.a.x, v.a.y, v.a.z, v.a.w};
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            u32 b0 = (qw[(2 * k) / 4] >> (8 * ((2 * k) % 4))) & 0xff;
+            u32 b1 = (qw[(2 * k + 1) / 4] >> (8 * ((2 * k + 1) % 4))) & 0xff;
+            u32 n0 = lh == 0 ? (b0 & 15) : (b0 >> 4);
+            u32 n1 = lh == 0 ? (b1 & 15) : (b1 >> 4);
+            h[k] = (u32)f2h(v.d * (float)n0 + v.m) | ((u32)f2h(v.d * (float)n1 + v.m) << 16);
+        }
+    } else if (ty == TY_Q8_0) {
+        u32 qw[4] = {v.a.x, v.a.y, v.a.z, v.a.w};
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            int q0 = (int)(signed char)((qw[(2 * k) / 4] >> (8 * ((2 * k) % 4))) & 0xff);
+            int q1 = (int)(signed char)((qw[(2 * k + 1) / 4] >> (8 * ((2 * k + 1) % 4))) & 0xff);
+            h[k] = (u32)f2h(v.d * (float)q0) | ((u32)f2h(v.d * (float)q1) << 16);
+        }
+    } else if (ty == TY_F16) {
+        ((uint4*)dst)[0] = v.a;
+        ((uint4*)dst)[1] = v.b;
+        return;
+    } else {
+        mm_store_f32x16(v, dst);
+        return;
+    }
+    ((uint4*)dst)[0] = make_uint4(h[0], h[1], h[2], h[3]);
+    ((uint4*)dst)[1] = make_uint4(h[4], h[5], h[6], h[7]);
+}
+
+__device__ __forceinline__ void mm_store_x(const MmRaw& v, u16* dst) {
+    if (!v.ok) {
+        ((uint4*)dst)[0] = make_uint4(0, 0, 0, 0);
+        ((uint4*)dst)[1] = make_uint4(0, 0, 0, 0);
+        return;
+    }
+    mm_store_f32x16(v, dst);
+}
+
 // BM × BN tile per block; warps arranged WM × WN, each owning a
 // (BM/WM) × (BN/WN) sub-tile: MI m16 tiles by NJ n8 tiles.
 template <int BM, int BN, int WM, int WN>
@@ -46,63 +150,19 @@ __device__ __forceinline__ void matmul_mma_impl(const u8* w, int ty, int rows, i
     // Loader roles: thread → (tile row, half of the 32 columns); the block
     // has 2·BM = 2·BN threads.
     int lr = tid / 2, lh = tid % 2;
+    // Software pipelining: the global loads of step b+1 are issued into
+    // registers before the tensor-core work of step b, so their latency
+    // hides behind it; dequantization happens on the store to shared memory.
+    MmRaw rw = mm_fetch_w(w, ty, rows, cols, nb, dq, mq, r0 + lr, 0, lh);
+    MmRaw rx = mm_fetch_x(x, ntok, cols, t0 + lr, 0, lh);
     for (int b = 0; b < nb; b++) {
-        // Weight tile row lr, columns lh*16 .. lh*16+15, as f16.
-        {
-            int r = r0 + lr;
-            u16* dst = sw + lr * MM_LD + lh * 16;
-            if (r < rows) {
-                long long blk = (long long)r * nb + b;
-                if (ty == TY_Q4_0 || ty == TY_Q4_1) {
-                    float d = h2f(dq[blk]);
-                    float m = ty == TY_Q4_1 ? h2f(mq[blk]) : -8.f * d;
-                    uint4 q = *(const uint4*)(w + blk * 16);
-                    u32 qw[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-                    for (int k = 0; k < 16; k++) {
-                        u32 byte = (qw[k / 4] >> (8 * (k % 4))) & 0xff;
-                        u32 nib = lh == 0 ? (byte & 15) : (byte >> 4);
-                        dst[k] = f2h(d * (float)nib + m);
-                    }
-                } else if (ty == TY_Q8_0) {
-                    float d = h2f(dq[blk]);
-                    const signed char* q = (const signed char*)(w + blk * 32 + lh * 16);
-#pragma unroll
-                    for (int k = 0; k < 16; k++) dst[k] = f2h(d * (float)q[k]);
-                } else if (ty == TY_F16) {
-                    const uint4* p = (const uint4*)((const u16*)w + (long long)r * cols + b * 32 + lh * 16);
-                    ((uint4*)dst)[0] = p[0];
-                    ((uint4*)dst)[1] = p[1];
-                } else {
-                    const float* p = (const float*)w + (long long)r * cols + b * 32 + lh * 16;
-#pragma unroll
-                    for (int k = 0; k < 16; k++) dst[k] = f2h(p[k]);
-                }
-            } else {
-#pragma unroll
-                for (int k = 0; k < 16; k++) dst[k] = 0;
-            }
-        }
-        // Activation tile: token lr, columns lh*16 .. +15.
-        {
-            int t = t0 + lr;
-            u16* dst = sx + lr * MM_LD + lh * 16;
-            if (t < ntok) {
-                const float4* p = (const float4*)(x + (long long)t * cols + b * 32 + lh * 16);
-#pragma unroll
-                for (int k = 0; k < 4; k++) {
-                    float4 v = p[k];
-                    dst[4 * k] = f2h(v.x);
-                    dst[4 * k + 1] = f2h(v.y);
-                    dst[4 * k + 2] = f2h(v.z);
-                    dst[4 * k + 3] = f2h(v.w);
-                }
-            } else {
-#pragma unroll
-                for (int k = 0; k < 16; k++) dst[k] = 0;
-            }
-        }
+        mm_store_w(rw, ty, lh, sw + lr * MM_LD + lh * 16);
+        mm_store_x(rx, sx + lr * MM_LD + lh * 16);
         __syncthreads();
+        if (b + 1 < nb) {
+            rw = mm_fetch_w(w, ty, rows, cols, nb, dq, mq, r0 + lr, b + 1, lh);
+            rx = mm_fetch_x(x, ntok, cols, t0 + lr, b + 1, lh);
+        }
         int g = lane / 4, q4 = lane % 4;
 #pragma unroll
         for (int kk = 0; kk < MM_BK; kk += 16) {
