@@ -40,6 +40,11 @@ fn every_kernel_compiles_for_every_target_arch() {
             ptx.contains(&format!(".target sm_{arch}")),
             "sm_{arch}: wrong target"
         );
+        // And through ptxas to machine code: resource limits (shared
+        // memory, registers) only fail there.
+        let cubin = kernels::compile_cubin(&kernels::source(), arch)
+            .unwrap_or_else(|e| panic!("sm_{arch} machine code: {e}"));
+        assert!(cubin > 0);
         eprintln!(
             "sm_{arch}: {} kernels, {} bytes of PTX, {:.2}s",
             kernels::KERNEL_NAMES.len(),

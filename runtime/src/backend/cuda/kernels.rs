@@ -148,6 +148,51 @@ pub fn compile_source(src: &str, arch: u32) -> Result<String> {
     Ok(ptx.to_src())
 }
 
+/// Compile `src` all the way to machine code for `sm_{arch}` (NVRTC runs
+/// ptxas), returning the cubin's size. Catches what PTX generation alone
+/// does not: shared memory or registers over the hardware's limits. Used
+/// by the compile-check test; at run time the driver does this step.
+pub fn compile_cubin(src: &str, arch: u32) -> Result<usize> {
+    use cudarc::nvrtc::{result, sys};
+    nvrtc_version()?;
+    let err = |msg: String| Error::Gpu {
+        op: format!("compile kernels to sm_{arch} machine code"),
+        msg,
+    };
+    let csrc = std::ffi::CString::new(src).map_err(|e| err(e.to_string()))?;
+    let prog = result::create_program(&csrc, None).map_err(|e| err(format!("{e:?}")))?;
+    let opts = [
+        format!("-arch=sm_{arch}"),
+        "--std=c++14".to_string(),
+        "-default-device".to_string(),
+    ];
+    // SAFETY: `prog` is a live program; it is destroyed before returning.
+    let out = unsafe {
+        let r = result::compile_program(prog, &opts);
+        let out = match r {
+            Ok(()) => {
+                let mut n = 0usize;
+                match sys::nvrtcGetCUBINSize(prog, &mut n) {
+                    sys::nvrtcResult::NVRTC_SUCCESS => Ok(n),
+                    e => Err(err(format!("no cubin: {e:?}"))),
+                }
+            }
+            Err(_) => {
+                let log = result::get_program_log(prog).unwrap_or_default();
+                let bytes: Vec<u8> = log
+                    .iter()
+                    .map(|&c| c as u8)
+                    .take_while(|&b| b != 0)
+                    .collect();
+                Err(err(String::from_utf8_lossy(&bytes).into_owned()))
+            }
+        };
+        let _ = result::destroy_program(prog);
+        out
+    };
+    out
+}
+
 fn cache_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("TERN_CACHE") {
         return Some(PathBuf::from(d).join("cuda-kernels"));

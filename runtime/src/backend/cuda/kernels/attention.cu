@@ -158,10 +158,8 @@ template <int G, bool F16>
 __device__ __forceinline__ void attn_gqa_impl(const float* q, const u8* kc, const u8* vc,
                                               const u32* first_slot, int n_head, int n_head_kv,
                                               int head_dim, float scale, int chunk, int n_split,
-                                              float* part_o, float2* part_ml) {
-    __shared__ __align__(16) float sq[2048];
-    __shared__ float so[ATT_WARPS][2048];
-    __shared__ float sm[ATT_WARPS][16], sl[ATT_WARPS][16];
+                                              float* part_o, float2* part_ml, float* sq,
+                                              float (*so)[2048], float (*sm)[16], float (*sl)[16]) {
     int s = blockIdx.x, hk = blockIdx.y, t = blockIdx.z;
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     int h0 = hk * G;
@@ -270,16 +268,21 @@ __device__ __forceinline__ void attn_gqa_impl(const float* q, const u8* kc, cons
     case GV:                                                                                     \
         if (f16)                                                                                 \
             attn_gqa_impl<GV, true>(q, kc, vc, first_slot, n_head, n_head_kv, head_dim, scale,   \
-                                    chunk, n_split, part_o, part_ml);                            \
+                                    chunk, n_split, part_o, part_ml, sq, so, sm, sl);            \
         else                                                                                     \
             attn_gqa_impl<GV, false>(q, kc, vc, first_slot, n_head, n_head_kv, head_dim, scale,  \
-                                     chunk, n_split, part_o, part_ml);                           \
+                                     chunk, n_split, part_o, part_ml, sq, so, sm, sl);           \
         break;
 
 // G ∈ {1, 2, 3, 4, 6, 8, 16}: the host only launches it for those.
 extern "C" __global__ void __launch_bounds__(128) attn_decode_gqa(
     const float* q, const u8* kc, const u8* vc, const u32* first_slot, int n_head, int n_head_kv,
     int head_dim, float scale, int chunk, int n_split, int f16, float* part_o, float2* part_ml) {
+    // Declared here, not in the templated body: one copy shared by every
+    // instantiation (per-instantiation arrays would add up past the limit).
+    __shared__ __align__(16) float sq[2048];
+    __shared__ float so[ATT_WARPS][2048];
+    __shared__ float sm[ATT_WARPS][16], sl[ATT_WARPS][16];
     switch (n_head / n_head_kv) {
         GQA_CASE(1)
         GQA_CASE(2)
