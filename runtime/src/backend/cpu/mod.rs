@@ -433,7 +433,16 @@ impl Backend for CpuBackend {
         params: &AttnParams,
         out: &mut CpuTensor,
     ) -> Result<()> {
-        attention::attention(&self.pool, q, kv, layer, first_slot, params, out)
+        attention::attention(
+            &self.pool,
+            self.fast.is_some(),
+            q,
+            kv,
+            layer,
+            first_slot,
+            params,
+            out,
+        )
     }
 
     fn silu_mul(&self, gate: &mut CpuTensor, up: &CpuTensor) -> Result<()> {

@@ -382,17 +382,60 @@ pub(super) mod vnni512 {
         unsafe { quantize_impl(x, qs, d, s) }
     }
 
-    /// The reference quantizer compiled with these features: the same IEEE
-    /// operations, so the same bytes, vectorized.
+    /// The reference quantizer in 512-bit vectors: the same IEEE operations
+    /// per element (NaN-ignoring max, one division, `x · (1/d)` rounded to
+    /// nearest even, saturated as `as i8` saturates), so the same bytes.
+    /// PERF: the scalar loop was ~9% of MiniCPM4-0.5B's prefill, and it
+    /// runs on the submitting thread only.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw")]
     fn quantize_impl(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
-        for (((xb, qb), db), sb) in x
-            .chunks_exact(q8_act::QK8_ACT)
-            .zip(qs.chunks_exact_mut(q8_act::QK8_ACT))
-            .zip(d.iter_mut())
-            .zip(s.iter_mut())
-        {
-            q8_act::quantize_block(xb, qb, db, sb);
+        let n = (x.len() / 32).min(qs.len() / 32).min(d.len()).min(s.len());
+        let abs = _mm512_set1_epi32(0x7fff_ffff);
+        let (lo, hi) = (_mm512_set1_ps(-128.0), _mm512_set1_ps(127.0));
+        for b in 0..n {
+            // SAFETY: block b is inside `x` and `qs` (n bounds both).
+            let (v0, v1) = unsafe {
+                (
+                    _mm512_loadu_ps(x.as_ptr().add(32 * b)),
+                    _mm512_loadu_ps(x.as_ptr().add(32 * b + 16)),
+                )
+            };
+            // NaN lanes count as 0, as f32::max ignores NaN.
+            let a0 = _mm512_maskz_mov_ps(
+                _mm512_cmp_ps_mask::<_CMP_ORD_Q>(v0, v0),
+                _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v0), abs)),
+            );
+            let a1 = _mm512_maskz_mov_ps(
+                _mm512_cmp_ps_mask::<_CMP_ORD_Q>(v1, v1),
+                _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v1), abs)),
+            );
+            let amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1)).max(0.0);
+            let db = amax / 127.0;
+            let id = if db == 0.0 { 0.0 } else { 1.0 / db };
+            let idv = _mm512_set1_ps(id);
+            let q = |v: __m512| {
+                let p = _mm512_mul_ps(v, idv);
+                // NaN → 0 as `as i8` does; clamping first equals
+                // saturating after rounding.
+                let p = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(p, p), p);
+                let p = _mm512_min_ps(_mm512_max_ps(p, lo), hi);
+                _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(p)
+            };
+            let (q0, q1) = (q(v0), q(v1));
+            let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+            // SAFETY: 32 bytes of block b of `qs`; unaligned stores.
+            unsafe {
+                _mm_storeu_si128(
+                    qs.as_mut_ptr().add(32 * b) as *mut __m128i,
+                    _mm512_cvtepi32_epi8(q0),
+                );
+                _mm_storeu_si128(
+                    qs.as_mut_ptr().add(32 * b + 16) as *mut __m128i,
+                    _mm512_cvtepi32_epi8(q1),
+                );
+            }
+            d[b] = db;
+            s[b] = db * sum as f32;
         }
     }
 
