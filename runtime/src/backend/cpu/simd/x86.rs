@@ -365,7 +365,7 @@ pub(super) mod vnni512 {
     /// Tokens per register tile in prefill.
     const TP: usize = 4;
     /// Software prefetch distance of the decode tile, in bytes.
-    const PF: usize = 8192;
+    const PF: usize = 2048;
 
     pub(crate) const KERNELS: Kernels = Kernels {
         name: "avx512vnni",
