@@ -56,6 +56,8 @@ pub(crate) struct XQ<'a> {
     pub qs: &'a [i8],
     pub d: &'a [f32],
     pub s: &'a [f32],
+    /// Read by the interleaved kernels only (x86_64 today).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub isum: &'a [i32],
     pub k: usize,
 }
