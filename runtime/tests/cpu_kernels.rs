@@ -83,12 +83,22 @@ fn quantizers_match_the_reference_bit_for_bit() {
         .for_each(|(i, v)| *v = i as f32 * 0.5);
     x[64] = 1e30;
     x[100] = -3e-30;
+    // NaN and infinities, and a block so small that 1/d overflows.
+    x[130] = f32::NAN;
+    x[170] = f32::INFINITY;
+    x[171] = -2.0;
+    x[200] = f32::NEG_INFINITY;
+    x[224..256]
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v = (i as f32 - 16.0) * 1e-39);
     let want = quantize_acts(&x);
     for set in kernels::available() {
         let got = kernels::quantize(set, &x).unwrap();
         assert_eq!(got.0, want.0, "{set}: quants");
-        assert_eq!(got.1, want.1, "{set}: scales");
-        assert_eq!(got.2, want.2, "{set}: block sums");
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got.1), bits(&want.1), "{set}: scales");
+        assert_eq!(bits(&got.2), bits(&want.2), "{set}: block sums");
     }
 }
 

@@ -1,9 +1,16 @@
 //! Element-wise CPU ops: embedding lookup, SwiGLU's gate, residual adds and
 //! row gathers. Memory-bound and cheap, so single-threaded.
 
-use super::{shape_err, CpuTensor, CpuWeight, WeightStorage};
+use std::cell::RefCell;
+
+use super::{shape_err, simd, CpuTensor, CpuWeight, WeightStorage};
 use crate::error::{Error, Result};
 use crate::quants;
+
+thread_local! {
+    /// One embedding row unpacked from an interleaved copy.
+    static ROW: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// `out[t] = table[ids[t]] · scale`, dequantizing the looked-up rows.
 pub(super) fn embed(table: &CpuWeight, ids: &[u32], scale: f32, out: &mut CpuTensor) -> Result<()> {
@@ -32,13 +39,31 @@ pub(super) fn embed(table: &CpuWeight, ids: &[u32], scale: f32, out: &mut CpuTen
         let dst = &mut o[t * cols..(t + 1) * cols];
         match &table.storage {
             WeightStorage::Dense(d) => dst.copy_from_slice(&d[id * cols..(id + 1) * cols]),
-            WeightStorage::Mapped { .. } => {
+            WeightStorage::Mapped {
+                tied, row_bytes, ..
+            } => {
                 let kern = quants::kernels(table.ty).ok_or(Error::UnsupportedType {
                     tensor: table.name.clone(),
                     ty: table.ty,
                     backend: "cpu",
                 })?;
-                (kern.dequantize_row)(table.row_bytes(id), dst);
+                match tied.as_ref().and_then(|(s, g)| Some((s.get()?, *g))) {
+                    Some((packed, g)) => ROW.with(|buf| {
+                        let mut buf = buf.borrow_mut();
+                        buf.resize(*row_bytes, 0);
+                        simd::unpack_row(table.ty, g, packed.bytes(), *row_bytes, id, &mut buf)
+                            .ok_or_else(|| {
+                                shape_err("embed", format!("row {id} of {}", table.name))
+                            })?;
+                        (kern.dequantize_row)(&buf, dst);
+                        Ok::<_, Error>(())
+                    })?,
+                    None => (kern.dequantize_row)(table.row_bytes(id), dst),
+                }
+            }
+            // Only matmul weights are packed (`CpuBackend::load_weight`).
+            WeightStorage::Packed { .. } => {
+                return Err(shape_err("embed", format!("{} is packed", table.name)))
             }
         }
         if scale != 1.0 {

@@ -20,7 +20,7 @@
 use std::cell::RefCell;
 
 use super::parallel::{dot_f32, SyncPtr};
-use super::simd::{QActs, WMat};
+use super::simd::{Kernels, QActs, WMat};
 use super::{shape_err, CpuBackend, CpuTensor, CpuWeight, WeightStorage};
 use crate::error::{Error, Result};
 use crate::quants;
@@ -82,12 +82,9 @@ pub(super) fn matmul_many(
         check(x, w, out)?;
     }
     let (n_tok, k) = (x.rows, x.cols);
-    let fast = be.fast.filter(|kern| {
-        ws.len() <= MAX_MANY
-            && ws.iter().all(|w| {
-                matches!(w.storage, WeightStorage::Mapped { .. }) && kern.gemm(w.ty).is_some()
-            })
-    });
+    let fast = be
+        .fast
+        .filter(|kern| ws.len() <= MAX_MANY && ws.iter().all(|w| fast_wmat(kern, w).is_some()));
     let Some(kern) = fast else {
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             matmul(be, x, w, out)?;
@@ -97,30 +94,20 @@ pub(super) fn matmul_many(
     if n_tok == 0 {
         return Ok(());
     }
-    let (rc, tc) = tile_shape(n_tok);
+    let tc = tile_shape(n_tok, 0, &kern, 1).1;
     let n_tt = n_tok.div_ceil(tc);
-    // Per matrix: kernel, weights, output, and the first task index.
+    // Per matrix: kernel, weights, output, rows per task, first task index.
+    let mut rcs = [0usize; MAX_MANY];
     let mut gemms = [None; MAX_MANY];
     let mut wms = [None; MAX_MANY];
     let mut os = [SyncPtr(std::ptr::null_mut()); MAX_MANY];
     let mut first = [0usize; MAX_MANY + 1];
     for (i, (w, out)) in ws.iter().zip(outs.iter_mut()).enumerate() {
         gemms[i] = kern.gemm(w.ty);
-        let WeightStorage::Mapped {
-            file,
-            info,
-            row_bytes,
-        } = &w.storage
-        else {
-            return Err(shape_err("matmul_many", "a weight is not a matrix".into()));
-        };
-        wms[i] = Some(WMat {
-            data: file.tensor_data(info),
-            row_bytes: *row_bytes,
-            k,
-        });
+        wms[i] = fast_wmat(&kern, w);
         os[i] = SyncPtr(out.as_mut_slice().as_mut_ptr());
-        first[i + 1] = first[i] + w.rows.div_ceil(rc) * n_tt;
+        rcs[i] = tile_shape(n_tok, w.rows, &kern, be.pool.threads()).0;
+        first[i + 1] = first[i] + w.rows.div_ceil(rcs[i]) * n_tt;
     }
     let n_mats = ws.len();
     QACTS.with(|q| {
@@ -135,7 +122,7 @@ pub(super) fn matmul_many(
             let (Some(gemm), Some(wm)) = (gemms[m], wms[m].as_ref()) else {
                 return;
             };
-            let n_rows = ws[m].rows;
+            let (n_rows, rc) = (ws[m].rows, rcs[m]);
             let i = task - first[m];
             let (ri, ti) = (i / n_tt, i % n_tt);
             let rows = ri * rc..((ri + 1) * rc).min(n_rows);
@@ -153,12 +140,28 @@ pub(super) fn matmul_many(
     Ok(())
 }
 
-/// Rows × tokens of one task: one token tile for decode-sized batches.
-fn tile_shape(n_tok: usize) -> (usize, usize) {
-    if n_tok < DECODE_MAX_TOKS {
+/// The weight as `kern`'s gemm reads it: a quantized matrix of a type it
+/// knows, in the layout it reads (interleaved by its group, or the file's).
+fn fast_wmat<'w>(kern: &Kernels, w: &'w CpuWeight) -> Option<WMat<'w>> {
+    kern.gemm(w.ty)?;
+    w.wmat().filter(|m| m.group == kern.group)
+}
+
+/// Rows × tokens of one task of a matrix of `n_rows` rows: one token tile
+/// for decode-sized batches. Kernels reading the file's layout get
+/// [`DECODE_ROWS`] rows (their scale pre-pass stays in L2); interleaved ones
+/// stream their weights, so decode tasks are as long as load balance allows
+/// (about 4 per thread, whole groups), which keeps each thread's read
+/// sequential for the prefetchers.
+fn tile_shape(n_tok: usize, n_rows: usize, kern: &Kernels, threads: usize) -> (usize, usize) {
+    if n_tok >= DECODE_MAX_TOKS {
+        (PREFILL_ROWS, PREFILL_TOKS)
+    } else if kern.group == 0 {
         (DECODE_ROWS, n_tok)
     } else {
-        (PREFILL_ROWS, PREFILL_TOKS)
+        let g = kern.group;
+        let per = n_rows.div_ceil(4 * threads).div_ceil(g) * g;
+        (per.clamp(DECODE_ROWS.max(g), 64 * g), n_tok)
     }
 }
 
@@ -173,27 +176,14 @@ pub(super) fn matmul(
     if n_tok == 0 || w.rows == 0 {
         return Ok(());
     }
-    if let (
-        Some(kern),
-        WeightStorage::Mapped {
-            file,
-            info,
-            row_bytes,
-        },
-    ) = (be.fast, &w.storage)
-    {
-        if let Some(gemm) = kern.gemm(w.ty) {
-            let wm = WMat {
-                data: file.tensor_data(info),
-                row_bytes: *row_bytes,
-                k,
-            };
+    if let Some(kern) = be.fast {
+        if let (Some(gemm), Some(wm)) = (kern.gemm(w.ty), fast_wmat(&kern, w)) {
             let n_rows = w.rows;
             let o = SyncPtr(out.as_mut_slice().as_mut_ptr());
             return QACTS.with(|q| {
                 let mut q = q.borrow_mut();
                 let xq = q.quantize(&kern, x.as_slice(), n_tok, k);
-                let (rc, tc) = tile_shape(n_tok);
+                let (rc, tc) = tile_shape(n_tok, n_rows, &kern, be.pool.threads());
                 let (n_rt, n_tt) = (n_rows.div_ceil(rc), n_tok.div_ceil(tc));
                 be.pool.run(n_rt * n_tt, &|i| {
                     let (ri, ti) = (i / n_tt, i % n_tt);
@@ -219,6 +209,10 @@ fn exact(be: &CpuBackend, x: &CpuTensor, w: &CpuWeight, out: &mut CpuTensor) -> 
     let xs = x.as_slice();
     let dequant = match &w.storage {
         WeightStorage::Dense(_) => None,
+        // Packed only for a fast set that reads it (`load_weight`).
+        WeightStorage::Packed { .. } => {
+            return Err(shape_err("matmul", format!("{} is packed", w.name)))
+        }
         WeightStorage::Mapped { .. } => Some(
             quants::kernels(w.ty)
                 .ok_or(Error::UnsupportedType {

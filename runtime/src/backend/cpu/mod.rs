@@ -1,7 +1,9 @@
 //! The CPU backend: always built, the reference every other backend is
 //! checked against.
 //!
-//! Weights stay in the GGUF memory map and are read in place; activations
+//! Weights stay in the GGUF memory map and are read in place (except
+//! matrices the fast kernels read in a row-interleaved layout, repacked once
+//! at load by `pack.rs` from the file, not the map); activations
 //! and the KV cache are plain vectors. Work is split over a persistent pool
 //! of `threads` threads (`parallel.rs`). Each op family lives in its own
 //! file; this file owns the handle types and the `Backend` impl that routes
@@ -17,6 +19,7 @@ mod attention;
 mod elementwise;
 mod matmul;
 mod norm_rope;
+mod pack;
 mod parallel;
 mod simd;
 
@@ -36,6 +39,8 @@ pub struct CpuBackend {
     pool: Arc<parallel::Pool>,
     /// The quantized-activation kernels, or `None` for the exact path.
     fast: Option<simd::Kernels>,
+    /// Packed copies of tensors, shared by the weights that read them.
+    packed: Arc<pack::Registry>,
 }
 
 /// The environment variable that makes [`CpuBackend::new`] exact.
@@ -71,6 +76,7 @@ impl CpuBackend {
             threads: pool.threads(),
             pool,
             fast,
+            packed: Arc::default(),
         }
     }
 
@@ -139,11 +145,50 @@ enum WeightStorage {
         file: Arc<GgufFile>,
         info: TensorInfo,
         row_bytes: usize,
+        /// For an embedding table on a fast set with an interleaved layout:
+        /// the packed copy a matmul weight (a tied output head) may have
+        /// made of the same tensor, and its group (`pack::Slot`).
+        tied: Option<(Arc<pack::Slot>, usize)>,
     },
     Dense(Vec<f32>),
+    /// Repacked for the fast kernel set's interleaved layout (`pack.rs`).
+    Packed {
+        /// Always filled (by `load_weight`).
+        data: Arc<pack::Slot>,
+        row_bytes: usize,
+        group: usize,
+    },
 }
 
 impl CpuWeight {
+    /// The quantized matrix as the kernels see it, `None` for f32 weights.
+    fn wmat(&self) -> Option<simd::WMat<'_>> {
+        match &self.storage {
+            WeightStorage::Mapped {
+                file,
+                info,
+                row_bytes,
+                ..
+            } => Some(simd::WMat {
+                data: file.tensor_data(info),
+                row_bytes: *row_bytes,
+                k: self.cols,
+                group: 0,
+            }),
+            WeightStorage::Packed {
+                data,
+                row_bytes,
+                group,
+            } => Some(simd::WMat {
+                data: data.get()?.bytes(),
+                row_bytes: *row_bytes,
+                k: self.cols,
+                group: *group,
+            }),
+            WeightStorage::Dense(_) => None,
+        }
+    }
+
     /// The bytes of row `r` of a mapped matrix.
     fn row_bytes(&self, r: usize) -> &[u8] {
         match &self.storage {
@@ -151,15 +196,16 @@ impl CpuWeight {
                 file,
                 info,
                 row_bytes,
+                ..
             } => &file.tensor_data(info)[r * row_bytes..(r + 1) * row_bytes],
-            WeightStorage::Dense(_) => &[],
+            WeightStorage::Dense(_) | WeightStorage::Packed { .. } => &[],
         }
     }
 
     fn dense(&self) -> Option<&[f32]> {
         match &self.storage {
             WeightStorage::Dense(v) => Some(v),
-            WeightStorage::Mapped { .. } => None,
+            WeightStorage::Mapped { .. } | WeightStorage::Packed { .. } => None,
         }
     }
 }
@@ -233,10 +279,33 @@ impl Backend for CpuBackend {
                     tensor: info.name.clone(),
                     reason: "row size".into(),
                 })? as usize;
-                WeightStorage::Mapped {
-                    file: Arc::clone(file),
-                    info: info.clone(),
-                    row_bytes,
+                // The fast kernels' layout, when they read an interleaved
+                // one. Embedding tables stay in the map, but read a tied
+                // output head's packed copy once there is one.
+                let group = self
+                    .fast
+                    .filter(|k| k.group > 0 && k.gemm(info.ty).is_some())
+                    .filter(|_| cols.is_multiple_of(32))
+                    .map(|k| k.group);
+                match (group, op) {
+                    (Some(g), Op::MatMul) => {
+                        let slot = self.packed.slot(file, info);
+                        if slot.get().is_none() {
+                            let p = pack::pack(file, info, info.ty, g, rows, row_bytes)?;
+                            let _ = slot.set(p);
+                        }
+                        WeightStorage::Packed {
+                            data: slot,
+                            row_bytes,
+                            group: g,
+                        }
+                    }
+                    _ => WeightStorage::Mapped {
+                        file: Arc::clone(file),
+                        info: info.clone(),
+                        row_bytes,
+                        tied: group.map(|g| (self.packed.slot(file, info), g)),
+                    },
                 }
             }
         };
@@ -364,7 +433,16 @@ impl Backend for CpuBackend {
         params: &AttnParams,
         out: &mut CpuTensor,
     ) -> Result<()> {
-        attention::attention(&self.pool, q, kv, layer, first_slot, params, out)
+        attention::attention(
+            &self.pool,
+            self.fast.is_some(),
+            q,
+            kv,
+            layer,
+            first_slot,
+            params,
+            out,
+        )
     }
 
     fn silu_mul(&self, gate: &mut CpuTensor, up: &CpuTensor) -> Result<()> {
@@ -455,12 +533,37 @@ pub mod kernels {
         {
             return None;
         }
-        let wm = simd::WMat {
-            data: w,
-            row_bytes,
+        let g = kern.group;
+        let packed;
+        let wm = if g == 0 {
+            simd::WMat {
+                data: w,
+                row_bytes,
+                k,
+                group: 0,
+            }
+        } else {
+            let mut buf = vec![0u8; rows.div_ceil(g) * g * row_bytes];
+            for (src, dst) in w.chunks(g * row_bytes).zip(buf.chunks_mut(g * row_bytes)) {
+                simd::pack_group(ty, g, src, row_bytes, dst)?;
+            }
+            packed = buf;
+            simd::WMat {
+                data: &packed,
+                row_bytes,
+                k,
+                group: g,
+            }
+        };
+        let mut isum = vec![0i32; d.len()];
+        simd::block_isums(qs, &mut isum);
+        let xq = simd::XQ {
+            qs,
+            d,
+            s,
+            isum: &isum,
             k,
         };
-        let xq = simd::XQ { qs, d, s, k };
         let mut scratch = Vec::new();
         // SAFETY: ranges and `out`'s size were checked above; single thread.
         unsafe {

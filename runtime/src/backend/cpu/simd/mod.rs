@@ -11,11 +11,21 @@
 //! element in block order and reduced by one fixed tree), which is what
 //! keeps CPU results independent of batch shape and thread count.
 //!
-//! - `x86.rs`: AVX2+FMA (`maddubs`/`madd`) and AVX-512 VNNI on 256-bit
-//!   vectors (`vpdpbusd`, with the 32 vector registers of AVX-512VL for
-//!   bigger tiles).
+//! - `x86.rs`: AVX2+FMA (`maddubs`/`madd`) on the file's row layout, and
+//!   AVX-512 VNNI on 512-bit vectors over a row-interleaved layout.
 //! - `neon.rs`: aarch64 NEON with the dot-product extension (`sdot`).
 //! - [`portable`]: the scalar reference kernels, used when neither applies.
+//!
+//! **Interleaved layout.** A kernel set with `group = G > 0` reads weights
+//! repacked at load time ([`pack_group`]) so that one SIMD vector holds the
+//! same four columns of G rows: for `vpdpbusd` with a broadcast activation
+//! word, every i32 lane is one row, so no horizontal reduction is needed and
+//! the per-block scales of G rows load as one vector. Rows are grouped by G
+//! (the last group padded with zero rows); each group holds, in order, the
+//! f16 scales of all its blocks (`[block][row]`), for Q4_1 the f16 offsets
+//! likewise, then per block the quants as `[4-byte chunk][row][4 bytes]`.
+//! Q8_0 quants are stored as `q + 128` (unsigned). A group is exactly
+//! `G · row_bytes` bytes, so the packed matrix is the size of the original.
 
 use std::ops::Range;
 
@@ -26,23 +36,37 @@ mod neon;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-/// A quantized weight matrix read in place: `rows · row_bytes` bytes.
+/// A quantized weight matrix: `rows · row_bytes` bytes in the file's
+/// layout (`group == 0`), or interleaved by `group` rows (see the module docs).
 #[derive(Clone, Copy)]
 pub(crate) struct WMat<'a> {
     pub data: &'a [u8],
     pub row_bytes: usize,
     /// Elements per row (a multiple of 32).
     pub k: usize,
+    /// Rows per interleaved group, or 0 for the file's layout.
+    pub group: usize,
 }
 
 /// Quantized activations of a batch: token t's quants are
-/// `qs[t·k..(t+1)·k]`, its block scales `d[t·nb..]` and block sums `s[t·nb..]`.
+/// `qs[t·k..(t+1)·k]`, its block scales `d[t·nb..]`, block sums `s[t·nb..]`
+/// and integer block sums `Σ qs` in `isum[t·nb..]`.
 #[derive(Clone, Copy)]
 pub(crate) struct XQ<'a> {
     pub qs: &'a [i8],
     pub d: &'a [f32],
     pub s: &'a [f32],
+    /// Read by the interleaved kernels only (x86_64 today).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub isum: &'a [i32],
     pub k: usize,
+}
+
+/// `Σ qs` of every block of 32.
+pub(crate) fn block_isums(qs: &[i8], out: &mut [i32]) {
+    for (o, b) in out.iter_mut().zip(qs.chunks_exact(q8_act::QK8_ACT)) {
+        *o = b.iter().map(|&q| q as i32).sum();
+    }
 }
 
 /// Owned buffers for [`XQ`], reused across calls (grown, never shrunk).
@@ -51,6 +75,7 @@ pub(crate) struct QActs {
     qs: Vec<i8>,
     d: Vec<f32>,
     s: Vec<f32>,
+    isum: Vec<i32>,
 }
 
 impl QActs {
@@ -70,6 +95,7 @@ impl QActs {
         if self.d.len() < ns {
             self.d.resize(ns, 0.0);
             self.s.resize(ns, 0.0);
+            self.isum.resize(ns, 0);
         }
         (kernels.quantize)(
             &x[..nq],
@@ -77,10 +103,12 @@ impl QActs {
             &mut self.d[..ns],
             &mut self.s[..ns],
         );
+        block_isums(&self.qs[..nq], &mut self.isum[..ns]);
         XQ {
             qs: &self.qs[..nq],
             d: &self.d[..ns],
             s: &self.s[..ns],
+            isum: &self.isum[..ns],
             k,
         }
     }
@@ -91,6 +119,8 @@ impl QActs {
 /// # Safety
 /// `rows` lie within `w`, `toks` within `x`, and every written index is
 /// inside the allocation `out` points to and not written concurrently.
+/// `w.group` is the kernel set's [`Kernels::group`]; for an interleaved
+/// matrix `w.data` holds every group that `rows` touches, whole.
 /// `scratch` is per-thread working memory.
 pub(crate) type GemmFn = unsafe fn(
     w: &WMat<'_>,
@@ -109,6 +139,9 @@ pub(crate) type QuantizeFn = fn(&[f32], &mut [i8], &mut [f32], &mut [f32]);
 #[derive(Clone, Copy)]
 pub(crate) struct Kernels {
     pub name: &'static str,
+    /// Rows per interleaved group the gemm kernels read (see the module
+    /// docs), or 0 when they read the file's row layout.
+    pub group: usize,
     pub quantize: QuantizeFn,
     pub q4_0: GemmFn,
     pub q4_1: GemmFn,
@@ -129,6 +162,123 @@ impl Kernels {
             GgmlType::Q4_1 => Some(self.q4_1),
             GgmlType::Q8_0 => Some(self.q8_0),
             _ => None,
+        }
+    }
+}
+
+/// Block bytes, header (scale) bytes and quant bytes of a fast-path type.
+pub(crate) fn block_layout(ty: GgmlType) -> Option<(usize, usize, usize)> {
+    match ty {
+        GgmlType::Q4_0 => Some((18, 2, 16)),
+        GgmlType::Q4_1 => Some((20, 4, 16)),
+        GgmlType::Q8_0 => Some((34, 2, 32)),
+        _ => None,
+    }
+}
+
+/// Repacks `src` (whole rows of `row_bytes` bytes in the file's layout, at
+/// most `g` of them) into one interleaved group `dst` of `g · row_bytes`
+/// bytes (see the module docs); missing rows are zero. Returns `None` for a
+/// type the fast path does not know or lengths that do not fit.
+pub(crate) fn pack_group(
+    ty: GgmlType,
+    g: usize,
+    src: &[u8],
+    row_bytes: usize,
+    dst: &mut [u8],
+) -> Option<()> {
+    let (bb, hdr, qb) = block_layout(ty)?;
+    if g == 0
+        || row_bytes == 0
+        || !row_bytes.is_multiple_of(bb)
+        || !src.len().is_multiple_of(row_bytes)
+        || src.len() > g * row_bytes
+        || dst.len() != g * row_bytes
+    {
+        return None;
+    }
+    let nb = row_bytes / bb;
+    let q_at = nb * g * hdr;
+    dst.fill(0);
+    for (r, row) in src.chunks_exact(row_bytes).enumerate() {
+        for (b, blk) in row.chunks_exact(bb).enumerate() {
+            let at = 2 * (b * g + r);
+            dst[at..at + 2].copy_from_slice(&blk[..2]);
+            if hdr == 4 {
+                let at = nb * g * 2 + at;
+                dst[at..at + 2].copy_from_slice(&blk[2..4]);
+            }
+            let qs = &blk[hdr..];
+            let base = q_at + b * g * qb;
+            for c in 0..qb / 4 {
+                let at = base + (c * g + r) * 4;
+                for i in 0..4 {
+                    let q = qs[4 * c + i];
+                    dst[at + i] = if ty == GgmlType::Q8_0 { q ^ 0x80 } else { q };
+                }
+            }
+        }
+    }
+    Some(())
+}
+
+/// Row `r` of an interleaved matrix `packed` (groups of `g` rows), back in
+/// the file's layout: the inverse of [`pack_group`] for one row.
+pub(crate) fn unpack_row(
+    ty: GgmlType,
+    g: usize,
+    packed: &[u8],
+    row_bytes: usize,
+    r: usize,
+    dst: &mut [u8],
+) -> Option<()> {
+    let (bb, hdr, qb) = block_layout(ty)?;
+    let nb = row_bytes / bb;
+    let start = (r / g).checked_mul(g * row_bytes)?;
+    let grp = packed.get(start..start + g * row_bytes)?;
+    if dst.len() != row_bytes || !row_bytes.is_multiple_of(bb) {
+        return None;
+    }
+    let (ri, q_at) = (r % g, nb * g * hdr);
+    for (b, blk) in dst.chunks_exact_mut(bb).enumerate() {
+        let at = 2 * (b * g + ri);
+        blk[..2].copy_from_slice(&grp[at..at + 2]);
+        if hdr == 4 {
+            let at = nb * g * 2 + at;
+            blk[2..4].copy_from_slice(&grp[at..at + 2]);
+        }
+        let base = q_at + b * g * qb;
+        for c in 0..qb / 4 {
+            let at = base + (c * g + ri) * 4;
+            for i in 0..4 {
+                let q = grp[at + i];
+                blk[hdr + 4 * c + i] = if ty == GgmlType::Q8_0 { q ^ 0x80 } else { q };
+            }
+        }
+    }
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_then_unpack_is_the_identity() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let (bb, _, _) = block_layout(ty).unwrap();
+            let (rows, nb, g) = (21, 3, 8);
+            let rb = nb * bb;
+            let src: Vec<u8> = (0..rows * rb).map(|i| (i * 7 + i / 13) as u8).collect();
+            let mut packed = vec![0u8; rows.div_ceil(g) * g * rb];
+            for (s, d) in src.chunks(g * rb).zip(packed.chunks_mut(g * rb)) {
+                pack_group(ty, g, s, rb, d).unwrap();
+            }
+            let mut row = vec![0u8; rb];
+            for r in 0..rows {
+                unpack_row(ty, g, &packed, rb, r, &mut row).unwrap();
+                assert_eq!(row, &src[r * rb..(r + 1) * rb], "{ty} row {r}");
+            }
         }
     }
 }
@@ -155,6 +305,7 @@ pub(crate) mod portable {
 
     pub(crate) const KERNELS: Kernels = Kernels {
         name: "scalar",
+        group: 0,
         quantize: q8_act::quantize_row_ref,
         q4_0: gemm_q4_0,
         q4_1: gemm_q4_1,

@@ -28,6 +28,7 @@ pub(super) fn available() -> Vec<Kernels> {
 
 const KERNELS: Kernels = Kernels {
     name: "neon-dotprod",
+    group: 0,
     quantize: q8_act::quantize_row_ref,
     q4_0: gemm_q4_0,
     q4_1: gemm_q4_1,
