@@ -239,7 +239,9 @@ mod tests {
         quantize_row_ref::<3, 32>(&x, &mut b);
         let mut y = [0.0f32; 32];
         dequantize_row_ref::<3, 32>(&b, &mut y);
-        assert_eq!((y[0], y[1]), (-1.0, 2.0));
+        // The minimum is exact; the maximum is off by the f16 rounding of d.
+        assert_eq!(y[0], -1.0);
+        assert!((y[1] - 2.0).abs() < 1e-3, "{}", y[1]);
         // 0.5 is 1.5 / f16(3/7) ≈ 3.5008 steps above the minimum: code 4.
         let d = f16::from_f32(3.0 / 7.0).to_f32();
         assert_eq!(y[2], d * 4.0 - 1.0);
