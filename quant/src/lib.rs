@@ -27,7 +27,7 @@ mod hessian;
 mod matrix;
 
 pub use gptq::{quantize, GptqParams, LayerReport, Scheme};
-pub use grid::Grid;
+pub use grid::{Grid, GroupParams};
 pub use hessian::Hessian;
 pub use matrix::QuantizedMatrix;
 
