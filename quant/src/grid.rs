@@ -95,6 +95,25 @@ impl Grid {
         Ok(())
     }
 
+    /// This grid for a matrix of `cols` columns: itself when `cols` is a
+    /// multiple of its group; for a tern grid otherwise the same grid with
+    /// the largest supported smaller group that divides `cols` (SmolLM2's
+    /// 576 columns take g64 for a requested g128); `None` when no group fits
+    /// (GGML's types need a multiple of 32).
+    pub fn fitted(self, cols: usize) -> Option<Grid> {
+        if cols.is_multiple_of(self.group()) {
+            return Some(self);
+        }
+        match self {
+            Grid::Tern { bits, group, sym } => tern_gptq::GROUPS
+                .iter()
+                .rev()
+                .find(|&&g| g < group && cols.is_multiple_of(g))
+                .map(|&group| Grid::Tern { bits, group, sym }),
+            _ => None,
+        }
+    }
+
     /// The GGUF tensor type that stores this grid. Call [`Grid::validate`]
     /// first: an invalid tern grid maps to F32.
     pub fn ggml_type(self) -> GgmlType {

@@ -291,17 +291,25 @@ fn gptq_matches_the_plain_f64_equations() {
 fn prefix_skip_removes_exactly_the_skipped_rows() {
     let mut rng = Rng(7);
     let (cols, n_seq, n_tok, skip) = (48, 5, 20, 4);
-    let mut x = correlated_inputs(&mut rng, n_seq * n_tok, cols);
+    // Inputs on a grid of 1/8 in [-4, 4]: every product and every partial
+    // sum below is exact in f32 and f64, so the identity holds bit for bit.
+    let mut x: Vec<f32> = correlated_inputs(&mut rng, n_seq * n_tok, cols)
+        .iter()
+        .map(|v| ((v * 8.0).round() / 8.0).clamp(-4.0, 4.0))
+        .collect();
     // Make the prefix rows large, as BOS-like outliers are.
     for s in 0..n_seq {
         for v in &mut x[s * n_tok * cols..(s * n_tok + 2) * cols] {
-            *v *= 10.0;
+            *v *= 8.0;
         }
     }
     let full = hessian_of(&x, n_seq, n_tok, cols, 0);
     let part = hessian_of(&x, n_seq, n_tok, cols, skip);
     assert_eq!(full.n_samples(), n_seq * n_tok);
     assert_eq!(part.n_samples(), n_seq * (n_tok - skip));
+    // H·N/2 is the raw sum Σ x xᵀ; H_full·N_full − H_skip·N_skip is exactly
+    // 2 Σ over the first `skip` rows of every sequence of x xᵀ.
+    let (sf, sp) = (full.raw_sum(), part.raw_sum());
     let (hf, hp) = (h_rows(&full), h_rows(&part));
     let (nf, np) = (full.n_samples() as f64, part.n_samples() as f64);
     for i in 0..cols {
@@ -313,11 +321,16 @@ fn prefix_skip_removes_exactly_the_skipped_rows() {
                     prefix += row[i] as f64 * row[j] as f64;
                 }
             }
+            assert_eq!(
+                2.0 * sf[i * cols + j] - 2.0 * sp[i * cols + j],
+                2.0 * prefix,
+                "[{i},{j}]"
+            );
             let got = hf[i][j] * nf - hp[i][j] * np;
-            let want = 2.0 * prefix;
             assert!(
-                (got - want).abs() <= 1e-10 * (hf[i][i] * hf[j][j]).sqrt() * nf,
-                "H[{i},{j}]: {got} vs {want}"
+                (got - 2.0 * prefix).abs() <= 1e-12 * (hf[i][i] * hf[j][j]).sqrt() * nf,
+                "H[{i},{j}]: {got} vs {}",
+                2.0 * prefix
             );
         }
     }
@@ -632,4 +645,20 @@ fn bad_inputs_are_errors() {
             QuantError::BadParams(_)
         ));
     }
+}
+
+#[test]
+fn fitted_picks_the_largest_group_that_divides() {
+    let g = |group| Grid::Tern {
+        bits: 4,
+        group,
+        sym: false,
+    };
+    assert_eq!(g(128).fitted(576), Some(g(64)));
+    assert_eq!(g(128).fitted(1536), Some(g(128)));
+    assert_eq!(g(128).fitted(96), Some(g(32)));
+    assert_eq!(g(64).fitted(160), Some(g(32)));
+    assert_eq!(g(32).fitted(48), None);
+    assert_eq!(Grid::Q4_0.fitted(576), Some(Grid::Q4_0));
+    assert_eq!(Grid::Q8_0.fitted(100), None);
 }
