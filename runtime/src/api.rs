@@ -149,16 +149,25 @@ impl Model {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         #[cfg(feature = "cuda")]
         if let Some(gpu) = gpu {
-            let m = LlamaModel::load(file, gpu)?;
-            return Ok(Model {
-                inner: Arc::new(ModelInner {
-                    engine: ModelImpl::Cuda(Arc::new(m)),
-                    tokenizer,
-                    template,
-                    path,
-                    threads,
-                }),
-            });
+            match LlamaModel::load(Arc::clone(&file), gpu) {
+                Ok(m) => {
+                    return Ok(Model {
+                        inner: Arc::new(ModelInner {
+                            engine: ModelImpl::Cuda(Arc::new(m)),
+                            tokenizer,
+                            template,
+                            path,
+                            threads,
+                        }),
+                    })
+                }
+                // A tensor type the GPU kernels lack (tern's packed GPTQ
+                // types, say): `auto` runs the model on the CPU instead.
+                Err(e @ Error::UnsupportedType { .. }) if params.device == Device::Auto => {
+                    log::info!("{e}; running on the CPU");
+                }
+                Err(e) => return Err(e),
+            }
         }
         let backend = if params.exact {
             CpuBackend::exact(threads)
