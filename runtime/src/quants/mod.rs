@@ -7,6 +7,8 @@
 //! - [`fp32`], [`fp16`], [`bf16`]: plain float rows (`float.rs`).
 //! - [`q8_0`]: `x = d·q`, 32 per block (`q8_0.rs`).
 //! - [`q4_0`], [`q4_1`]: `x = d·(q−8)` and `x = d·q + m` (`q4.rs`).
+//! - [`tern_gptq`]: tern's packed GPTQ types `TERN_Q{2,3,4,8}_G{32,64,128}`,
+//!   `x = d·q + m` with codes bit-packed LSB-first (`tern_gptq.rs`).
 //! - [`q8_act`]: activations quantized to 8 bits for the fast CPU matmul,
 //!   and the reference dots of Q4_0/Q4_1/Q8_0 rows against them.
 //!
@@ -32,6 +34,7 @@ mod float;
 mod q4;
 pub mod q8_0;
 pub mod q8_act;
+pub mod tern_gptq;
 mod types;
 
 pub use float::{bf16, fp16, fp32};
@@ -69,9 +72,21 @@ pub struct TypeKernels {
     pub quantize_row: Option<QuantizeRowFn>,
 }
 
+/// The registry row of tern's packed GPTQ type `TERN_Q{bits}_G{group}`.
+macro_rules! tern_row {
+    ($ty:ident, $bits:literal, $group:literal) => {
+        TypeKernels {
+            ty: GgmlType::$ty,
+            dequantize_row: tern_gptq::dequantize_row_ref::<$bits, $group>,
+            vec_dot: tern_gptq::vec_dot_ref::<$bits, $group>,
+            quantize_row: Some(tern_gptq::quantize_row_ref::<$bits, $group>),
+        }
+    };
+}
+
 /// One registry row per type tern computes with. Adding a type is adding
 /// its module and a row here.
-static REGISTRY: [TypeKernels; 6] = [
+static REGISTRY: [TypeKernels; 18] = [
     TypeKernels {
         ty: GgmlType::F32,
         dequantize_row: fp32::dequantize_row_ref,
@@ -108,6 +123,18 @@ static REGISTRY: [TypeKernels; 6] = [
         vec_dot: q4_1::vec_dot_ref,
         quantize_row: Some(q4_1::quantize_row_ref),
     },
+    tern_row!(TERN_Q2_G32, 2, 32),
+    tern_row!(TERN_Q2_G64, 2, 64),
+    tern_row!(TERN_Q2_G128, 2, 128),
+    tern_row!(TERN_Q3_G32, 3, 32),
+    tern_row!(TERN_Q3_G64, 3, 64),
+    tern_row!(TERN_Q3_G128, 3, 128),
+    tern_row!(TERN_Q4_G32, 4, 32),
+    tern_row!(TERN_Q4_G64, 4, 64),
+    tern_row!(TERN_Q4_G128, 4, 128),
+    tern_row!(TERN_Q8_G32, 8, 32),
+    tern_row!(TERN_Q8_G64, 8, 64),
+    tern_row!(TERN_Q8_G128, 8, 128),
 ];
 
 /// The kernels for `ty`, or `None` when tern cannot compute with it (the

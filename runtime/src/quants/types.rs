@@ -5,6 +5,12 @@
 //! it. Knowing a type's layout here does not mean tern can compute with it:
 //! `quants::kernels()` answers that. Ids GGML removed (4, 5, 31–33, 36–38)
 //! and ids past the end are not types at all.
+//!
+//! Besides GGML's own types the table holds tern's packed GPTQ types
+//! (`TERN_Q{bits}_G{group}`), with ids from 1024 upward, far outside GGML's
+//! range: `id = 1024 + 3·b + g`, where `b` is the index of `bits` in
+//! (2, 3, 4, 8) and `g` the index of `group` in (32, 64, 128). Their layout
+//! is in `quants::tern_gptq`.
 
 use std::fmt;
 
@@ -99,9 +105,65 @@ pub enum GgmlType {
     /// 1-bit blocks of 128: one sign bit per element and one f16 scale,
     /// 18 bytes (GGML id 41).
     Q1_0,
+    /// tern's packed GPTQ type, 2-bit codes in groups of 32: f16 scale, f16
+    /// minimum, 8 bytes of codes LSB-first, 12 bytes (tern id 1024; see
+    /// `quants::tern_gptq`).
+    TERN_Q2_G32,
+    /// tern's packed GPTQ type, 2-bit codes in groups of 64: f16 scale, f16
+    /// minimum, 16 bytes of codes LSB-first, 20 bytes (tern id 1025; see
+    /// `quants::tern_gptq`).
+    TERN_Q2_G64,
+    /// tern's packed GPTQ type, 2-bit codes in groups of 128: f16 scale, f16
+    /// minimum, 32 bytes of codes LSB-first, 36 bytes (tern id 1026; see
+    /// `quants::tern_gptq`).
+    TERN_Q2_G128,
+    /// tern's packed GPTQ type, 3-bit codes in groups of 32: f16 scale, f16
+    /// minimum, 12 bytes of codes LSB-first, 16 bytes (tern id 1027; see
+    /// `quants::tern_gptq`).
+    TERN_Q3_G32,
+    /// tern's packed GPTQ type, 3-bit codes in groups of 64: f16 scale, f16
+    /// minimum, 24 bytes of codes LSB-first, 28 bytes (tern id 1028; see
+    /// `quants::tern_gptq`).
+    TERN_Q3_G64,
+    /// tern's packed GPTQ type, 3-bit codes in groups of 128: f16 scale, f16
+    /// minimum, 48 bytes of codes LSB-first, 52 bytes (tern id 1029; see
+    /// `quants::tern_gptq`).
+    TERN_Q3_G128,
+    /// tern's packed GPTQ type, 4-bit codes in groups of 32: f16 scale, f16
+    /// minimum, 16 bytes of codes LSB-first, 20 bytes (tern id 1030; see
+    /// `quants::tern_gptq`).
+    TERN_Q4_G32,
+    /// tern's packed GPTQ type, 4-bit codes in groups of 64: f16 scale, f16
+    /// minimum, 32 bytes of codes LSB-first, 36 bytes (tern id 1031; see
+    /// `quants::tern_gptq`).
+    TERN_Q4_G64,
+    /// tern's packed GPTQ type, 4-bit codes in groups of 128: f16 scale, f16
+    /// minimum, 64 bytes of codes LSB-first, 68 bytes (tern id 1032; see
+    /// `quants::tern_gptq`).
+    TERN_Q4_G128,
+    /// tern's packed GPTQ type, 8-bit codes in groups of 32: f16 scale, f16
+    /// minimum, 32 bytes of codes LSB-first, 36 bytes (tern id 1033; see
+    /// `quants::tern_gptq`).
+    TERN_Q8_G32,
+    /// tern's packed GPTQ type, 8-bit codes in groups of 64: f16 scale, f16
+    /// minimum, 64 bytes of codes LSB-first, 68 bytes (tern id 1034; see
+    /// `quants::tern_gptq`).
+    TERN_Q8_G64,
+    /// tern's packed GPTQ type, 8-bit codes in groups of 128: f16 scale, f16
+    /// minimum, 128 bytes of codes LSB-first, 132 bytes (tern id 1035; see
+    /// `quants::tern_gptq`).
+    TERN_Q8_G128,
 }
 
-/// (type, id, name, elements per block, bytes per block), as GGML defines them.
+/// The first id of tern's own types.
+const TERN_FIRST_ID: u32 = 1024;
+/// Code widths of tern's packed GPTQ types, in id order.
+const TERN_BITS: [u8; 4] = [2, 3, 4, 8];
+/// Group sizes of tern's packed GPTQ types, in id order.
+const TERN_GROUPS: [usize; 3] = [32, 64, 128];
+
+/// (type, id, name, elements per block, bytes per block), as GGML defines
+/// them, then tern's own types.
 const TABLE: &[(GgmlType, u32, &str, u64, u64)] = &[
     (GgmlType::F32, 0, "F32", 1, 4),
     (GgmlType::F16, 1, "F16", 1, 2),
@@ -137,6 +199,18 @@ const TABLE: &[(GgmlType, u32, &str, u64, u64)] = &[
     (GgmlType::MXFP4, 39, "MXFP4", 32, 17),
     (GgmlType::NVFP4, 40, "NVFP4", 64, 36),
     (GgmlType::Q1_0, 41, "Q1_0", 128, 18),
+    (GgmlType::TERN_Q2_G32, 1024, "TERN_Q2_G32", 32, 12),
+    (GgmlType::TERN_Q2_G64, 1025, "TERN_Q2_G64", 64, 20),
+    (GgmlType::TERN_Q2_G128, 1026, "TERN_Q2_G128", 128, 36),
+    (GgmlType::TERN_Q3_G32, 1027, "TERN_Q3_G32", 32, 16),
+    (GgmlType::TERN_Q3_G64, 1028, "TERN_Q3_G64", 64, 28),
+    (GgmlType::TERN_Q3_G128, 1029, "TERN_Q3_G128", 128, 52),
+    (GgmlType::TERN_Q4_G32, 1030, "TERN_Q4_G32", 32, 20),
+    (GgmlType::TERN_Q4_G64, 1031, "TERN_Q4_G64", 64, 36),
+    (GgmlType::TERN_Q4_G128, 1032, "TERN_Q4_G128", 128, 68),
+    (GgmlType::TERN_Q8_G32, 1033, "TERN_Q8_G32", 32, 36),
+    (GgmlType::TERN_Q8_G64, 1034, "TERN_Q8_G64", 64, 68),
+    (GgmlType::TERN_Q8_G128, 1035, "TERN_Q8_G128", 128, 132),
 ];
 
 impl GgmlType {
@@ -173,6 +247,21 @@ impl GgmlType {
         self.entry().4
     }
 
+    /// tern's packed GPTQ type for `bits` ∈ {2, 3, 4, 8} and `group` ∈
+    /// {32, 64, 128}, or `None` for any other combination.
+    pub fn tern_gptq(bits: u8, group: usize) -> Option<GgmlType> {
+        let b = TERN_BITS.iter().position(|&x| x == bits)?;
+        let g = TERN_GROUPS.iter().position(|&x| x == group)?;
+        GgmlType::from_id(TERN_FIRST_ID + (3 * b + g) as u32)
+    }
+
+    /// `(bits, group)` when this is one of tern's packed GPTQ types.
+    pub fn tern_gptq_params(self) -> Option<(u8, usize)> {
+        let i = self.id().checked_sub(TERN_FIRST_ID)? as usize;
+        let bits = *TERN_BITS.get(i / 3)?;
+        Some((bits, TERN_GROUPS[i % 3]))
+    }
+
     /// Bytes for a row of `n` elements, or `None` when `n` is not a whole
     /// number of blocks or the size overflows.
     pub fn row_bytes(self, n: u64) -> Option<u64> {
@@ -199,9 +288,30 @@ mod tests {
             assert_eq!(GgmlType::from_id(e.1), Some(e.0));
             assert_eq!(e.0.id(), e.1);
         }
-        for removed in [4, 5, 31, 32, 33, 36, 37, 38, 42, u32::MAX] {
+        for removed in [4, 5, 31, 32, 33, 36, 37, 38, 42, 1000, 1023, 1036, u32::MAX] {
             assert_eq!(GgmlType::from_id(removed), None, "id {removed}");
         }
+    }
+
+    #[test]
+    fn tern_ids_follow_the_formula() {
+        let mut n = 0;
+        for (b, bits) in TERN_BITS.into_iter().enumerate() {
+            for (g, group) in TERN_GROUPS.into_iter().enumerate() {
+                let ty = GgmlType::tern_gptq(bits, group).unwrap();
+                assert_eq!(ty.id(), 1024 + (3 * b + g) as u32);
+                assert_eq!(ty.tern_gptq_params(), Some((bits, group)));
+                assert_eq!(ty.name(), format!("TERN_Q{bits}_G{group}"));
+                assert_eq!(ty.block_size(), group as u64);
+                assert_eq!(ty.type_size(), 4 + (group * bits as usize / 8) as u64);
+                n += 1;
+            }
+        }
+        assert_eq!(n, 12);
+        assert_eq!(GgmlType::tern_gptq(5, 32), None);
+        assert_eq!(GgmlType::tern_gptq(4, 256), None);
+        assert_eq!(GgmlType::from_id(1036), None);
+        assert_eq!(GgmlType::Q4_0.tern_gptq_params(), None);
     }
 
     #[test]

@@ -1,0 +1,244 @@
+//! Target grids: the formats a matrix can be quantized into, and each one's
+//! exact arithmetic — how a group's scale (and minimum) is chosen, which
+//! code is nearest to a value, and the f32 value a code decodes to, computed
+//! exactly as `tern_runtime::quants` decodes the stored block.
+//!
+//! Every grid stores per group an f16 scale `d` and, for the asymmetric
+//! ones, an f16 minimum `m`; codes are always chosen against the f16-rounded
+//! values, so the quantizer's error feedback sees the weights the runtime
+//! will compute with. The one exception is [`Grid::rtn_group`] on GGML's
+//! types, which reproduces ggml's reference quantizers bit for bit (they
+//! pick codes with the f32 scale before rounding it).
+
+use half::f16;
+use tern_runtime::quants::{tern_gptq, GgmlType};
+
+use crate::QuantError;
+
+/// A target format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
+pub enum Grid {
+    /// GGML Q4_0: groups of 32, `x = d·(q − 8)`, `d = max / −8` with `max`
+    /// the element of largest magnitude (its sign kept).
+    Q4_0,
+    /// GGML Q4_1: groups of 32, `x = d·q + m`, `d = (max − min)/15`, `m = min`.
+    Q4_1,
+    /// GGML Q8_0: groups of 32, `x = d·q`, `q ∈ −128..=127`, `d = amax/127`.
+    Q8_0,
+    /// tern's packed GPTQ type `TERN_Q{bits}_G{group}`: `x = d·q + m`.
+    /// Asymmetric: `d = (max − min)/(2^bits − 1)`, `m = min`; symmetric
+    /// (GPTQ's symmetric quantizer): `d = 2·amax/(2^bits − 1)`,
+    /// `m = −d·2^(bits−1)`.
+    Tern {
+        /// Bits per code: 2, 3, 4 or 8.
+        bits: u8,
+        /// Elements per group: 32, 64 or 128.
+        group: usize,
+        /// Symmetric around zero (`m = −d·2^(bits−1)`) or asymmetric.
+        sym: bool,
+    },
+}
+
+/// The stored parameters of one group: the f16 scale and minimum (the
+/// minimum is zero and unused for Q4_0 and Q8_0).
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub(crate) struct GroupParams {
+    pub d: f16,
+    pub m: f16,
+}
+
+impl GroupParams {
+    /// Whether both stored values are finite (the group fit in f16).
+    pub fn is_finite(self) -> bool {
+        self.d.is_finite() && self.m.is_finite()
+    }
+}
+
+impl Grid {
+    /// Bits per code.
+    pub fn bits(self) -> u8 {
+        match self {
+            Grid::Q4_0 | Grid::Q4_1 => 4,
+            Grid::Q8_0 => 8,
+            Grid::Tern { bits, .. } => bits,
+        }
+    }
+
+    /// Elements per group (one scale per group and row).
+    pub fn group(self) -> usize {
+        match self {
+            Grid::Q4_0 | Grid::Q4_1 | Grid::Q8_0 => 32,
+            Grid::Tern { group, .. } => group,
+        }
+    }
+
+    /// Whether the grid stores a minimum per group (Q4_1, asymmetric tern).
+    pub fn has_min(self) -> bool {
+        matches!(self, Grid::Q4_1 | Grid::Tern { .. })
+    }
+
+    /// Checks that tern can store this grid.
+    pub fn validate(self) -> Result<(), QuantError> {
+        if let Grid::Tern { bits, group, .. } = self {
+            if GgmlType::tern_gptq(bits, group).is_none() {
+                return Err(QuantError::BadGrid(format!(
+                    "tern type with {bits} bits and groups of {group}: bits must be one of \
+                     {:?} and the group one of {:?}",
+                    tern_gptq::BITS,
+                    tern_gptq::GROUPS
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The GGUF tensor type that stores this grid. Call [`Grid::validate`]
+    /// first: an invalid tern grid maps to F32.
+    pub fn ggml_type(self) -> GgmlType {
+        match self {
+            Grid::Q4_0 => GgmlType::Q4_0,
+            Grid::Q4_1 => GgmlType::Q4_1,
+            Grid::Q8_0 => GgmlType::Q8_0,
+            Grid::Tern { bits, group, .. } => {
+                GgmlType::tern_gptq(bits, group).unwrap_or(GgmlType::F32)
+            }
+        }
+    }
+
+    /// The scale (and minimum) for a group with values `xs`, rounded to f16
+    /// as stored. Values must be finite.
+    pub(crate) fn params(self, xs: &[f32]) -> GroupParams {
+        match self {
+            Grid::Q4_0 => GroupParams {
+                d: f16::from_f32(signed_absmax(xs) / -8.0),
+                m: f16::ZERO,
+            },
+            Grid::Q4_1 => {
+                let (d, m) = tern_gptq::params_asym(xs, 4);
+                GroupParams { d, m }
+            }
+            Grid::Q8_0 => GroupParams {
+                d: f16::from_f32(xs.iter().fold(0.0f32, |a, &v| a.max(v.abs())) / 127.0),
+                m: f16::ZERO,
+            },
+            Grid::Tern { bits, sym, .. } => {
+                let (d, m) = if sym {
+                    tern_gptq::params_sym(xs, bits)
+                } else {
+                    tern_gptq::params_asym(xs, bits)
+                };
+                GroupParams { d, m }
+            }
+        }
+    }
+
+    /// The code whose decoded value is nearest to `x` (ties to even) on the
+    /// group's stored grid.
+    #[inline]
+    pub(crate) fn code(self, p: GroupParams, x: f64) -> u8 {
+        let d = p.d.to_f32();
+        match self {
+            Grid::Q4_0 => {
+                if d == 0.0 {
+                    8
+                } else {
+                    ((x / d as f64).round_ties_even() + 8.0).clamp(0.0, 15.0) as u8
+                }
+            }
+            Grid::Q8_0 => {
+                if d == 0.0 {
+                    0
+                } else {
+                    ((x / d as f64).round_ties_even().clamp(-128.0, 127.0) as i8) as u8
+                }
+            }
+            Grid::Q4_1 | Grid::Tern { .. } => {
+                tern_gptq::nearest_code(x, d, p.m.to_f32(), self.bits())
+            }
+        }
+    }
+
+    /// The value code `q` decodes to, with the runtime's f32 arithmetic.
+    #[inline]
+    pub(crate) fn decode(self, p: GroupParams, q: u8) -> f32 {
+        let d = p.d.to_f32();
+        match self {
+            Grid::Q4_0 => d * (q as i32 - 8) as f32,
+            Grid::Q8_0 => (q as i8) as f32 * d,
+            Grid::Q4_1 | Grid::Tern { .. } => d * q as f32 + p.m.to_f32(),
+        }
+    }
+
+    /// Round-to-nearest for one group: the parameters and codes the
+    /// runtime's `quantize_row` produces for this type (ggml's reference
+    /// quantizers for Q4_0/Q4_1/Q8_0; for tern's symmetric grid,
+    /// [`Grid::params`] and [`Grid::code`]).
+    pub(crate) fn rtn_group(self, xs: &[f32], codes: &mut [u8]) -> GroupParams {
+        match self {
+            Grid::Q4_0 => {
+                let d = signed_absmax(xs) / -8.0;
+                let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+                for (c, &v) in codes.iter_mut().zip(xs) {
+                    *c = ((v * id + 8.5) as u8).min(15);
+                }
+                GroupParams {
+                    d: f16::from_f32(d),
+                    m: f16::ZERO,
+                }
+            }
+            Grid::Q4_1 => {
+                // ggml/gguf-py: among equal extremes the last one wins.
+                let (mut min, mut max) = (xs[0], xs[0]);
+                for &v in &xs[1..] {
+                    if v <= min {
+                        min = v;
+                    }
+                    if v >= max {
+                        max = v;
+                    }
+                }
+                let d = (max - min) / 15.0;
+                let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+                for (c, &v) in codes.iter_mut().zip(xs) {
+                    *c = (((v - min) * id + 0.5) as u8).min(15);
+                }
+                GroupParams {
+                    d: f16::from_f32(d),
+                    m: f16::from_f32(min),
+                }
+            }
+            Grid::Q8_0 => {
+                let amax = xs.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+                for (c, &v) in codes.iter_mut().zip(xs) {
+                    *c = ((v * id).round() as i8) as u8;
+                }
+                GroupParams {
+                    d: f16::from_f32(d),
+                    m: f16::ZERO,
+                }
+            }
+            Grid::Tern { .. } => {
+                let p = self.params(xs);
+                for (c, &v) in codes.iter_mut().zip(xs) {
+                    *c = self.code(p, v as f64);
+                }
+                p
+            }
+        }
+    }
+}
+
+/// The element of largest magnitude, sign kept, the first one on ties
+/// (ggml's Q4_0 rule; x[0] for an all-zero group).
+fn signed_absmax(xs: &[f32]) -> f32 {
+    let mut max = xs.first().copied().unwrap_or(0.0);
+    for &v in xs.iter().skip(1) {
+        if v.abs() > max.abs() {
+            max = v;
+        }
+    }
+    max
+}
