@@ -26,6 +26,11 @@ mod grid;
 mod hessian;
 mod matrix;
 
+pub mod calib;
+pub mod pipeline;
+pub mod pipeline_output;
+pub mod report;
+
 pub use gptq::{quantize, GptqParams, LayerReport, Scheme};
 pub use grid::Grid;
 pub use hessian::Hessian;
