@@ -3,7 +3,10 @@
 
 use std::time::Instant;
 
-use faer::Mat;
+use faer::linalg::matmul::matmul;
+use faer::linalg::matmul::triangular::{matmul as tmatmul, BlockStructure};
+use faer::linalg::triangular_inverse::invert_upper_triangular;
+use faer::{Accum, Mat, MatMut, Par, Side};
 
 use crate::grid::{Grid, GroupParams};
 use crate::{Hessian, QuantError, QuantizedMatrix};
@@ -114,29 +117,34 @@ pub fn quantize(
     };
     let (rtn_codes, rtn_params) = rtn(w, rows, cols, grid)?;
     let rtn_q = QuantizedMatrix::from_parts(rows, cols, grid, rtn_codes, rtn_params);
-    let err_rtn_proxy = proxy_error(w, &rtn_q.dequantize(), rows, cols, hm.as_ref());
-    let q = match scheme {
-        Scheme::Rtn => rtn_q,
+    let rtn_deq = rtn_q.dequantize();
+    let (q, gptq_loss, damp, dead_cols, errs) = match scheme {
+        Scheme::Rtn => {
+            let errs = proxy_errors(w, &[&rtn_deq], rows, cols, hm.as_ref());
+            (rtn_q, 0.0, 0.0, 0, [errs[0], errs[0]])
+        }
         Scheme::Gptq | Scheme::PGptq => {
-            if hm.is_none() {
+            let Some(hm) = hm.as_ref() else {
                 return Err(QuantError::BadHessian(
                     "GPTQ needs the layer input's Hessian".into(),
                 ));
-            }
+            };
             check_params(p)?;
-            // The GPTQ body lands in the next commit; RTN stands in.
-            rtn_q
+            let out = gptq(w, rows, cols, grid, hm, p)?;
+            let q = QuantizedMatrix::from_parts(rows, cols, grid, out.codes, out.params);
+            let errs = proxy_errors(w, &[&rtn_deq, &q.dequantize()], rows, cols, Some(hm));
+            (q, out.loss, out.damp, out.dead, [errs[0], errs[1]])
         }
     };
-    let err = proxy_error(w, &q.dequantize(), rows, cols, hm.as_ref());
+    let [err_rtn_proxy, err] = errs;
     let report = LayerReport {
         rows,
         cols,
         err_rtn_proxy,
         err,
-        gptq_loss: 0.0,
-        damp: 0.0,
-        dead_cols: 0,
+        gptq_loss,
+        damp,
+        dead_cols,
         secs: start.elapsed().as_secs_f64(),
     };
     Ok((q, report))
@@ -245,31 +253,254 @@ fn check_group(p: GroupParams, row: usize, group: usize) -> Result<(), QuantErro
     }
 }
 
-/// `tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)` (H = I when absent); 0 when W H Wᵀ is 0.
-fn proxy_error(w: &[f32], q: &[f32], rows: usize, cols: usize, h: Option<&Mat<f64>>) -> f64 {
-    let wm = Mat::<f64>::from_fn(rows, cols, |r, c| w[r * cols + c] as f64);
-    let dm = Mat::<f64>::from_fn(rows, cols, |r, c| {
-        w[r * cols + c] as f64 - q[r * cols + c] as f64
-    });
-    let quad = |m: &Mat<f64>| -> f64 {
-        match h {
-            Some(h) => {
-                let mh = m * h;
-                let mut s = 0.0;
-                for c in 0..cols {
-                    for r in 0..rows {
-                        s += mh[(r, c)] * m[(r, c)];
-                    }
-                }
-                s
-            }
-            None => m.squared_norm_l2(),
+/// `tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)` with `ΔW = W − Q` for each decoded `Q` in
+/// `qs` (H = I when absent); 0 when `W H Wᵀ` is 0.
+///
+/// One product of the stacked `[W; ΔW₁; …]` with the strictly lower half of
+/// H: `m H mᵀ = 2 Σ_{i>j} m_i H_ij m_j + Σ_i m_i² H_ii` per row `m`.
+fn proxy_errors(
+    w: &[f32],
+    qs: &[&[f32]],
+    rows: usize,
+    cols: usize,
+    h: Option<&Mat<f64>>,
+) -> Vec<f64> {
+    let n = qs.len() + 1;
+    let m = Mat::<f64>::from_fn(n * rows, cols, |r, c| {
+        let (k, r) = (r / rows, r % rows);
+        let x = w[r * cols + c] as f64;
+        if k == 0 {
+            x
+        } else {
+            x - qs[k - 1][r * cols + c] as f64
         }
-    };
-    let den = quad(&wm);
-    if den > 0.0 {
-        quad(&dm) / den
-    } else {
-        0.0
+    });
+    let mut quad = vec![0.0f64; n];
+    match h {
+        Some(h) => {
+            let mut p = Mat::<f64>::zeros(n * rows, cols);
+            tmatmul(
+                p.as_mut(),
+                BlockStructure::Rectangular,
+                Accum::Replace,
+                m.as_ref(),
+                BlockStructure::Rectangular,
+                h.as_ref(),
+                BlockStructure::StrictTriangularLower,
+                1.0,
+                Par::rayon(0),
+            );
+            for c in 0..cols {
+                let hcc = h[(c, c)];
+                for r in 0..n * rows {
+                    let x = m[(r, c)];
+                    quad[r / rows] += 2.0 * p[(r, c)] * x + x * x * hcc;
+                }
+            }
+        }
+        None => {
+            for c in 0..cols {
+                for r in 0..n * rows {
+                    quad[r / rows] += m[(r, c)] * m[(r, c)];
+                }
+            }
+        }
     }
+    let den = quad[0];
+    quad[1..]
+        .iter()
+        .map(|&q| if den > 0.0 { q / den } else { 0.0 })
+        .collect()
+}
+
+/// GPTQ's result before packing.
+struct GptqOut {
+    codes: Vec<u8>,
+    params: Vec<GroupParams>,
+    loss: f64,
+    damp: f64,
+    dead: usize,
+}
+
+/// How many times the damping is raised (×10 each) after a failed Cholesky.
+const DAMP_RETRIES: u32 = 4;
+
+/// GPTQ (algorithms.md §4.1) on finite weights of a checked shape with a
+/// finite `cols × cols` Hessian.
+///
+/// Differences from the reference code, all deliberate: groups are found on
+/// the fully error-updated columns (the reference reads stale values for a
+/// group that starts inside a lazy block; here blocks are whole groups, so
+/// the result does not depend on the block size); act-order always uses
+/// static groups, so codes and scales stay in natural column order; and a
+/// failed Cholesky raises the damping instead of aborting.
+fn gptq(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    grid: Grid,
+    h: &Mat<f64>,
+    p: &GptqParams,
+) -> Result<GptqOut, QuantError> {
+    let gs = grid.group();
+    let ng = cols / gs;
+    // W column-major (column j is contiguous): GPTQ walks columns.
+    let mut wd = vec![0.0f64; rows * cols];
+    for (r, row) in w.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            wd[c * rows + r] = v as f64;
+        }
+    }
+    let mut h = h.clone();
+
+    // Inputs never active in calibration: their weights cannot matter for
+    // the calibration output, so GPTQ zeroes them and gives H a unit pivot.
+    let mut dead = 0;
+    for i in 0..cols {
+        if h[(i, i)] == 0.0 {
+            h[(i, i)] = 1.0;
+            wd[i * rows..(i + 1) * rows].fill(0.0);
+            dead += 1;
+        }
+    }
+
+    let mut params = vec![GroupParams::default(); rows * ng];
+    let perm: Vec<usize> = if p.act_order {
+        // Static groups: every group's scale from its natural columns of the
+        // (dead-zeroed) unmodified weights.
+        let mut xs = vec![0.0f32; gs];
+        for r in 0..rows {
+            for g in 0..ng {
+                for (k, x) in xs.iter_mut().enumerate() {
+                    *x = wd[(g * gs + k) * rows + r] as f32;
+                }
+                let gp = grid.params(&xs);
+                check_group(gp, r, g)?;
+                params[r * ng + g] = gp;
+            }
+        }
+        let mut perm: Vec<usize> = (0..cols).collect();
+        perm.sort_by(|&a, &b| h[(b, b)].total_cmp(&h[(a, a)]));
+        let wp = perm
+            .iter()
+            .flat_map(|&c| wd[c * rows..(c + 1) * rows].iter().copied())
+            .collect();
+        wd = wp;
+        h = Mat::from_fn(cols, cols, |i, j| h[(perm[i], perm[j])]);
+        perm
+    } else {
+        (0..cols).collect()
+    };
+
+    let (u, damp) = inverse_cholesky_upper(&h, p.damp)?;
+
+    let block = (p.block / gs).max(1) * gs;
+    let mut codes = vec![0u8; rows * cols];
+    let mut err_block = Mat::<f64>::zeros(rows, block);
+    let mut xs = vec![0.0f32; gs];
+    let mut loss = 0.0f64;
+    let mut i1 = 0;
+    while i1 < cols {
+        let i2 = (i1 + block).min(cols);
+        for j in i1..i2 {
+            if !p.act_order && j % gs == 0 {
+                // Dynamic groups: the scale of the group starting here comes
+                // from its columns as they are now, with every earlier
+                // column's error already propagated into them.
+                let g = j / gs;
+                for r in 0..rows {
+                    for (k, x) in xs.iter_mut().enumerate() {
+                        *x = wd[(j + k) * rows + r] as f32;
+                    }
+                    let gp = grid.params(&xs);
+                    check_group(gp, r, g)?;
+                    params[r * ng + g] = gp;
+                }
+            }
+            let col = perm[j];
+            let g = col / gs;
+            let d = u[(j, j)];
+            let (done, rest) = wd.split_at_mut((j + 1) * rows);
+            let wj = &done[j * rows..];
+            let e = err_block
+                .col_mut(j - i1)
+                .try_as_col_major_mut()
+                .unwrap()
+                .as_slice_mut();
+            for r in 0..rows {
+                let x = wj[r];
+                let gp = params[r * ng + g];
+                let q = grid.code(gp, x);
+                codes[r * cols + col] = q;
+                let diff = x - grid.decode(gp, q) as f64;
+                loss += diff * diff / (d * d) / 2.0;
+                e[r] = diff / d;
+            }
+            // Intra-block update of the remaining columns of this block.
+            for k in j + 1..i2 {
+                let ujk = u[(j, k)];
+                if ujk == 0.0 {
+                    continue;
+                }
+                let wk = &mut rest[(k - j - 1) * rows..(k - j) * rows];
+                for (wv, &ev) in wk.iter_mut().zip(e.iter()) {
+                    *wv -= ujk * ev;
+                }
+            }
+        }
+        if i2 < cols {
+            // Lazy batch update: W[:, i2:] -= Err · U[i1:i2, i2:].
+            let mut rest =
+                MatMut::from_column_major_slice_mut(&mut wd[i2 * rows..], rows, cols - i2);
+            matmul(
+                rest.as_mut(),
+                Accum::Add,
+                err_block.as_ref().subcols(0, i2 - i1),
+                u.as_ref().submatrix(i1, i2, i2 - i1, cols - i2),
+                -1.0,
+                Par::rayon(0),
+            );
+        }
+        i1 = i2;
+    }
+    Ok(GptqOut {
+        codes,
+        params,
+        loss,
+        damp,
+        dead,
+    })
+}
+
+/// The upper Cholesky factor `U` of `(H + λ·mean(diag H)·I)⁻¹` (so that
+/// `H⁻¹ = Uᵀ U`), with `λ = damp`, raised ×10 up to [`DAMP_RETRIES`] times
+/// while the factorization fails. Returns `U` and the `λ` used.
+///
+/// Computed without forming `H⁻¹`: with `J` the reversal permutation,
+/// `J H J = L Lᵀ` gives `H = Ũ Ũᵀ` for the upper `Ũ = J L J`, and `U = Ũ⁻¹`
+/// satisfies `Uᵀ U = (Ũ Ũᵀ)⁻¹ = H⁻¹`; the Cholesky factor is unique, so
+/// this is the reference's `cholesky(cholesky_inverse(cholesky(H)), upper)`
+/// at a third of the cost and with one factorization's rounding.
+fn inverse_cholesky_upper(h: &Mat<f64>, damp: f64) -> Result<(Mat<f64>, f64), QuantError> {
+    let n = h.nrows();
+    let mean = (0..n).map(|i| h[(i, i)]).sum::<f64>() / n as f64;
+    let mut lambda = damp;
+    for attempt in 0..=DAMP_RETRIES {
+        if attempt > 0 {
+            lambda = if lambda > 0.0 { lambda * 10.0 } else { 1e-4 };
+        }
+        let mut hd = h.clone();
+        for i in 0..n {
+            hd[(i, i)] += lambda * mean;
+        }
+        let Ok(llt) = hd.as_ref().reverse_rows_and_cols().llt(Side::Lower) else {
+            continue;
+        };
+        let mut u = Mat::<f64>::zeros(n, n);
+        invert_upper_triangular(u.as_mut(), llt.L().reverse_rows_and_cols(), Par::rayon(0));
+        if (0..n).all(|i| u[(i, i)].is_finite() && u[(i, i)] > 0.0) {
+            return Ok((u, lambda));
+        }
+    }
+    Err(QuantError::NotPositiveDefinite { damp: lambda })
 }

@@ -43,8 +43,10 @@ pub enum Grid {
 /// The stored parameters of one group: the f16 scale and minimum (the
 /// minimum is zero and unused for Q4_0 and Q8_0).
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
-pub(crate) struct GroupParams {
+pub struct GroupParams {
+    /// Scale.
     pub d: f16,
+    /// Minimum (the value of code 0) for Q4_1 and tern; zero otherwise.
     pub m: f16,
 }
 
@@ -93,6 +95,25 @@ impl Grid {
         Ok(())
     }
 
+    /// This grid for a matrix of `cols` columns: itself when `cols` is a
+    /// multiple of its group; for a tern grid otherwise the same grid with
+    /// the largest supported smaller group that divides `cols` (SmolLM2's
+    /// 576 columns take g64 for a requested g128); `None` when no group fits
+    /// (GGML's types need a multiple of 32).
+    pub fn fitted(self, cols: usize) -> Option<Grid> {
+        if cols.is_multiple_of(self.group()) {
+            return Some(self);
+        }
+        match self {
+            Grid::Tern { bits, group, sym } => tern_gptq::GROUPS
+                .iter()
+                .rev()
+                .find(|&&g| g < group && cols.is_multiple_of(g))
+                .map(|&group| Grid::Tern { bits, group, sym }),
+            _ => None,
+        }
+    }
+
     /// The GGUF tensor type that stores this grid. Call [`Grid::validate`]
     /// first: an invalid tern grid maps to F32.
     pub fn ggml_type(self) -> GgmlType {
@@ -108,7 +129,7 @@ impl Grid {
 
     /// The scale (and minimum) for a group with values `xs`, rounded to f16
     /// as stored. Values must be finite.
-    pub(crate) fn params(self, xs: &[f32]) -> GroupParams {
+    pub fn params(self, xs: &[f32]) -> GroupParams {
         match self {
             Grid::Q4_0 => GroupParams {
                 d: f16::from_f32(signed_absmax(xs) / -8.0),
@@ -136,7 +157,7 @@ impl Grid {
     /// The code whose decoded value is nearest to `x` (ties to even) on the
     /// group's stored grid.
     #[inline]
-    pub(crate) fn code(self, p: GroupParams, x: f64) -> u8 {
+    pub fn code(self, p: GroupParams, x: f64) -> u8 {
         let d = p.d.to_f32();
         match self {
             Grid::Q4_0 => {
@@ -161,7 +182,7 @@ impl Grid {
 
     /// The value code `q` decodes to, with the runtime's f32 arithmetic.
     #[inline]
-    pub(crate) fn decode(self, p: GroupParams, q: u8) -> f32 {
+    pub fn decode(self, p: GroupParams, q: u8) -> f32 {
         let d = p.d.to_f32();
         match self {
             Grid::Q4_0 => d * (q as i32 - 8) as f32,
@@ -174,7 +195,13 @@ impl Grid {
     /// runtime's `quantize_row` produces for this type (ggml's reference
     /// quantizers for Q4_0/Q4_1/Q8_0; for tern's symmetric grid,
     /// [`Grid::params`] and [`Grid::code`]).
-    pub(crate) fn rtn_group(self, xs: &[f32], codes: &mut [u8]) -> GroupParams {
+    ///
+    /// `codes` receives one code per element of `xs` (extra ones are left
+    /// alone); an empty group gives zero parameters.
+    pub fn rtn_group(self, xs: &[f32], codes: &mut [u8]) -> GroupParams {
+        if xs.is_empty() {
+            return GroupParams::default();
+        }
         match self {
             Grid::Q4_0 => {
                 let d = signed_absmax(xs) / -8.0;

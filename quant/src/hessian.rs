@@ -2,7 +2,7 @@
 //! N calibration rows seen, accumulated in f64, with P-GPTQ's prefix skip.
 
 use faer::linalg::matmul::triangular::{matmul, BlockStructure};
-use faer::{Accum, Mat, Par};
+use faer::{Accum, Mat, MatRef, Par};
 
 /// `H = 2/N Σ x xᵀ` (f64, `cols × cols`) over the N calibration rows added.
 ///
@@ -18,6 +18,8 @@ pub struct Hessian {
     sum: Mat<f64>,
     n: usize,
     problem: Option<String>,
+    /// Scratch for one sequence's f32 product (allocated on first use).
+    part: Option<Mat<f32>>,
 }
 
 impl Hessian {
@@ -28,6 +30,7 @@ impl Hessian {
             sum: Mat::zeros(cols, cols),
             n: 0,
             problem: None,
+            part: None,
         }
     }
 
@@ -54,20 +57,42 @@ impl Hessian {
         }
         let rows = n_tok - skip;
         let xs = &x[skip * self.cols..];
-        // X is rows × cols; faer is column-major, so build Xᵀ's storage
-        // directly: column t of Xᵀ is row t of X.
-        let xt = Mat::<f64>::from_fn(self.cols, rows, |c, t| xs[t * self.cols + c] as f64);
+        // Xᵀ (cols × rows): faer is column-major, so its storage is exactly
+        // the row-major X.
+        let xt = MatRef::from_column_major_slice(xs, self.cols, rows);
+        // The sequence's Xᵀ X in f32 (as the reference accumulates; a few
+        // hundred terms per entry), then added into the f64 total, so the
+        // sum over many sequences keeps f64 precision.
+        let part = self
+            .part
+            .get_or_insert_with(|| Mat::zeros(self.cols, self.cols));
         matmul(
-            self.sum.as_mut(),
+            part.as_mut(),
             BlockStructure::TriangularLower,
-            Accum::Add,
-            xt.as_ref(),
+            Accum::Replace,
+            xt,
             BlockStructure::Rectangular,
             xt.transpose(),
             BlockStructure::Rectangular,
             1.0,
             Par::rayon(0),
         );
+        for j in 0..self.cols {
+            let src = &part
+                .col(j)
+                .try_as_col_major()
+                .expect("owned matrices are column-major")
+                .as_slice()[j..];
+            let dst = &mut self
+                .sum
+                .col_mut(j)
+                .try_as_col_major_mut()
+                .expect("owned matrices are column-major")
+                .as_slice_mut()[j..];
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d += s as f64;
+            }
+        }
         self.n += rows;
     }
 

@@ -32,7 +32,7 @@ pub mod pipeline_output;
 pub mod report;
 
 pub use gptq::{quantize, GptqParams, LayerReport, Scheme};
-pub use grid::Grid;
+pub use grid::{Grid, GroupParams};
 pub use hessian::Hessian;
 pub use matrix::QuantizedMatrix;
 
