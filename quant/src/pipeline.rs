@@ -130,30 +130,22 @@ pub struct Timings {
     pub quantize: f64,
 }
 
+/// A matrix just quantized: name, linear, rows, cols, result, report.
+type Quantized = (
+    String,
+    &'static str,
+    usize,
+    usize,
+    QuantizedMatrix,
+    LayerReport,
+);
+
 fn input_of(linear: &str) -> LinearInput {
     match linear {
         "attn_q" | "attn_k" | "attn_v" => LinearInput::AttnQkv,
         "attn_output" => LinearInput::AttnOutput,
         "ffn_gate" | "ffn_up" => LinearInput::FfnGateUp,
         _ => LinearInput::FfnDown,
-    }
-}
-
-/// The grid for a matrix of `cols` columns: `grid` itself when its group
-/// divides `cols`; for tern's types whose group does not (SmolLM2's 576
-/// columns in groups of 128), the largest supported smaller group that
-/// does — tern's packed rows are whole groups. `None` when nothing fits.
-pub fn grid_for(grid: Grid, cols: usize) -> Option<Grid> {
-    if cols % grid.group() == 0 {
-        return Some(grid);
-    }
-    match grid {
-        Grid::Tern { bits, group, sym } => tern_runtime::quants::tern_gptq::GROUPS
-            .iter()
-            .rev()
-            .find(|&&g| g < group && cols % g == 0)
-            .map(|&group| Grid::Tern { bits, group, sym }),
-        _ => None,
     }
 }
 
@@ -232,7 +224,9 @@ pub fn run(
         )));
     }
 
-    let mut runner = calib.map(|_| BlockRunner::new(&model, seq_len)).transpose()?;
+    let mut runner = calib
+        .map(|_| BlockRunner::new(&model, seq_len))
+        .transpose()?;
     let mut hidden = Vec::new();
     if let (Some(r), Some(seqs)) = (&runner, calib) {
         let t0 = Instant::now();
@@ -286,7 +280,7 @@ pub fn run(
                 .ok_or_else(|| PipelineError::Options(format!("{name} is missing")))?;
             let (rows, cols, w) = tensor_f32(file, info)?;
             let h = hess.get(&input_of(linear));
-            let grid = grid_for(opts.grid, cols).ok_or_else(|| {
+            let grid = opts.grid.fitted(cols).ok_or_else(|| {
                 PipelineError::Options(format!(
                     "{name} has {cols} columns, which no group size of this grid divides"
                 ))
@@ -326,7 +320,7 @@ fn rerun_block(
     file: &GgufFile,
     model: &LlamaModel<CpuBackend>,
     il: usize,
-    block: &[(String, &'static str, usize, usize, QuantizedMatrix, LayerReport)],
+    block: &[Quantized],
     exact: bool,
 ) -> Result<LayerWeights<CpuBackend>, PipelineError> {
     let mut w = GgufWriter::new();

@@ -102,8 +102,11 @@ fn file_type(ty: GgmlType) -> Option<u32> {
 /// GGUF dims, bytes) in the input's order.
 pub struct Plan<'a> {
     kvs: Vec<(String, Value)>,
-    tensors: Vec<(String, GgmlType, Vec<u64>, Cow<'a, [u8]>)>,
+    tensors: Vec<PlannedTensor<'a>>,
 }
+
+/// A tensor of the output: name, type, GGUF dims and bytes.
+type PlannedTensor<'a> = (String, GgmlType, Vec<u64>, Cow<'a, [u8]>);
 
 impl<'a> Plan<'a> {
     /// The input with `quantized` in place of its tensors of the same names
@@ -148,7 +151,10 @@ impl<'a> Plan<'a> {
         add(&format!("{p}.sym"), Value::Bool(meta.sym));
         add(&format!("{p}.act_order"), Value::Bool(meta.act_order));
         add(&format!("{p}.damp"), Value::F32(meta.damp as f32));
-        add(&format!("{p}.prefix_skip"), Value::U32(meta.prefix_skip as u32));
+        add(
+            &format!("{p}.prefix_skip"),
+            Value::U32(meta.prefix_skip as u32),
+        );
         if let Some((sha, samples, seq_len)) = &meta.calib {
             add(&format!("{p}.calib.sha256"), Value::String(sha.clone()));
             add(&format!("{p}.calib.samples"), Value::U32(*samples as u32));

@@ -147,15 +147,18 @@ pub fn json(info: &RunInfo, ts: &[QuantizedTensor]) -> Value {
             })
         })
         .collect();
-    let calib = info.calib.as_ref().map(|(file, sha, samples, seq_len, tokens)| {
-        json!({
-            "file": file,
-            "sha256": sha,
-            "samples": samples,
-            "seq_len": seq_len,
-            "text_tokens": tokens,
-        })
-    });
+    let calib = info
+        .calib
+        .as_ref()
+        .map(|(file, sha, samples, seq_len, tokens)| {
+            json!({
+                "file": file,
+                "sha256": sha,
+                "samples": samples,
+                "seq_len": seq_len,
+                "text_tokens": tokens,
+            })
+        });
     json!({
         "input": info.input,
         "output": info.output,

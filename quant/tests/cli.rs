@@ -74,7 +74,9 @@ fn calib_file(dir: &Path) -> PathBuf {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null()).output().expect("run tern-quantize")
+    cmd.stdin(Stdio::null())
+        .output()
+        .expect("run tern-quantize")
 }
 
 fn stderr(o: &Output) -> String {
@@ -168,7 +170,11 @@ fn every_scheme_into_ggml_and_tern_types_loads_and_runs() {
         );
         // Norms and embeddings are copied as they are.
         let src = GgufFile::open(&model).unwrap();
-        for name in ["token_embd.weight", "blk.0.attn_norm.weight", "output_norm.weight"] {
+        for name in [
+            "token_embd.weight",
+            "blk.0.attn_norm.weight",
+            "output_norm.weight",
+        ] {
             let (a, b) = (src.tensor(name).unwrap(), f.tensor(name).unwrap());
             assert_eq!(src.tensor_data(a), f.tensor_data(b), "{name}");
         }
@@ -201,7 +207,10 @@ fn rtn_needs_no_calibration_and_reports_a_table() {
         .args(["--scheme", "rtn", "--type", "q4_0"]));
     assert!(o.status.success(), "{}", stderr(&o));
     let table = String::from_utf8(o.stdout).unwrap();
-    assert!(table.contains("ffn_down") && table.contains("mean error"), "{table}");
+    assert!(
+        table.contains("ffn_down") && table.contains("mean error"),
+        "{table}"
+    );
     runs(&out);
 }
 
@@ -310,15 +319,9 @@ fn bad_inputs_are_one_line_errors() {
     let not_gguf = d.join("not.gguf");
     std::fs::write(&not_gguf, b"hello, not a model").unwrap();
     let cases: Vec<(Vec<&std::ffi::OsStr>, &str)> = vec![
-        (
-            vec!["--calib".as_ref(), short.as_os_str()],
-            "too short",
-        ),
+        (vec!["--calib".as_ref(), short.as_os_str()], "too short"),
         (vec!["--calib".as_ref(), binary.as_os_str()], "UTF-8"),
-        (
-            vec!["--calib".as_ref(), nope.as_os_str()],
-            "nope.txt",
-        ),
+        (vec!["--calib".as_ref(), nope.as_os_str()], "nope.txt"),
     ];
     for (extra, needle) in cases {
         let o = run(quantize()
@@ -460,7 +463,10 @@ fn sigkill_mid_write_leaves_the_output_untouched_and_the_next_run_cleans_up() {
     assert_eq!(std::fs::read(&out).unwrap(), b"precious");
     // Only a hidden temp file can remain; the next run removes it.
     let left = temps(&d);
-    assert!(left.iter().all(|n| n.starts_with(".o.gguf.tern-tmp.")), "{left:?}");
+    assert!(
+        left.iter().all(|n| n.starts_with(".o.gguf.tern-tmp.")),
+        "{left:?}"
+    );
     let o = run(quantize()
         .arg("-m")
         .arg(tiny("tiny-llama-f32.gguf"))
@@ -480,10 +486,7 @@ fn sigterm_mid_write_removes_the_temp_file_and_exits_130() {
     std::fs::write(&out, b"precious").unwrap();
     let mut child = paused_run(&d, &out);
     let pid = child.id().to_string();
-    let st = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
+    let st = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(st.success());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));

@@ -192,7 +192,9 @@ fn run(a: &Args, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
         return Err(usage("--prefix-skip applies to --scheme p-gptq only"));
     }
     if scheme == Scheme::Rtn && a.act_order {
-        return Err(usage("--act-order applies to --scheme gptq and p-gptq only"));
+        return Err(usage(
+            "--act-order applies to --scheme gptq and p-gptq only",
+        ));
     }
     if scheme != Scheme::Rtn && a.calib.is_none() {
         return Err(usage(format!(
@@ -215,7 +217,10 @@ fn run(a: &Args, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
         .build_global();
 
     if !a.model.is_file() {
-        bail!("model file {} does not exist or is not a file", a.model.display());
+        bail!(
+            "model file {} does not exist or is not a file",
+            a.model.display()
+        );
     }
     pipeline_output::check_paths(&a.model, &a.output)?;
     for p in pipeline_output::clean_stale_temps(&a.output) {
@@ -414,7 +419,10 @@ fn main() -> ExitCode {
     match run(&args, &cancel) {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::Cancelled) => {
-            eprintln!("error: interrupted; {} was not written", args.output.display());
+            eprintln!(
+                "error: interrupted; {} was not written",
+                args.output.display()
+            );
             ExitCode::from(130)
         }
         Err(e) => {
