@@ -131,25 +131,31 @@ TABLE=$OUT/table.md
     echo "| model | bits/weight (linears) | PPL (P&P, ctx 512, $CHUNKS chunks) | Δ vs reference |"
     echo "|---|---|---|---|"
 } > "$TABLE"
-read -r REF_PPL REF_ERR < <(ppl "$REF")
+REF_OUT=$(ppl "$REF")
+read -r REF_PPL REF_ERR <<< "$REF_OUT"
 log "reference PPL $REF_PPL"
 echo "| reference (Q4_1 → f32) | 32 | $REF_PPL ± $REF_ERR | — |" >> "$TABLE"
-bpw() { # bytes of the 7 linears per weight, from the JSON-less GGUF
-    "$PY" - "$1" <<'EOF'
-import sys, gguf
-r = gguf.GGUFReader(sys.argv[1])
+bpw() { # bits per weight of the 7 linears, from `tern info` (gguf-py does not know tern's types)
+    "$TERN" info "$1" | python3 -c '
+import re, sys
 n = b = 0
-for t in r.tensors:
-    if any(k in t.name for k in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_")) and "norm" not in t.name:
-        n += int(t.n_elements); b += int(t.n_bytes)
-print(f"{8 * b / n:.2f}")
-EOF
+for line in sys.stdin:
+    m = re.match(r"\s*blk\.\d+\.(attn_[qkv]|attn_output|ffn_gate|ffn_up|ffn_down)\.weight\s+\S+\s+\[([\d, ]+)\]\s+(\d+) bytes", line)
+    if m:
+        e = 1
+        for d in m.group(2).split(","):
+            e *= int(d)
+        n += e
+        b += int(m.group(3))
+print(f"{8 * b / n:.2f}")'
 }
 for name in rtn-q4-g128 gptq-q4-g128 pgptq-q4-g128 rtn-q4_0 gptq-q4_0 llamacpp-imatrix-q4_0 rtn-q3-g128 gptq-q3-g128 pgptq-q3-g128; do
-    read -r p e < <(ppl "$OUT/$name.gguf")
+    pe=$(ppl "$OUT/$name.gguf")
+    read -r p e <<< "$pe"
     d=$(python3 -c "import sys; print(f'{float(sys.argv[1]) - float(sys.argv[2]):+.3f}')" "$p" "$REF_PPL")
     log "$name PPL $p ($d)"
-    echo "| $name | $(bpw "$OUT/$name.gguf") | $p ± $e | $d |" >> "$TABLE"
+    b=$(bpw "$OUT/$name.gguf")
+    echo "| $name | $b | $p ± $e | $d |" >> "$TABLE"
     eval "PPL_${name//[-.]/_}=$p"
 done
 
