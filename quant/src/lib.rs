@@ -15,6 +15,8 @@
 //!   and GGUF bytes.
 //! - `gptq.rs`: [`quantize`] — RTN and GPTQ (lazy batches, act-order with
 //!   static groups, dampening) and the [`LayerReport`].
+//! - `hf.rs`: [`hf`], Hugging Face GPTQ export (qweight, qzeros, scales,
+//!   g_idx) and a small safetensors writer.
 //!
 //! It depends on `tern-runtime` for the block layouts; nothing in the
 //! runtime depends on it.
@@ -24,6 +26,7 @@
 mod gptq;
 mod grid;
 mod hessian;
+pub mod hf;
 mod matrix;
 
 pub mod calib;
