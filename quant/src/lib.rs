@@ -29,6 +29,11 @@ mod hessian;
 pub mod hf;
 mod matrix;
 
+pub mod calib;
+pub mod pipeline;
+pub mod pipeline_output;
+pub mod report;
+
 pub use gptq::{quantize, GptqParams, LayerReport, Scheme};
 pub use grid::{Grid, GroupParams};
 pub use hessian::Hessian;

@@ -16,12 +16,15 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// The binaries a bundle ships, in order, when the workspace has them
-/// (`tern-quantize` arrives with issue 6).
+/// The binaries a bundle ships, in order, when the workspace has them.
 pub const RELEASE_BINARIES: &[&str] = &["tern", "tern-quantize"];
 
-/// The package that owns the release binaries.
+/// The package that owns `tern` (and whose version names the bundle).
 const TOOLS_PACKAGE: &str = "tern-tools";
+
+/// Packages whose binaries a bundle may ship: `tern` lives in tern-tools,
+/// `tern-quantize` in tern-quant.
+const BIN_PACKAGES: &[&str] = &[TOOLS_PACKAGE, "tern-quant"];
 
 /// Why a bundle could not be built. Every variant displays as one line.
 #[derive(Debug)]
@@ -107,8 +110,9 @@ pub struct Workspace {
     pub version: String,
     /// Every package with its declared feature names.
     pub features: Vec<(String, Vec<String>)>,
-    /// The binary targets of the tools package.
-    pub tool_binaries: Vec<String>,
+    /// The binary targets of the packages in `BIN_PACKAGES`, as (binary,
+    /// package).
+    pub tool_binaries: Vec<(String, String)>,
 }
 
 impl Workspace {
@@ -128,6 +132,7 @@ impl Workspace {
             .ok_or_else(|| Error::Workspace("cargo metadata lacks packages".into()))?;
         let mut features = Vec::new();
         let mut tools = None;
+        let mut tool_binaries = Vec::new();
         for p in packages {
             let name = p["name"].as_str().unwrap_or_default().to_string();
             let names = p["features"]
@@ -137,20 +142,24 @@ impl Workspace {
             if name == TOOLS_PACKAGE {
                 tools = Some(p);
             }
+            if BIN_PACKAGES.contains(&name.as_str()) {
+                tool_binaries.extend(
+                    p["targets"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|t| {
+                            t["kind"]
+                                .as_array()
+                                .is_some_and(|k| k.iter().any(|k| k == "bin"))
+                        })
+                        .filter_map(|t| t["name"].as_str())
+                        .map(|b| (b.to_string(), name.clone())),
+                );
+            }
             features.push((name, names));
         }
         let tools = tools.ok_or_else(|| Error::Workspace(format!("no package {TOOLS_PACKAGE}")))?;
-        let tool_binaries = tools["targets"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|t| {
-                t["kind"]
-                    .as_array()
-                    .is_some_and(|k| k.iter().any(|k| k == "bin"))
-            })
-            .filter_map(|t| t["name"].as_str().map(str::to_string))
-            .collect();
         Ok(Workspace {
             root,
             target_dir,
@@ -180,14 +189,17 @@ pub struct Plan {
     pub cuda_included: bool,
     /// The release binaries that exist in the workspace, in ship order.
     pub binaries: Vec<String>,
+    /// The packages that own them, each once, in order.
+    pub packages: Vec<String>,
 }
 
 impl Plan {
     /// The arguments after `cargo`.
     pub fn cargo_args(&self) -> Vec<String> {
-        let mut a: Vec<String> = ["build", "--release", "--locked", "-p", TOOLS_PACKAGE]
-            .map(String::from)
-            .into();
+        let mut a: Vec<String> = ["build", "--release", "--locked"].map(String::from).into();
+        for p in &self.packages {
+            a.extend(["-p".into(), p.clone()]);
+        }
         a.extend(["--target".into(), self.profile.triple.into()]);
         for b in &self.binaries {
             a.extend(["--bin".into(), b.clone()]);
@@ -228,14 +240,19 @@ pub fn plan(profile: &'static Profile, ws: &Workspace, cpu_only: bool) -> Result
         cuda_included |= is_cuda;
         features.push(f.to_string());
     }
-    let binaries: Vec<String> = RELEASE_BINARIES
-        .iter()
-        .filter(|b| ws.tool_binaries.iter().any(|t| t == *b))
-        .map(|b| b.to_string())
-        .collect();
+    let mut binaries = Vec::new();
+    let mut packages: Vec<String> = Vec::new();
+    for b in RELEASE_BINARIES {
+        if let Some((_, pkg)) = ws.tool_binaries.iter().find(|(t, _)| t == b) {
+            binaries.push(b.to_string());
+            if !packages.contains(pkg) {
+                packages.push(pkg.clone());
+            }
+        }
+    }
     if binaries.is_empty() {
         return Err(Error::Workspace(format!(
-            "{TOOLS_PACKAGE} has none of the binaries {RELEASE_BINARIES:?}"
+            "the workspace has none of the binaries {RELEASE_BINARIES:?}"
         )));
     }
     Ok(Plan {
@@ -243,6 +260,7 @@ pub fn plan(profile: &'static Profile, ws: &Workspace, cpu_only: bool) -> Result
         features,
         cuda_included,
         binaries,
+        packages,
     })
 }
 
@@ -513,7 +531,10 @@ mod tests {
                 ),
                 (TOOLS_PACKAGE.into(), vec![]),
             ],
-            tool_binaries: bins.iter().map(|s| s.to_string()).collect(),
+            tool_binaries: bins
+                .iter()
+                .map(|s| (s.to_string(), TOOLS_PACKAGE.to_string()))
+                .collect(),
         }
     }
 
@@ -551,7 +572,10 @@ mod tests {
         let cpu = find("cpu-aarch64").unwrap();
         let now = plan(cpu, &ws(&[], &["tern"]), false).unwrap();
         assert_eq!(now.binaries, ["tern"]);
-        let later = plan(cpu, &ws(&[], &["tern-quantize", "tern", "dev-tool"]), false).unwrap();
+        let mut w = ws(&[], &["tern", "dev-tool"]);
+        w.tool_binaries
+            .push(("tern-quantize".into(), "tern-quant".into()));
+        let later = plan(cpu, &w, false).unwrap();
         assert_eq!(later.binaries, ["tern", "tern-quantize"]);
         let args = later.cargo_args();
         assert_eq!(
@@ -562,6 +586,8 @@ mod tests {
                 "--locked",
                 "-p",
                 "tern-tools",
+                "-p",
+                "tern-quant",
                 "--target",
                 "aarch64-unknown-linux-gnu",
                 "--bin",
@@ -600,7 +626,10 @@ mod tests {
         let w = Workspace::from_metadata(json).unwrap();
         assert_eq!(w.root, PathBuf::from("/r"));
         assert_eq!(w.version, "0.2.0");
-        assert_eq!(w.tool_binaries, ["tern"]);
+        assert_eq!(
+            w.tool_binaries,
+            [("tern".to_string(), "tern-tools".to_string())]
+        );
         assert!(w.has_feature("tern-runtime/cuda"));
         assert!(!w.has_feature("tern-runtime/metal"));
         assert!(Workspace::from_metadata("not json").is_err());

@@ -6,12 +6,14 @@
 //! llama all three are 1. The model calls backend operations only; it never
 //! touches memory itself, so the same code runs on every backend.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use crate::backend::{AttnParams, Backend, Rope, StepInputs, Visibility};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
-use crate::model::{Config, Weights};
+use crate::model::calib::{LinearInput, Observer};
+use crate::model::{Config, LayerWeights, Weights};
 use crate::session::Batch;
 
 /// A loaded llama-family model on backend `B`.
@@ -42,6 +44,13 @@ pub struct State<B: Backend> {
     picked: B::Tensor,      // output rows     [n_out, n_embd]
     picked_norm: B::Tensor, // normed      [n_out, n_embd]
     logits: B::Tensor,      // logits          [n_out, n_vocab]
+}
+
+impl<B: Backend> State<B> {
+    /// The residual stream, which [`LlamaModel::block`] updates in place.
+    pub(super) fn x_mut(&mut self) -> &mut B::Tensor {
+        &mut self.x
+    }
 }
 
 /// RoPE for queries and keys at one context size.
@@ -146,7 +155,44 @@ impl<B: Backend> LlamaModel<B> {
         let c = &self.config;
         let b = &self.backend;
         let w = &self.weights;
-        let n = tokens.len();
+        self.resize_block_state(st, tokens.len())?;
+        b.resize_rows(&mut st.picked, outputs.len())?;
+        b.resize_rows(&mut st.picked_norm, outputs.len())?;
+        b.resize_rows(&mut st.logits, outputs.len())?;
+
+        let attn = self.attn_params();
+        let inputs = StepInputs {
+            tokens,
+            positions,
+            first_slot,
+            outputs,
+        };
+        // One whole step, which a backend may record and replay (CUDA graphs).
+        b.run_step(kv, &inputs, &mut |kv| {
+            // h = embed(tokens) · embedding_scale
+            b.embed(&w.token_embd, tokens, c.embedding_scale, &mut st.x)?;
+
+            for (il, l) in w.layers.iter().enumerate() {
+                // Without an observer a block always runs to the end.
+                let _: ControlFlow<()> =
+                    self.block(st, kv, il, l, rope, positions, first_slot, &attn, None)?;
+            }
+
+            // logits = W_out · norm(h) / logit_scale, only for the rows asked for.
+            b.gather_rows(&st.x, outputs, &mut st.picked)?;
+            b.rms_norm(&st.picked, &w.output_norm, c.rms_eps, &mut st.picked_norm)?;
+            b.matmul(&st.picked_norm, &w.output, &mut st.logits)?;
+            if c.logit_scale != 1.0 {
+                b.scale(&mut st.logits, 1.0 / c.logit_scale)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Size the per-token scratch of `st` (everything a block touches) for
+    /// `n` tokens.
+    pub(super) fn resize_block_state(&self, st: &mut State<B>, n: usize) -> Result<()> {
+        let b = &self.backend;
         for t in [
             &mut st.x,
             &mut st.xb,
@@ -160,64 +206,85 @@ impl<B: Backend> LlamaModel<B> {
         ] {
             b.resize_rows(t, n)?;
         }
-        b.resize_rows(&mut st.picked, outputs.len())?;
-        b.resize_rows(&mut st.picked_norm, outputs.len())?;
-        b.resize_rows(&mut st.logits, outputs.len())?;
+        Ok(())
+    }
 
-        let attn = AttnParams {
+    /// Attention parameters of every layer.
+    pub(super) fn attn_params(&self) -> AttnParams {
+        let c = &self.config;
+        AttnParams {
             n_head: c.n_head,
             n_head_kv: c.n_head_kv,
             head_dim: c.head_dim,
             scale: 1.0 / (c.head_dim as f32).sqrt(),
             visibility: Visibility::Causal,
+        }
+    }
+
+    /// One decoder block on the residual stream `st.x` (rows already sized),
+    /// with weights `l` and its keys and values in layer `kv_layer` of `kv`.
+    /// `observe`, when given, sees the input of each group of linears
+    /// (`model::calib`); when it answers `Break` the block stops there,
+    /// leaving `st.x` partly updated.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn block(
+        &self,
+        st: &mut State<B>,
+        kv: &mut B::KvCache,
+        kv_layer: usize,
+        l: &LayerWeights<B>,
+        rope: &RopePair,
+        positions: &[u32],
+        first_slot: usize,
+        attn: &AttnParams,
+        mut observe: Option<&mut Observer<'_, B>>,
+    ) -> Result<ControlFlow<()>> {
+        let c = &self.config;
+        let b = &self.backend;
+        let mut seen = |site: LinearInput, t: &B::Tensor| -> Result<ControlFlow<()>> {
+            match observe.as_mut() {
+                Some(f) => f(site, t),
+                None => Ok(ControlFlow::Continue(())),
+            }
         };
 
-        let inputs = StepInputs {
-            tokens,
-            positions,
-            first_slot,
-            outputs,
-        };
-        b.run_step(kv, &inputs, &mut |kv| {
-            // h = embed(tokens) · embedding_scale
-            b.embed(&w.token_embd, tokens, c.embedding_scale, &mut st.x)?;
+        // Attention: h += residual_scale · Wo · attn(rope(Wq·x), rope(Wk·x), Wv·x)
+        b.rms_norm(&st.x, &l.attn_norm, c.rms_eps, &mut st.xb)?;
+        if seen(LinearInput::AttnQkv, &st.xb)?.is_break() {
+            return Ok(ControlFlow::Break(()));
+        }
+        b.matmul_many(
+            &st.xb,
+            &[&l.attn_q, &l.attn_k, &l.attn_v],
+            &mut [&mut st.q, &mut st.k, &mut st.v],
+        )?;
+        b.rope(&mut st.q, positions, &rope.q)?;
+        b.rope(&mut st.k, positions, &rope.k)?;
+        b.kv_write(kv, kv_layer, first_slot, &st.k, &st.v)?;
+        b.attention(&st.q, kv, kv_layer, first_slot, attn, &mut st.att)?;
+        if seen(LinearInput::AttnOutput, &st.att)?.is_break() {
+            return Ok(ControlFlow::Break(()));
+        }
+        b.matmul(&st.att, &l.attn_output, &mut st.proj)?;
+        b.add_scaled(&mut st.x, &st.proj, c.residual_scale)?;
 
-            for (il, l) in w.layers.iter().enumerate() {
-                // Attention: h += residual_scale · Wo · attn(rope(Wq·x), rope(Wk·x), Wv·x)
-                b.rms_norm(&st.x, &l.attn_norm, c.rms_eps, &mut st.xb)?;
-                b.matmul_many(
-                    &st.xb,
-                    &[&l.attn_q, &l.attn_k, &l.attn_v],
-                    &mut [&mut st.q, &mut st.k, &mut st.v],
-                )?;
-                b.rope(&mut st.q, positions, &rope.q)?;
-                b.rope(&mut st.k, positions, &rope.k)?;
-                b.kv_write(kv, il, first_slot, &st.k, &st.v)?;
-                b.attention(&st.q, kv, il, first_slot, &attn, &mut st.att)?;
-                b.matmul(&st.att, &l.attn_output, &mut st.proj)?;
-                b.add_scaled(&mut st.x, &st.proj, c.residual_scale)?;
-
-                // FFN (SwiGLU): h += residual_scale · W_down · (silu(W_gate·x) ⊙ W_up·x)
-                b.rms_norm(&st.x, &l.ffn_norm, c.rms_eps, &mut st.xb)?;
-                b.matmul_many(
-                    &st.xb,
-                    &[&l.ffn_gate, &l.ffn_up],
-                    &mut [&mut st.gate, &mut st.up],
-                )?;
-                b.silu_mul(&mut st.gate, &st.up)?;
-                b.matmul(&st.gate, &l.ffn_down, &mut st.proj)?;
-                b.add_scaled(&mut st.x, &st.proj, c.residual_scale)?;
-            }
-
-            // logits = W_out · norm(h) / logit_scale, only for the rows asked for.
-            b.gather_rows(&st.x, outputs, &mut st.picked)?;
-            b.rms_norm(&st.picked, &w.output_norm, c.rms_eps, &mut st.picked_norm)?;
-            b.matmul(&st.picked_norm, &w.output, &mut st.logits)?;
-            if c.logit_scale != 1.0 {
-                b.scale(&mut st.logits, 1.0 / c.logit_scale)?;
-            }
-            Ok(())
-        })
+        // FFN (SwiGLU): h += residual_scale · W_down · (silu(W_gate·x) ⊙ W_up·x)
+        b.rms_norm(&st.x, &l.ffn_norm, c.rms_eps, &mut st.xb)?;
+        if seen(LinearInput::FfnGateUp, &st.xb)?.is_break() {
+            return Ok(ControlFlow::Break(()));
+        }
+        b.matmul_many(
+            &st.xb,
+            &[&l.ffn_gate, &l.ffn_up],
+            &mut [&mut st.gate, &mut st.up],
+        )?;
+        b.silu_mul(&mut st.gate, &st.up)?;
+        if seen(LinearInput::FfnDown, &st.gate)?.is_break() {
+            return Ok(ControlFlow::Break(()));
+        }
+        b.matmul(&st.gate, &l.ffn_down, &mut st.proj)?;
+        b.add_scaled(&mut st.x, &st.proj, c.residual_scale)?;
+        Ok(ControlFlow::Continue(()))
     }
 
     /// Copy the logits of the last `forward` (`[n_out, n_vocab]`) to `out`.

@@ -92,6 +92,25 @@ impl<'a, B: Backend> Checker<'a, B> {
         Some(t)
     }
 
+    /// The nine tensors of block `il`, in [`LayerWeights`] field order.
+    fn layer(&mut self, cfg: &Config, il: usize) -> [Option<&'a TensorInfo>; 9] {
+        let (e, f) = (cfg.n_embd, cfg.n_ff);
+        let q = cfg.n_head * cfg.head_dim;
+        let kvw = cfg.n_head_kv * cfg.head_dim;
+        let n = |s: &str| format!("blk.{il}.{s}.weight");
+        [
+            self.expect(&n("attn_norm"), &[e], Op::Vector),
+            self.expect(&n("attn_q"), &[e, q], Op::MatMul),
+            self.expect(&n("attn_k"), &[e, kvw], Op::MatMul),
+            self.expect(&n("attn_v"), &[e, kvw], Op::MatMul),
+            self.expect(&n("attn_output"), &[q, e], Op::MatMul),
+            self.expect(&n("ffn_norm"), &[e], Op::Vector),
+            self.expect(&n("ffn_gate"), &[e, f], Op::MatMul),
+            self.expect(&n("ffn_up"), &[e, f], Op::MatMul),
+            self.expect(&n("ffn_down"), &[f, e], Op::MatMul),
+        ]
+    }
+
     fn optional(&mut self, name: &str, dims: &[usize], op: Op) -> Option<&'a TensorInfo> {
         if self.file.tensor(name).is_some() {
             self.expect(name, dims, op)
@@ -116,6 +135,61 @@ fn read_rope_factors(file: &GgufFile, t: &TensorInfo) -> Result<Vec<f32>> {
     Ok(v)
 }
 
+/// Every `expect` succeeded before loading, so each Option is Some.
+fn need(t: Option<&TensorInfo>) -> Result<&TensorInfo> {
+    t.ok_or_else(|| Error::BadModel {
+        problems: vec!["internal: tensor check passed but tensor absent".into()],
+    })
+}
+
+impl<B: Backend> LayerWeights<B> {
+    /// Check and load the tensors of block `il` (`blk.{il}.*.weight`) from
+    /// `file`, which need not hold anything else: the quantizer builds a
+    /// block from replacement tensors this way (`model::calib`).
+    pub fn load(
+        file: &Arc<GgufFile>,
+        cfg: &Config,
+        backend: &B,
+        il: usize,
+    ) -> Result<LayerWeights<B>> {
+        let mut c = Checker {
+            file,
+            backend,
+            problems: Vec::new(),
+        };
+        let infos = c.layer(cfg, il);
+        if !c.problems.is_empty() {
+            return Err(Error::BadModel {
+                problems: c.problems,
+            });
+        }
+        LayerWeights::load_checked(file, backend, infos)
+    }
+
+    /// Load tensors that [`Checker::layer`] accepted.
+    fn load_checked(
+        file: &Arc<GgufFile>,
+        backend: &B,
+        infos: [Option<&TensorInfo>; 9],
+    ) -> Result<LayerWeights<B>> {
+        let load = |t: Option<&TensorInfo>, op: Op| -> Result<B::Weight> {
+            backend.load_weight(file, need(t)?, op)
+        };
+        let [an, aq, ak, av, ao, fnrm, fg, fu, fd] = infos;
+        Ok(LayerWeights {
+            attn_norm: load(an, Op::Vector)?,
+            attn_q: load(aq, Op::MatMul)?,
+            attn_k: load(ak, Op::MatMul)?,
+            attn_v: load(av, Op::MatMul)?,
+            attn_output: load(ao, Op::MatMul)?,
+            ffn_norm: load(fnrm, Op::Vector)?,
+            ffn_gate: load(fg, Op::MatMul)?,
+            ffn_up: load(fu, Op::MatMul)?,
+            ffn_down: load(fd, Op::MatMul)?,
+        })
+    }
+}
+
 impl<B: Backend> Weights<B> {
     /// Check every tensor of `cfg`'s architecture in `file`, then load them.
     pub fn load(file: &Arc<GgufFile>, cfg: &Config, backend: &B) -> Result<Weights<B>> {
@@ -124,9 +198,7 @@ impl<B: Backend> Weights<B> {
             backend,
             problems: Vec::new(),
         };
-        let (e, f, v) = (cfg.n_embd, cfg.n_ff, cfg.n_vocab);
-        let q = cfg.n_head * cfg.head_dim;
-        let kvw = cfg.n_head_kv * cfg.head_dim;
+        let (e, v) = (cfg.n_embd, cfg.n_vocab);
 
         let token_embd = c.expect("token_embd.weight", &[e, v], Op::Embed);
         let output_norm = c.expect("output_norm.weight", &[e], Op::Vector);
@@ -149,18 +221,7 @@ impl<B: Backend> Weights<B> {
 
         let mut infos = Vec::with_capacity(cfg.n_layer);
         for il in 0..cfg.n_layer {
-            let n = |s: &str| format!("blk.{il}.{s}.weight");
-            infos.push([
-                c.expect(&n("attn_norm"), &[e], Op::Vector),
-                c.expect(&n("attn_q"), &[e, q], Op::MatMul),
-                c.expect(&n("attn_k"), &[e, kvw], Op::MatMul),
-                c.expect(&n("attn_v"), &[e, kvw], Op::MatMul),
-                c.expect(&n("attn_output"), &[q, e], Op::MatMul),
-                c.expect(&n("ffn_norm"), &[e], Op::Vector),
-                c.expect(&n("ffn_gate"), &[e, f], Op::MatMul),
-                c.expect(&n("ffn_up"), &[e, f], Op::MatMul),
-                c.expect(&n("ffn_down"), &[f, e], Op::MatMul),
-            ]);
+            infos.push(c.layer(cfg, il));
         }
 
         if !c.problems.is_empty() {
@@ -191,28 +252,12 @@ impl<B: Backend> Weights<B> {
             log::warn!("ignoring {extra} tensor(s) this architecture does not use");
         }
 
-        // Every `expect` above succeeded, so each Option is Some.
-        fn need(t: Option<&TensorInfo>) -> Result<&TensorInfo> {
-            t.ok_or_else(|| Error::BadModel {
-                problems: vec!["internal: tensor check passed but tensor absent".into()],
-            })
-        }
         let load = |t: Option<&TensorInfo>, op: Op| -> Result<B::Weight> {
             backend.load_weight(file, need(t)?, op)
         };
         let mut layers = Vec::with_capacity(cfg.n_layer);
-        for [an, aq, ak, av, ao, fnrm, fg, fu, fd] in infos {
-            layers.push(LayerWeights {
-                attn_norm: load(an, Op::Vector)?,
-                attn_q: load(aq, Op::MatMul)?,
-                attn_k: load(ak, Op::MatMul)?,
-                attn_v: load(av, Op::MatMul)?,
-                attn_output: load(ao, Op::MatMul)?,
-                ffn_norm: load(fnrm, Op::Vector)?,
-                ffn_gate: load(fg, Op::MatMul)?,
-                ffn_up: load(fu, Op::MatMul)?,
-                ffn_down: load(fd, Op::MatMul)?,
-            });
+        for infos in infos {
+            layers.push(LayerWeights::load_checked(file, backend, infos)?);
         }
         let token_embd_info = need(token_embd)?;
         Ok(Weights {

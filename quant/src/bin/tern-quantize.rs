@@ -1,0 +1,437 @@
+//! `tern-quantize`: quantize a GGUF model's linear layers with RTN, GPTQ or
+//! prefix-aware GPTQ (P-GPTQ), calibrated through tern's own forward pass,
+//! into GGML's Q4_0/Q4_1/Q8_0 or tern's packed types.
+//!
+//! Parses flags (ranges and combinations checked before any work), runs
+//! `tern_quant::pipeline`, writes the output with
+//! `tern_quant::pipeline_output::write_verified` and prints the per-layer
+//! report (a table, or JSON on stdout with `--json`). Every failure is one
+//! line `error: ...` on stderr. Exit codes: 0 success, 1 an error, 2 a usage
+//! error, 130 interrupted (Ctrl-C or SIGTERM; the output is then untouched).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tern_quant::calib;
+use tern_quant::pipeline::{self, PipelineError, PipelineOptions, Progress};
+use tern_quant::pipeline_output::{self, OutputError, Plan, QuantMeta};
+use tern_quant::report::{self, RunInfo};
+use tern_quant::{GptqParams, Grid, Scheme};
+use tern_runtime::gguf::GgufFile;
+use tern_runtime::Tokenizer;
+
+/// Quantize a GGUF model with RTN, GPTQ or prefix-aware GPTQ.
+///
+/// The seven linear layers of every block (attn_q/k/v/output,
+/// ffn_gate/up/down) are quantized; embeddings, the output head and norms
+/// are copied as they are. GPTQ calibrates block by block on the outputs of
+/// the blocks already quantized.
+#[derive(Debug, Parser)]
+#[command(name = "tern-quantize", version, about, max_term_width = 100)]
+struct Args {
+    /// Input GGUF model (any tensor type tern reads).
+    #[arg(short = 'm', long = "model", value_name = "FILE")]
+    model: PathBuf,
+    /// Output GGUF file (written atomically; never the input).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: PathBuf,
+    /// Quantization scheme.
+    #[arg(long, value_enum, default_value_t = SchemeArg::PGptq)]
+    scheme: SchemeArg,
+    /// Stored type: GGML's q4_0 / q4_1 / q8_0 (llama.cpp loads them; groups of
+    /// 32) or tern's packed type (any --bits and --group).
+    #[arg(long = "type", value_enum, default_value_t = TypeArg::Tern)]
+    ty: TypeArg,
+    /// Bits per weight: 2, 3, 4 or 8 (tern type; default 4).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=16), allow_negative_numbers = true)]
+    bits: Option<u8>,
+    /// Weights per scale group: 32, 64 or 128 (tern type; default 128).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536), allow_negative_numbers = true)]
+    group: Option<u32>,
+    /// Symmetric grid (tern type; q4_0 and q8_0 are symmetric anyway).
+    #[arg(long)]
+    sym: bool,
+    /// GPTQ: quantize columns in order of decreasing Hessian diagonal.
+    #[arg(long = "act-order")]
+    act_order: bool,
+    /// Calibration text (UTF-8), needed by gptq and p-gptq; with rtn it only
+    /// makes the report's errors output errors.
+    #[arg(long, value_name = "FILE")]
+    calib: Option<PathBuf>,
+    /// P-GPTQ: positions left out at the start of each calibration sequence
+    /// [default: 4].
+    #[arg(long = "prefix-skip", value_parser = clap::value_parser!(u32).range(0..=1_000_000), allow_negative_numbers = true)]
+    prefix_skip: Option<u32>,
+    /// Calibration sequences.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1_000_000), allow_negative_numbers = true)]
+    samples: u32,
+    /// Tokens per calibration sequence (a BOS first when the model adds one).
+    #[arg(long = "seq-len", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_048_576), allow_negative_numbers = true)]
+    seq_len: u32,
+    /// GPTQ dampening, relative to the mean of the Hessian's diagonal.
+    #[arg(long, default_value_t = 0.01, value_parser = damp, allow_negative_numbers = true)]
+    damp: f64,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// CPU threads (default: all cores).
+    #[arg(short = 't', long = "threads", value_parser = clap::value_parser!(u16).range(1..=1024), allow_negative_numbers = true)]
+    threads: Option<u16>,
+    /// Calibration forwards with f32 activations and weights (slower; the
+    /// reference) instead of the 8-bit-activation kernels.
+    #[arg(long)]
+    exact: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SchemeArg {
+    Rtn,
+    Gptq,
+    #[value(name = "p-gptq")]
+    PGptq,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TypeArg {
+    #[value(name = "q4_0")]
+    Q4_0,
+    #[value(name = "q4_1")]
+    Q4_1,
+    #[value(name = "q8_0")]
+    Q8_0,
+    Tern,
+}
+
+fn damp(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(format!("{v} is outside 0..=1"));
+    }
+    Ok(v)
+}
+
+/// A usage error: a flag combination that cannot work (exit 2).
+#[derive(Debug)]
+struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    Usage(msg.into()).into()
+}
+
+/// The grid `--type`, `--bits`, `--group` and `--sym` describe.
+fn grid(a: &Args) -> Result<Grid> {
+    let fixed = |name: &str, bits: u8, sym_ok: bool| -> Result<()> {
+        if a.bits.is_some_and(|b| b != bits) {
+            return Err(usage(format!(
+                "--type {name} stores {bits}-bit weights; drop --bits or use --type tern"
+            )));
+        }
+        if a.group.is_some_and(|g| g != 32) {
+            return Err(usage(format!(
+                "--type {name} has groups of 32; drop --group or use --type tern"
+            )));
+        }
+        if a.sym && !sym_ok {
+            return Err(usage(format!(
+                "--type {name} is asymmetric; drop --sym or use q4_0"
+            )));
+        }
+        Ok(())
+    };
+    let g = match a.ty {
+        TypeArg::Q4_0 => fixed("q4_0", 4, true).map(|_| Grid::Q4_0)?,
+        TypeArg::Q4_1 => fixed("q4_1", 4, false).map(|_| Grid::Q4_1)?,
+        TypeArg::Q8_0 => fixed("q8_0", 8, true).map(|_| Grid::Q8_0)?,
+        TypeArg::Tern => Grid::Tern {
+            bits: a.bits.unwrap_or(4),
+            group: a.group.unwrap_or(128) as usize,
+            sym: a.sym,
+        },
+    };
+    g.validate().map_err(|e| usage(e.to_string()))?;
+    Ok(g)
+}
+
+fn scheme_name(s: Scheme) -> &'static str {
+    match s {
+        Scheme::Rtn => "rtn",
+        Scheme::Gptq => "gptq",
+        Scheme::PGptq => "p-gptq",
+    }
+}
+
+/// How the run ended, when not with a report.
+enum Outcome {
+    Done,
+    Cancelled,
+}
+
+fn run(a: &Args, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
+    let start = Instant::now();
+    let grid = grid(a)?;
+    let scheme = match a.scheme {
+        SchemeArg::Rtn => Scheme::Rtn,
+        SchemeArg::Gptq => Scheme::Gptq,
+        SchemeArg::PGptq => Scheme::PGptq,
+    };
+    if scheme != Scheme::PGptq && a.prefix_skip.is_some() {
+        return Err(usage("--prefix-skip applies to --scheme p-gptq only"));
+    }
+    if scheme == Scheme::Rtn && a.act_order {
+        return Err(usage(
+            "--act-order applies to --scheme gptq and p-gptq only",
+        ));
+    }
+    if scheme != Scheme::Rtn && a.calib.is_none() {
+        return Err(usage(format!(
+            "--scheme {} needs calibration text: --calib FILE",
+            scheme_name(scheme)
+        )));
+    }
+    let prefix_skip = if scheme == Scheme::PGptq {
+        a.prefix_skip.unwrap_or(4) as usize
+    } else {
+        0
+    };
+    let threads = a.threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        usize::from,
+    );
+    // faer's parallel linear algebra runs on rayon's global pool.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+
+    if !a.model.is_file() {
+        bail!(
+            "model file {} does not exist or is not a file",
+            a.model.display()
+        );
+    }
+    pipeline_output::check_paths(&a.model, &a.output)?;
+    for p in pipeline_output::clean_stale_temps(&a.output) {
+        log::info!("removed {} left by an interrupted run", p.display());
+    }
+    let file = Arc::new(
+        GgufFile::open(&a.model).with_context(|| format!("cannot load {}", a.model.display()))?,
+    );
+
+    let calib = match &a.calib {
+        None => None,
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read calibration text {}", path.display()))?;
+            let text = String::from_utf8(bytes).map_err(|_| {
+                anyhow::anyhow!("calibration file {} is not UTF-8 text", path.display())
+            })?;
+            let tok = Tokenizer::from_gguf(&file)
+                .with_context(|| format!("{} has no usable tokenizer", a.model.display()))?;
+            let set = calib::prepare(&text, &tok, a.samples as usize, a.seq_len as usize)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            log::info!(
+                "calibration: {} tokens of {}, {} sequences of {}",
+                set.text_tokens,
+                path.display(),
+                set.sequences.len(),
+                a.seq_len
+            );
+            Some(set)
+        }
+    };
+    if calib.is_some() && prefix_skip >= a.seq_len as usize {
+        return Err(usage(format!(
+            "--prefix-skip {prefix_skip} must be below --seq-len {}",
+            a.seq_len
+        )));
+    }
+
+    let opts = PipelineOptions {
+        grid,
+        scheme,
+        params: GptqParams {
+            damp: a.damp,
+            act_order: a.act_order,
+            prefix_skip,
+            ..GptqParams::default()
+        },
+        threads,
+        exact: a.exact,
+    };
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "quantizing {msg} [{bar:30}] {pos}/{len} blocks, {elapsed_precise} (eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let result = pipeline::run(
+        &file,
+        &opts,
+        calib.as_ref().map(|c| &c.sequences[..]),
+        cancel,
+        &mut |p| match p {
+            Progress::Block { layer, n_layer } => {
+                bar.set_length(n_layer as u64);
+                bar.set_position(layer as u64);
+                log::info!("block {layer}/{n_layer}");
+            }
+            Progress::Done => bar.finish_and_clear(),
+        },
+    );
+    bar.finish_and_clear();
+    let (tensors, timings) = match result {
+        Ok(r) => r,
+        Err(PipelineError::Cancelled) => return Ok(Outcome::Cancelled),
+        Err(e) => return Err(e.into()),
+    };
+
+    let t_write = Instant::now();
+    let ty = grid.ggml_type();
+    let meta = QuantMeta {
+        scheme: scheme_name(scheme).into(),
+        ty,
+        bits: grid.bits(),
+        group: grid.group(),
+        sym: matches!(grid, Grid::Q4_0 | Grid::Q8_0 | Grid::Tern { sym: true, .. }),
+        act_order: a.act_order,
+        damp: a.damp,
+        prefix_skip,
+        calib: calib
+            .as_ref()
+            .map(|c| (c.sha256.clone(), c.sequences.len(), a.seq_len as usize)),
+    };
+    let plan = Plan::new(&file, &tensors, &meta)?;
+    match pipeline_output::write_verified(&plan, &a.output, cancel) {
+        Ok(()) => {}
+        Err(OutputError::Cancelled) => return Ok(Outcome::Cancelled),
+        Err(e) => return Err(e).with_context(|| format!("cannot write {}", a.output.display())),
+    }
+    let write_secs = t_write.elapsed().as_secs_f64();
+
+    let info = RunInfo {
+        input: a.model.display().to_string(),
+        output: a.output.display().to_string(),
+        scheme: meta.scheme.clone(),
+        ty: ty.to_string(),
+        bits: meta.bits,
+        group: meta.group,
+        sym: meta.sym,
+        act_order: a.act_order,
+        damp: a.damp,
+        prefix_skip,
+        calib: calib.as_ref().zip(a.calib.as_ref()).map(|(c, p)| {
+            (
+                p.display().to_string(),
+                c.sha256.clone(),
+                c.sequences.len(),
+                a.seq_len as usize,
+                c.text_tokens,
+            )
+        }),
+        threads,
+        path: if a.exact { "exact" } else { "fast" },
+        timings,
+        write_secs,
+        total_secs: start.elapsed().as_secs_f64(),
+        output_bytes: std::fs::metadata(&a.output).map_or(0, |m| m.len()),
+    };
+    let text = if a.json {
+        format!("{}\n", report::json(&info, &tensors))
+    } else {
+        report::table(&info, &tensors)
+    };
+    print_out(&text);
+    Ok(Outcome::Done)
+}
+
+/// Print to stdout; a closed pipe is not an error worth reporting.
+fn print_out(s: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(s.as_bytes()).and_then(|_| out.flush());
+}
+
+/// One line: the error chain joined with ": ", newlines folded.
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Ctrl-C or SIGTERM: the first asks the run to stop (the output stays
+/// untouched, the temp file is removed); a second exits at once, removing
+/// the temp file being written.
+fn install_signals(cancel: Arc<AtomicBool>) {
+    let _ = ctrlc::set_handler(move || {
+        if cancel.swap(true, Ordering::SeqCst) {
+            pipeline_output::remove_active_temp();
+            std::process::exit(130);
+        }
+        eprintln!("\ntern-quantize: interrupted, stopping (again to quit at once)");
+    });
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let msg = e.to_string();
+            let text: Vec<&str> = msg
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+                .collect();
+            let text = text.join(" ");
+            let text = text.strip_prefix("error: ").unwrap_or(&text);
+            eprintln!("error: {text} (see tern-quantize --help)");
+            return ExitCode::from(2);
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .init();
+    let cancel = Arc::new(AtomicBool::new(false));
+    install_signals(Arc::clone(&cancel));
+    match run(&args, &cancel) {
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::Cancelled) => {
+            eprintln!(
+                "error: interrupted; {} was not written",
+                args.output.display()
+            );
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            if e.downcast_ref::<Usage>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

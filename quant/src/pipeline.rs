@@ -1,0 +1,359 @@
+//! The sequential quantization pipeline: a whole model, block by block.
+//!
+//! With calibration data, block `i` is calibrated on the outputs of blocks
+//! `0..i` *already quantized* (GPTQ's `llama.py`): the hidden states of
+//! every calibration sequence are kept (one `[seq_len, n_embd]` tensor each,
+//! the only model-sized memory), and per block
+//!
+//! 1. each sequence's hidden states are first advanced through block `i−1`
+//!    with its quantized weights (in place), then block `i` runs on a copy
+//!    with its original weights and shows the input of each group of
+//!    linears ([`tern_runtime::model::BlockRunner::observe`]), which goes
+//!    into that group's [`Hessian`] (q/k/v share one, gate/up share one;
+//!    P-GPTQ skips the first `prefix_skip` positions of each sequence);
+//! 2. the seven linears are quantized with [`crate::quantize`];
+//! 3. the quantized block is loaded for step 1 of the next block.
+//!
+//! All forward passes go through the runtime's block code. The quantized
+//! block used for the next block's inputs is built as an in-memory GGUF and
+//! loaded with [`LayerWeights::load`]: on the fast CPU path the tensors are
+//! the output's own bytes when they are Q4_0/Q4_1/Q8_0 (exactly what
+//! inference will compute) and otherwise the dequantized weights re-encoded
+//! as Q8_0 (so the 8-bit kernels run them; the extra rounding is ~1/250 of
+//! a 4-bit step); on the exact path they are f32.
+//!
+//! Without calibration data (RTN only) the blocks are quantized directly.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tern_runtime::backend::cpu::CpuBackend;
+use tern_runtime::gguf::{GgufFile, GgufWriter, TensorInfo};
+use tern_runtime::model::{BlockRunner, LayerWeights, LinearInput, LlamaModel};
+use tern_runtime::quants::{self, GgmlType};
+
+use crate::{quantize, GptqParams, Grid, Hessian, LayerReport, QuantizedMatrix, Scheme};
+
+/// The seven linears of a block, in the order they are quantized and reported.
+pub const LINEARS: [&str; 7] = [
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+];
+
+/// What to do with a model.
+#[derive(Clone, Debug)]
+pub struct PipelineOptions {
+    /// The target format.
+    pub grid: Grid,
+    /// RTN, GPTQ or P-GPTQ.
+    pub scheme: Scheme,
+    /// GPTQ's parameters; `prefix_skip` is applied only for P-GPTQ.
+    pub params: GptqParams,
+    /// CPU threads for the forward passes.
+    pub threads: usize,
+    /// Run calibration forwards on the exact f32 path instead of the fast
+    /// 8-bit-activation one.
+    pub exact: bool,
+}
+
+/// One quantized tensor.
+#[derive(Clone, Debug)]
+pub struct QuantizedTensor {
+    /// GGUF name, `blk.N.<linear>.weight`.
+    pub name: String,
+    /// Block index.
+    pub layer: usize,
+    /// The linear's short name (`attn_q`, ...).
+    pub linear: &'static str,
+    /// The stored type.
+    pub ty: GgmlType,
+    /// GGUF dims: `[cols, rows]`.
+    pub dims: [u64; 2],
+    /// The tensor's bytes in `ty`.
+    pub data: Vec<u8>,
+    /// Reconstruction errors and timing.
+    pub report: LayerReport,
+}
+
+/// Progress, for a bar over blocks.
+#[derive(Clone, Copy, Debug)]
+pub enum Progress {
+    /// Block `layer` starts (calibration forwards, then quantization).
+    Block {
+        /// Block index.
+        layer: usize,
+        /// Blocks in the model.
+        n_layer: usize,
+    },
+    /// All blocks are done.
+    Done,
+}
+
+/// Why the pipeline stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The model or a calibration forward failed.
+    #[error("{0}")]
+    Runtime(#[from] tern_runtime::Error),
+    /// A matrix could not be quantized.
+    #[error("{tensor}: {source}")]
+    Quant {
+        /// The tensor.
+        tensor: String,
+        /// Why.
+        source: crate::QuantError,
+    },
+    /// Bad options for this model.
+    #[error("{0}")]
+    Options(String),
+    /// The cancel flag was raised.
+    #[error("interrupted")]
+    Cancelled,
+}
+
+/// Timings of a run, seconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Timings {
+    /// Forward passes and Hessian accumulation.
+    pub calibrate: f64,
+    /// The part of `calibrate` spent accumulating Hessians.
+    pub hessian: f64,
+    /// Quantizing matrices.
+    pub quantize: f64,
+}
+
+/// A matrix just quantized: name, linear, rows, cols, result, report.
+type Quantized = (
+    String,
+    &'static str,
+    usize,
+    usize,
+    QuantizedMatrix,
+    LayerReport,
+);
+
+fn input_of(linear: &str) -> LinearInput {
+    match linear {
+        "attn_q" | "attn_k" | "attn_v" => LinearInput::AttnQkv,
+        "attn_output" => LinearInput::AttnOutput,
+        "ffn_gate" | "ffn_up" => LinearInput::FfnGateUp,
+        _ => LinearInput::FfnDown,
+    }
+}
+
+/// Rows, cols and f32 values of a 2-D tensor.
+fn tensor_f32(file: &GgufFile, t: &TensorInfo) -> Result<(usize, usize, Vec<f32>), PipelineError> {
+    if t.dims.len() != 2 {
+        return Err(PipelineError::Options(format!(
+            "{} has {} dimensions, expected 2",
+            t.name,
+            t.dims.len()
+        )));
+    }
+    let (cols, rows) = (t.dims[0] as usize, t.dims[1] as usize);
+    let mut v = Vec::new();
+    v.try_reserve_exact(rows * cols)
+        .map_err(|_| tern_runtime::Error::OutOfMemory {
+            bytes: (rows * cols * 4) as u64,
+            what: t.name.clone(),
+        })?;
+    v.resize(rows * cols, 0.0);
+    quants::dequantize_row(t.ty, file.tensor_data(t), &mut v)?;
+    Ok((rows, cols, v))
+}
+
+/// Quantize every linear of `file`'s model. With `calib` (sequences of equal
+/// length), GPTQ-style sequential calibration as the module describes;
+/// without, RTN only (GPTQ schemes then fail). `progress` is called as
+/// blocks start; `cancel` is polled between sequences and matrices.
+pub fn run(
+    file: &Arc<GgufFile>,
+    opts: &PipelineOptions,
+    calib: Option<&[Vec<u32>]>,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(Vec<QuantizedTensor>, Timings), PipelineError> {
+    let backend = if opts.exact {
+        CpuBackend::exact(opts.threads)
+    } else {
+        CpuBackend::fast(opts.threads)
+    };
+    let model = LlamaModel::load(Arc::clone(file), backend)?;
+    let n_layer = model.config.n_layer;
+    let skip = if opts.scheme == Scheme::PGptq {
+        opts.params.prefix_skip
+    } else {
+        0
+    };
+    let mut timings = Timings::default();
+    let mut out = Vec::with_capacity(n_layer * LINEARS.len());
+    let check_cancel = || {
+        if cancel.load(Ordering::Relaxed) {
+            Err(PipelineError::Cancelled)
+        } else {
+            Ok(())
+        }
+    };
+
+    let calib = match calib {
+        Some(seqs) if !seqs.is_empty() => Some(seqs),
+        _ if opts.scheme != Scheme::Rtn => {
+            return Err(PipelineError::Options(
+                "GPTQ needs calibration data (--calib)".into(),
+            ))
+        }
+        _ => None,
+    };
+    let seq_len = calib.map_or(0, |s| s[0].len());
+    if calib.is_some_and(|s| s.iter().any(|q| q.len() != seq_len)) {
+        return Err(PipelineError::Options(
+            "calibration sequences differ in length".into(),
+        ));
+    }
+    if calib.is_some() && skip >= seq_len {
+        return Err(PipelineError::Options(format!(
+            "--prefix-skip {skip} leaves nothing of sequences of {seq_len} tokens"
+        )));
+    }
+
+    let mut runner = calib
+        .map(|_| BlockRunner::new(&model, seq_len))
+        .transpose()?;
+    let mut hidden = Vec::new();
+    if let (Some(r), Some(seqs)) = (&runner, calib) {
+        let t0 = Instant::now();
+        hidden.reserve_exact(seqs.len());
+        for s in seqs {
+            hidden.push(r.embed(s)?);
+        }
+        timings.calibrate += t0.elapsed().as_secs_f64();
+    }
+    // The previous block, quantized, to advance the hidden states through.
+    let mut prev: Option<LayerWeights<CpuBackend>> = None;
+
+    for il in 0..n_layer {
+        progress(Progress::Block { layer: il, n_layer });
+        let mut hess: HashMap<LinearInput, Hessian> = HashMap::new();
+        if let Some(r) = runner.as_mut() {
+            let t0 = Instant::now();
+            let layer = &model.weights.layers[il];
+            for x in hidden.iter_mut() {
+                check_cancel()?;
+                if let Some(p) = &prev {
+                    r.run(p, x)?;
+                }
+                r.observe(layer, x, &mut |site, v| {
+                    let t = Instant::now();
+                    let cols = v.len() / seq_len;
+                    hess.entry(site)
+                        .or_insert_with(|| Hessian::new(cols))
+                        .add_sequence(v, seq_len, skip);
+                    timings.hessian += t.elapsed().as_secs_f64();
+                    ControlFlow::Continue(())
+                })?;
+            }
+            timings.calibrate += t0.elapsed().as_secs_f64();
+            log::info!(
+                "block {il}: calibration {:.1} s so far (Hessians {:.1} s), quantization {:.1} s",
+                timings.calibrate,
+                timings.hessian,
+                timings.quantize
+            );
+        }
+        prev = None;
+
+        let t0 = Instant::now();
+        let mut block = Vec::with_capacity(LINEARS.len());
+        for linear in LINEARS {
+            check_cancel()?;
+            let name = format!("blk.{il}.{linear}.weight");
+            let info = file
+                .tensor(&name)
+                .ok_or_else(|| PipelineError::Options(format!("{name} is missing")))?;
+            let (rows, cols, w) = tensor_f32(file, info)?;
+            let h = hess.get(&input_of(linear));
+            let grid = opts.grid.fitted(cols).ok_or_else(|| {
+                PipelineError::Options(format!(
+                    "{name} has {cols} columns, which no group size of this grid divides"
+                ))
+            })?;
+            let (q, report) = quantize(&w, rows, cols, grid, opts.scheme, h, &opts.params)
+                .map_err(|source| PipelineError::Quant {
+                    tensor: name.clone(),
+                    source,
+                })?;
+            block.push((name, linear, rows, cols, q, report));
+        }
+        drop(hess);
+        timings.quantize += t0.elapsed().as_secs_f64();
+
+        if runner.is_some() && il + 1 < n_layer {
+            prev = Some(rerun_block(file, &model, il, &block, opts.exact)?);
+        }
+        for (name, linear, rows, cols, q, report) in block {
+            out.push(QuantizedTensor {
+                name,
+                layer: il,
+                linear,
+                ty: q.ggml_type(),
+                dims: [cols as u64, rows as u64],
+                data: q.to_gguf_bytes(),
+                report,
+            });
+        }
+    }
+    progress(Progress::Done);
+    Ok((out, timings))
+}
+
+/// The quantized block `il` as weights the backend runs (see the module
+/// documentation for the tensor types).
+fn rerun_block(
+    file: &GgufFile,
+    model: &LlamaModel<CpuBackend>,
+    il: usize,
+    block: &[Quantized],
+    exact: bool,
+) -> Result<LayerWeights<CpuBackend>, PipelineError> {
+    let mut w = GgufWriter::new();
+    for norm in ["attn_norm", "ffn_norm"] {
+        let name = format!("blk.{il}.{norm}.weight");
+        let t = file
+            .tensor(&name)
+            .ok_or_else(|| PipelineError::Options(format!("{name} is missing")))?;
+        w.add_tensor(name, t.ty, &t.dims, file.tensor_data(t))?;
+    }
+    for (name, _, rows, cols, q, _) in block {
+        let dims = [*cols as u64, *rows as u64];
+        let fast_type = matches!(
+            q.ggml_type(),
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0
+        );
+        if !exact && fast_type {
+            w.add_tensor(name.clone(), q.ggml_type(), &dims, q.to_gguf_bytes())?;
+            continue;
+        }
+        let deq = q.dequantize();
+        if !exact && cols % 32 == 0 {
+            let row_bytes = GgmlType::Q8_0.row_bytes(*cols as u64).unwrap_or(0) as usize;
+            let mut bytes = vec![0u8; row_bytes * rows];
+            quants::quantize_row(GgmlType::Q8_0, &deq, &mut bytes)?;
+            w.add_tensor(name.clone(), GgmlType::Q8_0, &dims, bytes)?;
+        } else {
+            let bytes: Vec<u8> = deq.iter().flat_map(|v| v.to_le_bytes()).collect();
+            w.add_tensor(name.clone(), GgmlType::F32, &dims, bytes)?;
+        }
+    }
+    let mut bytes = Vec::new();
+    w.write_to(&mut bytes)?;
+    let mem = Arc::new(GgufFile::from_bytes(bytes)?);
+    Ok(LayerWeights::load(&mem, &model.config, &model.backend, il)?)
+}

@@ -1,0 +1,495 @@
+//! End-to-end tests of the `tern-quantize` binary on the tiny synthetic
+//! models of the test cache (`scripts/fetch-test-data.sh`): every scheme
+//! into GGML and tern types, the outputs load and run in the runtime, the
+//! JSON report, every user error as one line with its exit code, refusing
+//! to overwrite the input, and the atomic-write guarantees under failures,
+//! SIGTERM and SIGKILL.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use tern_runtime::gguf::GgufFile;
+use tern_runtime::{Batch, Model, ModelParams, SessionParams};
+
+fn quantize() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tern-quantize"));
+    c.env("RUST_LOG", "warn")
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("TERN_QUANTIZE_TEST_PAUSE_BEFORE_RENAME");
+    c
+}
+
+fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("TERN_CACHE") {
+        return PathBuf::from(d);
+    }
+    Path::new(&std::env::var_os("HOME").unwrap_or_else(|| ".".into())).join(".cache/tern")
+}
+
+fn tiny(name: &str) -> PathBuf {
+    let p = cache_dir().join("models/synthetic").join(name);
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/fetch-test-data.sh",
+        p.display()
+    );
+    p
+}
+
+/// A fresh directory for one test.
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tern-quantize-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Deterministic English-looking text of about `words` words.
+fn text(words: usize) -> String {
+    const W: [&str; 24] = [
+        "the", "whale", "sea", "ship", "captain", "and", "of", "a", "sailed", "into", "storm",
+        "night", "harpoon", "deck", "wind", "old", "men", "spoke", "quietly", "under", "grey",
+        "sky", "white", "waves",
+    ];
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    let mut s = String::new();
+    for i in 0..words {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.push_str(W[(x % W.len() as u64) as usize]);
+        s.push(if i % 11 == 10 { '.' } else { ' ' });
+        if i % 11 == 10 {
+            s.push(' ');
+        }
+    }
+    s
+}
+
+fn calib_file(dir: &Path) -> PathBuf {
+    let p = dir.join("calib.txt");
+    std::fs::write(&p, text(6000)).unwrap();
+    p
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .expect("run tern-quantize")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A failure: the exit code, one `error:` line naming the problem, no panic.
+fn assert_error(o: &Output, code: i32, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "exit code; stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "expected one error line in: {err}");
+    assert!(
+        lines[0].contains(needle),
+        "error line '{}' does not mention '{needle}'",
+        lines[0]
+    );
+}
+
+/// The model in `path` loads and a forward gives finite logits.
+fn runs(path: &Path) {
+    let m = Model::load(
+        path,
+        &ModelParams {
+            threads: Some(2),
+            ..Default::default()
+        },
+    )
+    .expect("quantized model loads");
+    let mut s = m
+        .new_session(&SessionParams {
+            n_ctx: 64,
+            ..Default::default()
+        })
+        .unwrap();
+    let toks: Vec<u32> = (1..20).collect();
+    let l = s.forward(&Batch::new(&toks, 0)).unwrap();
+    assert!(l.as_slice().iter().all(|v| v.is_finite()));
+}
+
+fn small_calib(cmd: &mut Command, calib: &Path) {
+    cmd.arg("--calib")
+        .arg(calib)
+        .args(["--samples", "8", "--seq-len", "64"]);
+}
+
+#[test]
+fn every_scheme_into_ggml_and_tern_types_loads_and_runs() {
+    let d = tmp("schemes");
+    let calib = calib_file(&d);
+    let model = tiny("tiny-llama-f32.gguf");
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("rtn", &["--type", "q4_0"], "Q4_0"),
+        ("gptq", &["--type", "q4_0"], "Q4_0"),
+        ("p-gptq", &["--type", "q4_0"], "Q4_0"),
+        ("gptq", &["--type", "q8_0"], "Q8_0"),
+        ("rtn", &[], "TERN_Q4_G128"),
+        ("gptq", &["--bits", "3", "--act-order"], "TERN_Q3_G128"),
+        ("p-gptq", &["--group", "64", "--sym"], "TERN_Q4_G64"),
+        ("p-gptq", &["--type", "q4_1", "--prefix-skip", "2"], "Q4_1"),
+    ];
+    for (i, (scheme, extra, ty)) in cases.iter().enumerate() {
+        let out = d.join(format!("out{i}.gguf"));
+        let mut cmd = quantize();
+        cmd.arg("-m")
+            .arg(&model)
+            .arg("-o")
+            .arg(&out)
+            .args(["--scheme", scheme, "-t", "2", "--json"])
+            .args(*extra);
+        small_calib(&mut cmd, &calib);
+        let o = run(&mut cmd);
+        assert!(o.status.success(), "{scheme} {extra:?}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+        assert_eq!(v["scheme"], *scheme);
+        assert_eq!(v["type"], *ty);
+        let ts = v["tensors"].as_array().unwrap();
+        assert_eq!(ts.len(), 2 * 7);
+        for t in ts {
+            let (e, r) = (t["err"].as_f64().unwrap(), t["err_rtn"].as_f64().unwrap());
+            assert!(e.is_finite() && e > 0.0 && e < 0.5, "{t}");
+            if *scheme == "rtn" {
+                assert_eq!(e, r);
+            }
+        }
+        let f = GgufFile::open(&out).unwrap();
+        assert_eq!(
+            f.tensor("blk.1.ffn_down.weight").unwrap().ty.to_string(),
+            *ty
+        );
+        // Norms and embeddings are copied as they are.
+        let src = GgufFile::open(&model).unwrap();
+        for name in [
+            "token_embd.weight",
+            "blk.0.attn_norm.weight",
+            "output_norm.weight",
+        ] {
+            let (a, b) = (src.tensor(name).unwrap(), f.tensor(name).unwrap());
+            assert_eq!(src.tensor_data(a), f.tensor_data(b), "{name}");
+        }
+        let get = |k: &str| f.get(k).cloned();
+        assert_eq!(
+            get("tern.quantization.scheme").and_then(|v| v.as_str().map(String::from)),
+            Some(scheme.to_string())
+        );
+        assert!(get("general.quantized_by").is_some());
+        let want_ft = match *ty {
+            "Q4_0" => Some(2),
+            "Q4_1" => Some(3),
+            "Q8_0" => Some(7),
+            _ => None,
+        };
+        assert_eq!(get("general.file_type").and_then(|v| v.as_u64()), want_ft);
+        runs(&out);
+    }
+}
+
+#[test]
+fn rtn_needs_no_calibration_and_reports_a_table() {
+    let d = tmp("rtn-table");
+    let out = d.join("o.gguf");
+    let o = run(quantize()
+        .arg("-m")
+        .arg(tiny("tiny-minicpm-q8_0.gguf"))
+        .arg("-o")
+        .arg(&out)
+        .args(["--scheme", "rtn", "--type", "q4_0"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        table.contains("ffn_down") && table.contains("mean error"),
+        "{table}"
+    );
+    runs(&out);
+}
+
+#[test]
+fn gptq_beats_round_to_nearest_on_the_proxy_error() {
+    let d = tmp("gptq-vs-rtn");
+    let calib = calib_file(&d);
+    let mut cmd = quantize();
+    cmd.arg("-m")
+        .arg(tiny("tiny-llama-f32.gguf"))
+        .arg("-o")
+        .arg(d.join("o.gguf"))
+        .args(["--scheme", "gptq", "--bits", "3", "--json"]);
+    small_calib(&mut cmd, &calib);
+    let o = run(&mut cmd);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (e, r) = (
+        v["mean_err"].as_f64().unwrap(),
+        v["mean_err_rtn"].as_f64().unwrap(),
+    );
+    assert!(e <= r, "GPTQ {e} vs RTN {r}");
+}
+
+#[test]
+fn same_input_gives_the_same_bytes() {
+    let d = tmp("deterministic");
+    let calib = calib_file(&d);
+    let mut outs = Vec::new();
+    for (i, t) in ["1", "2"].iter().enumerate() {
+        let out = d.join(format!("o{i}.gguf"));
+        let mut cmd = quantize();
+        cmd.arg("-m")
+            .arg(tiny("tiny-llama-q4_1.gguf"))
+            .arg("-o")
+            .arg(&out)
+            .args(["--scheme", "p-gptq", "-t", t]);
+        small_calib(&mut cmd, &calib);
+        let o = run(&mut cmd);
+        assert!(o.status.success(), "{}", stderr(&o));
+        outs.push(std::fs::read(&out).unwrap());
+    }
+    assert!(outs[0] == outs[1], "outputs differ between 1 and 2 threads");
+}
+
+#[test]
+fn bad_flags_are_one_line_usage_errors() {
+    let d = tmp("flags");
+    let calib = calib_file(&d);
+    let model = tiny("tiny-llama-f32.gguf");
+    let out = d.join("o.gguf");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--bits", "5"], "bits"),
+        (&["--group", "100"], "group"),
+        (&["--type", "q4_0", "--bits", "3"], "q4_0"),
+        (&["--type", "q4_1", "--sym"], "asymmetric"),
+        (&["--type", "q8_0", "--group", "64"], "groups of 32"),
+        (&["--type", "q5_k"], "q5_k"),
+        (&["--scheme", "awq"], "awq"),
+        (&["--scheme", "gptq", "--prefix-skip", "2"], "--prefix-skip"),
+        (&["--scheme", "rtn", "--act-order"], "--act-order"),
+        (&["--damp", "2"], "damp"),
+        (&["--damp", "-0.1"], "damp"),
+        (&["--samples", "0"], "samples"),
+        (&["--seq-len", "-3"], "seq-len"),
+        (&["-t", "0"], "threads"),
+        (&["--prefix-skip", "64"], "--prefix-skip"),
+        (&["--frobnicate"], "frobnicate"),
+    ];
+    for (extra, needle) in cases {
+        let o = run(quantize()
+            .arg("-m")
+            .arg(&model)
+            .arg("-o")
+            .arg(&out)
+            .arg("--calib")
+            .arg(&calib)
+            .args(["--samples", "4", "--seq-len", "64"])
+            .args(*extra));
+        assert_error(&o, 2, needle);
+        assert!(!out.exists());
+    }
+    // GPTQ without calibration text.
+    let o = run(quantize()
+        .arg("-m")
+        .arg(&model)
+        .arg("-o")
+        .arg(&out)
+        .args(["--scheme", "gptq"]));
+    assert_error(&o, 2, "--calib");
+    // Missing -o.
+    let o = run(quantize().arg("-m").arg(&model));
+    assert_error(&o, 2, "--output");
+}
+
+#[test]
+fn bad_inputs_are_one_line_errors() {
+    let d = tmp("inputs");
+    let model = tiny("tiny-llama-f32.gguf");
+    let out = d.join("o.gguf");
+    let short = d.join("short.txt");
+    std::fs::write(&short, text(50)).unwrap();
+    let binary = d.join("binary.txt");
+    std::fs::write(&binary, [0xffu8, 0xfe, 0x00, 0x80]).unwrap();
+    let nope = d.join("nope.txt");
+    let not_gguf = d.join("not.gguf");
+    std::fs::write(&not_gguf, b"hello, not a model").unwrap();
+    let cases: Vec<(Vec<&std::ffi::OsStr>, &str)> = vec![
+        (vec!["--calib".as_ref(), short.as_os_str()], "too short"),
+        (vec!["--calib".as_ref(), binary.as_os_str()], "UTF-8"),
+        (vec!["--calib".as_ref(), nope.as_os_str()], "nope.txt"),
+    ];
+    for (extra, needle) in cases {
+        let o = run(quantize()
+            .arg("-m")
+            .arg(&model)
+            .arg("-o")
+            .arg(&out)
+            .args(["--samples", "8", "--seq-len", "64"])
+            .args(extra));
+        assert_error(&o, 1, needle);
+        assert!(!out.exists());
+    }
+    let o = run(quantize()
+        .arg("-m")
+        .arg(d.join("missing.gguf"))
+        .arg("-o")
+        .arg(&out)
+        .args(["--scheme", "rtn"]));
+    assert_error(&o, 1, "missing.gguf");
+    let o = run(quantize()
+        .arg("-m")
+        .arg(&not_gguf)
+        .arg("-o")
+        .arg(&out)
+        .args(["--scheme", "rtn"]));
+    assert_error(&o, 1, "not.gguf");
+    let o = run(quantize()
+        .arg("-m")
+        .arg(&model)
+        .arg("-o")
+        .arg(d.join("no-such-dir/o.gguf"))
+        .args(["--scheme", "rtn"]));
+    assert_error(&o, 1, "does not exist");
+    let o = run(quantize()
+        .arg("-m")
+        .arg(&model)
+        .arg("-o")
+        .arg(&d)
+        .args(["--scheme", "rtn"]));
+    assert_error(&o, 1, "directory");
+}
+
+#[test]
+fn the_input_is_never_the_output() {
+    let d = tmp("same-file");
+    let model = d.join("m.gguf");
+    std::fs::copy(tiny("tiny-llama-f32.gguf"), &model).unwrap();
+    let before = std::fs::read(&model).unwrap();
+    let hard = d.join("hard.gguf");
+    std::fs::hard_link(&model, &hard).unwrap();
+    let mut targets = vec![model.clone(), hard, d.join(".").join("m.gguf")];
+    #[cfg(unix)]
+    {
+        let sym = d.join("sym.gguf");
+        std::os::unix::fs::symlink(&model, &sym).unwrap();
+        targets.push(sym);
+    }
+    for t in targets {
+        let o = run(quantize()
+            .arg("-m")
+            .arg(&model)
+            .arg("-o")
+            .arg(&t)
+            .args(["--scheme", "rtn"]));
+        assert_error(&o, 1, "is the input file");
+    }
+    assert_eq!(std::fs::read(&model).unwrap(), before);
+}
+
+/// Files in `d` whose names mark them as temp files of tern-quantize.
+fn temps(d: &Path) -> Vec<String> {
+    std::fs::read_dir(d)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tern-tmp."))
+        .collect()
+}
+
+#[test]
+fn a_failing_run_leaves_an_existing_output_alone() {
+    let d = tmp("failing");
+    let out = d.join("o.gguf");
+    std::fs::write(&out, b"precious").unwrap();
+    let short = d.join("short.txt");
+    std::fs::write(&short, text(40)).unwrap();
+    let o = run(quantize()
+        .arg("-m")
+        .arg(tiny("tiny-llama-f32.gguf"))
+        .arg("-o")
+        .arg(&out)
+        .arg("--calib")
+        .arg(&short));
+    assert_error(&o, 1, "too short");
+    assert_eq!(std::fs::read(&out).unwrap(), b"precious");
+    assert!(temps(&d).is_empty());
+}
+
+/// Start a run that pauses after writing and verifying its temp file, just
+/// before the rename, and wait until it says so.
+fn paused_run(d: &Path, out: &Path) -> std::process::Child {
+    let mut child = quantize()
+        .env("TERN_QUANTIZE_TEST_PAUSE_BEFORE_RENAME", "1")
+        .arg("-m")
+        .arg(tiny("tiny-llama-f32.gguf"))
+        .arg("-o")
+        .arg(out)
+        .args(["--scheme", "rtn", "--type", "q4_0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = err.read_line(&mut line).unwrap();
+        assert!(n > 0, "tern-quantize ended before pausing");
+        if line.contains("paused before rename") {
+            break;
+        }
+    }
+    assert_eq!(temps(d).len(), 1, "a temp file while paused");
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    child
+}
+
+#[cfg(unix)]
+#[test]
+fn sigkill_mid_write_leaves_the_output_untouched_and_the_next_run_cleans_up() {
+    let d = tmp("sigkill");
+    let out = d.join("o.gguf");
+    std::fs::write(&out, b"precious").unwrap();
+    let mut child = paused_run(&d, &out);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), b"precious");
+    // Only a hidden temp file can remain; the next run removes it.
+    let left = temps(&d);
+    assert!(
+        left.iter().all(|n| n.starts_with(".o.gguf.tern-tmp.")),
+        "{left:?}"
+    );
+    let o = run(quantize()
+        .arg("-m")
+        .arg(tiny("tiny-llama-f32.gguf"))
+        .arg("-o")
+        .arg(&out)
+        .args(["--scheme", "rtn", "--type", "q4_0"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(temps(&d).is_empty(), "{:?}", temps(&d));
+    runs(&out);
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_mid_write_removes_the_temp_file_and_exits_130() {
+    let d = tmp("sigterm");
+    let out = d.join("o.gguf");
+    std::fs::write(&out, b"precious").unwrap();
+    let mut child = paused_run(&d, &out);
+    let pid = child.id().to_string();
+    let st = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(std::fs::read(&out).unwrap(), b"precious");
+    assert!(temps(&d).is_empty(), "{:?}", temps(&d));
+}
