@@ -172,6 +172,7 @@ impl CudaBackend {
     /// Index of the largest logit of each row of `x`, computed on the
     /// device (greedy decoding without copying the logits back).
     pub fn argmax_rows(&self, x: &CudaTensor, out: &mut [u32]) -> Result<()> {
+        let _step = self.step_guard();
         if out.len() != x.rows {
             return Err(shape_err(
                 "argmax",
@@ -208,6 +209,18 @@ impl CudaBackend {
         // A panic while holding the lock leaves only scratch pointers
         // behind, which stay valid: recover the guard.
         self.sh.m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hold off other threads' steps: a stream operation issued while
+    /// another thread captures a graph would be recorded into it.
+    fn step_guard(&self) -> MutexGuard<'_, ()> {
+        self.sh.step.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new device allocation may reuse a freed tensor's address: the
+    /// quantization memo must not match it.
+    fn forget_memo(&self) {
+        self.lock().qmemo = None;
     }
 
     fn bump(&self) {
@@ -248,6 +261,9 @@ impl CudaBackend {
             }
             g.sync("stage")?;
             m.staging.cursor = 0;
+            // The step block at the start of the arena is overwritten from
+            // here on: later ops stage their own values.
+            m.step = None;
         }
         let (slot, ptr) = m.staging.push(g, vals)?;
         if let Some(log) = m.capture_log.as_mut() {
@@ -563,6 +579,7 @@ impl Backend for CudaBackend {
                 reason: "row count".into(),
             }
         })?;
+        let _step = self.step_guard();
         let g = self.gpu()?;
         let data = file.tensor_data(info);
         let (ty, bytes) = match op {
@@ -603,9 +620,11 @@ impl Backend for CudaBackend {
                 bytes: u64::MAX,
                 what: "activation".into(),
             })?;
+        let _step = self.step_guard();
         let buf = DevBuf::new(self.gpu()?, n, "activation")?;
         buf.zero(self.gpu()?)?;
         self.bump();
+        self.forget_memo();
         Ok(CudaTensor { rows, cols, buf })
     }
 
@@ -624,6 +643,7 @@ impl Backend for CudaBackend {
         if need > t.buf.bytes {
             t.buf = DevBuf::new(self.gpu()?, need, "activation")?;
             self.bump();
+            self.forget_memo();
         }
         t.rows = rows;
         Ok(())
@@ -636,14 +656,9 @@ impl Backend for CudaBackend {
                 format!("{} values for [{}, {}]", out.len(), t.rows, t.cols),
             ));
         }
+        let _step = self.step_guard();
         let g = self.gpu()?;
-        t.buf.download(g, out)?;
-        // The stream is idle now: staged values can be overwritten.
-        let mut m = self.lock();
-        if m.capture_log.is_none() {
-            m.staging.cursor = 0;
-        }
-        Ok(())
+        t.buf.download(g, out)
     }
 
     fn alloc_kv(&self, spec: &KvSpec) -> Result<CudaKvCache> {
@@ -668,6 +683,7 @@ impl Backend for CudaBackend {
                 ),
             });
         }
+        let _step = self.step_guard();
         let g = self.gpu()?;
         let mut layers = Vec::with_capacity(spec.n_layer);
         for _ in 0..spec.n_layer {
@@ -1252,6 +1268,18 @@ impl CudaBackend {
             return ops(kv);
         }
         let epoch = self.epoch();
+        if inputs.first_slot + inputs.tokens.len() > kv.spec.n_ctx {
+            // A replay skips the ops' own checks: refuse here.
+            return Err(shape_err(
+                "step",
+                format!(
+                    "slots {}+{} past a cache of {}",
+                    inputs.first_slot,
+                    inputs.tokens.len(),
+                    kv.spec.n_ctx
+                ),
+            ));
+        }
         if let Some(gr) = kv.graph.as_ref() {
             if gr.shape == shape && gr.epoch == epoch {
                 return self.replay(kv, inputs);
