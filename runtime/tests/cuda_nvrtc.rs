@@ -5,8 +5,12 @@
 //!
 //! Without NVRTC the test says so and returns, unless `TERN_REQUIRE_NVRTC=1`
 //! (set by `scripts/test.sh` once the wheel is installed) or
-//! `TERN_REQUIRE_GPU=1`, which make it fail.
+//! `TERN_REQUIRE_GPU=1`, which make it fail. Also here, because CI runs
+//! this file: a CUDA build on a machine without a GPU falls back to the CPU
+//! under `auto` and gives one clear error for `--device cuda`.
 #![cfg(feature = "cuda")]
+
+mod common;
 
 use tern_runtime::backend::cuda::kernels;
 
@@ -66,4 +70,32 @@ fn a_broken_kernel_reports_the_compiler_log() {
     )
     .expect_err("must not compile");
     assert!(err.to_string().contains("undefined_thing"), "{err}");
+}
+
+/// On a machine without a GPU (CI), a CUDA build still runs: `auto` falls
+/// back to the CPU, and asking for `cuda` is one clear error, not a panic.
+#[test]
+fn without_a_gpu_auto_runs_on_the_cpu_and_cuda_is_a_clear_error() {
+    use tern_runtime::backend::cuda::CudaBackend;
+    use tern_runtime::{Device, Error, Model, ModelParams};
+    if CudaBackend::open(0).is_ok() {
+        eprintln!("a GPU opened: the no-GPU paths are exercised on machines without one");
+        return;
+    }
+    let path = common::model_path("synthetic/tiny-llama-q4_0.gguf");
+    let auto = Model::load(&path, &ModelParams::default()).expect("auto loads on the CPU");
+    assert_eq!(auto.backend_name(), "cpu");
+    let params = ModelParams {
+        device: Device::Cuda,
+        ..Default::default()
+    };
+    match Model::load(&path, &params) {
+        Err(e @ Error::DeviceUnavailable(_)) => {
+            let msg = e.to_string();
+            assert!(!msg.contains('\n'), "one line: {msg}");
+            eprintln!("--device cuda without a GPU: {msg}");
+        }
+        Err(e) => panic!("expected DeviceUnavailable, got {e}"),
+        Ok(_) => panic!("--device cuda must fail without a GPU"),
+    }
 }
