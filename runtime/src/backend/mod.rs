@@ -22,6 +22,20 @@ use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::quants::GgmlType;
 
+/// A tensor as the `[rows, cols]` matrix backends multiply (`cols` is GGUF's
+/// `dims[0]`, every further dimension folds into rows), or `SizeOverflow`
+/// when either does not fit a `usize`.
+pub(crate) fn matrix_shape(info: &TensorInfo) -> Result<(usize, usize)> {
+    let overflow = |reason: &str| Error::SizeOverflow {
+        tensor: info.name.clone(),
+        reason: reason.into(),
+    };
+    let cols = usize::try_from(info.dims[0]).map_err(|_| overflow("row length"))?;
+    let rows = usize::try_from(info.n_elements / info.dims[0].max(1))
+        .map_err(|_| overflow("row count"))?;
+    Ok((rows, cols))
+}
+
 /// Operations a backend may or may not support for a given weight type;
 /// asked at load time so a model fails before its first forward, not during it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -258,16 +258,7 @@ impl Backend for CpuBackend {
                 backend: "cpu",
             });
         }
-        let cols = usize::try_from(info.dims[0]).map_err(|_| Error::SizeOverflow {
-            tensor: info.name.clone(),
-            reason: "row length".into(),
-        })?;
-        let rows = usize::try_from(info.n_elements / info.dims[0].max(1)).map_err(|_| {
-            Error::SizeOverflow {
-                tensor: info.name.clone(),
-                reason: "row count".into(),
-            }
-        })?;
+        let (rows, cols) = super::matrix_shape(info)?;
         let storage = match op {
             Op::Vector => {
                 let mut v = try_vec(rows * cols, 0.0f32, &info.name)?;

@@ -569,16 +569,7 @@ impl Backend for CudaBackend {
                 backend: "cuda",
             });
         }
-        let cols = usize::try_from(info.dims[0]).map_err(|_| Error::SizeOverflow {
-            tensor: info.name.clone(),
-            reason: "row length".into(),
-        })?;
-        let rows = usize::try_from(info.n_elements / info.dims[0].max(1)).map_err(|_| {
-            Error::SizeOverflow {
-                tensor: info.name.clone(),
-                reason: "row count".into(),
-            }
-        })?;
+        let (rows, cols) = super::matrix_shape(info)?;
         let _step = self.step_guard();
         let g = self.gpu()?;
         let data = file.tensor_data(info);
