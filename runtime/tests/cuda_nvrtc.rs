@@ -20,6 +20,54 @@ fn required() -> bool {
         .any(|k| std::env::var_os(k).is_some_and(|v| v == "1"))
 }
 
+/// Each `extern "C" __global__` entry point in the sources, with the text
+/// of its body after the opening brace.
+fn entry_points() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (_, text) in kernels::SOURCES {
+        let mut rest = text;
+        while let Some(i) = rest.find("extern \"C\" __global__") {
+            let sig = &rest[i..];
+            let open = sig.find('{').expect("a kernel without a body");
+            // Skip `__launch_bounds__(n)`: the name precedes the parameters.
+            let head = match sig.find("__launch_bounds__") {
+                Some(lb) if lb < open => &sig[lb + sig[lb..].find(')').unwrap_or(0) + 1..],
+                _ => sig,
+            };
+            let paren = head.find('(').expect("a kernel without parameters");
+            let name = head[..paren]
+                .split_whitespace()
+                .last()
+                .expect("a kernel without a name")
+                .to_string();
+            out.push((name, sig[open + 1..].to_string()));
+            rest = &sig[open + 1..];
+        }
+    }
+    out
+}
+
+/// Kernels are launched with programmatic dependent launch on sm_90: the
+/// ordering of the whole stream rests on every kernel waiting for its
+/// predecessor before touching memory (`pdl_entry()` as its first
+/// statement, see common.cuh). A kernel without it could race the one
+/// before it, so none may land.
+#[test]
+fn every_kernel_starts_with_the_dependent_launch_wait() {
+    let entries = entry_points();
+    assert!(entries.len() >= kernels::KERNEL_NAMES.len());
+    for (name, body) in &entries {
+        assert!(
+            body.trim_start().starts_with("pdl_entry();"),
+            "kernel {name} does not begin with pdl_entry()"
+        );
+        assert!(
+            kernels::KERNEL_NAMES.contains(&name.as_str()),
+            "kernel {name} is not in KERNEL_NAMES (so not loaded or compile-checked)"
+        );
+    }
+}
+
 #[test]
 fn every_kernel_compiles_for_every_target_arch() {
     let ver = match kernels::nvrtc_version() {

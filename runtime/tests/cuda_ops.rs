@@ -567,3 +567,113 @@ fn fused_decode_chains_match_cpu() {
         }
     }
 }
+
+/// The decode fusions that replace separate ops: RoPE on q and k with the
+/// KV write in one kernel (full and partial rotation, f16 and f32 cache),
+/// the attention merge that leaves the 8-bit activation for the output
+/// projection, and that projection added into the residual in its epilogue.
+#[test]
+fn fused_rope_kv_write_and_residual_projection_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend::exact(2);
+    let mut rng = Rng(7177);
+    // The same shapes as `run` below uses.
+    let (nh, nkv, hd, prefix) = (9usize, 3usize, 64usize, 40usize);
+    let (width, n_embd) = (nkv * hd, nh * hd);
+    for ntok in [1usize, 3] {
+        for n_rot in [64usize, 32] {
+            for kv_ty in [KvType::F16, KvType::F32] {
+                let f = file_with(&[
+                    ("k0", GgmlType::F32, prefix, width, rng.vec(prefix * width)),
+                    ("v0", GgmlType::F32, prefix, width, rng.vec(prefix * width)),
+                    ("q", GgmlType::F32, ntok, n_embd, rng.vec(ntok * n_embd)),
+                    ("k", GgmlType::F32, ntok, width, rng.vec(ntok * width)),
+                    ("v", GgmlType::F32, ntok, width, rng.vec(ntok * width)),
+                    ("r", GgmlType::F32, ntok, n_embd, rng.vec(ntok * n_embd)),
+                    (
+                        "wo",
+                        GgmlType::Q4_0,
+                        n_embd,
+                        n_embd,
+                        rng.vec(n_embd * n_embd),
+                    ),
+                ]);
+                let d = (ntok, n_rot, kv_ty);
+                fn run<B: Backend>(
+                    b: &B,
+                    f: &Arc<GgufFile>,
+                    d: (usize, usize, KvType),
+                ) -> Vec<Vec<f32>> {
+                    let (ntok, n_rot, ty) = d;
+                    let (nh, nkv, hd, n_ctx, prefix) = (9usize, 3usize, 64usize, 300usize, 40);
+                    let mut kv = b
+                        .alloc_kv(&KvSpec {
+                            n_layer: 2,
+                            n_ctx,
+                            n_head_kv: nkv,
+                            head_dim: hd,
+                            ty,
+                        })
+                        .unwrap();
+                    let k0 = input(b, f, "k0", prefix, nkv * hd);
+                    let v0 = input(b, f, "v0", prefix, nkv * hd);
+                    b.kv_write(&mut kv, 1, 0, &k0, &v0).unwrap();
+                    let mut q = input(b, f, "q", ntok, nh * hd);
+                    let mut k = input(b, f, "k", ntok, nkv * hd);
+                    let v = input(b, f, "v", ntok, nkv * hd);
+                    let inv_freq: Vec<f64> = (0..n_rot / 2)
+                        .map(|i| 10000f64.powf(-2.0 * i as f64 / n_rot as f64))
+                        .collect();
+                    let rope = |n_head| Rope {
+                        n_head,
+                        head_dim: hd,
+                        n_rot,
+                        inv_freq: inv_freq.clone(),
+                    };
+                    let positions: Vec<u32> = (0..ntok as u32).map(|t| 1000 + 77 * t).collect();
+                    b.rope_kv_write(
+                        &mut q,
+                        &mut k,
+                        &v,
+                        &positions,
+                        &rope(nh),
+                        &rope(nkv),
+                        &mut kv,
+                        1,
+                        prefix,
+                    )
+                    .unwrap();
+                    let p = AttnParams {
+                        n_head: nh,
+                        n_head_kv: nkv,
+                        head_dim: hd,
+                        scale: 1.0 / (hd as f32).sqrt(),
+                        visibility: Visibility::Causal,
+                    };
+                    let mut att = b.alloc(ntok, nh * hd).unwrap();
+                    b.attention(&q, &kv, 1, prefix, &p, &mut att).unwrap();
+                    let wo = b
+                        .load_weight(f, f.tensor("wo").unwrap(), Op::MatMul)
+                        .unwrap();
+                    let mut acc = input(b, f, "r", ntok, nh * hd);
+                    let mut tmp = b.alloc(ntok, nh * hd).unwrap();
+                    b.matmul_add(&att, &wo, &mut tmp, &mut acc, 0.7).unwrap();
+                    vec![read(b, &q), read(b, &k), read(b, &att), read(b, &acc)]
+                }
+                let want = run(&cpu, &f, d);
+                let got = run(&g, &f, d);
+                for ((name, bound), (gv, wv)) in [
+                    ("rope q", 1e-7),
+                    ("rope k", 1e-7),
+                    ("attention over the written cache", 5e-4),
+                    ("residual += projection", 5e-4),
+                ]
+                .iter()
+                .zip(got.iter().zip(&want))
+                {
+                    check(&format!("fused {d:?}: {name}"), gv, wv, *bound);
+                }
+            }
+        }
+    }
+}

@@ -226,6 +226,28 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// Rotate each row's heads in place; row t is at position `positions[t]`.
     fn rope(&self, x: &mut Self::Tensor, positions: &[u32], rope: &Rope) -> Result<()>;
 
+    /// RoPE on the queries and keys, then the keys and values stored in
+    /// `layer` (slots `first_slot..`): the same results as
+    /// [`Backend::rope`] on `q` and on `k` followed by [`Backend::kv_write`],
+    /// which is what the default does. A backend may do it in one pass.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_kv_write(
+        &self,
+        q: &mut Self::Tensor,
+        k: &mut Self::Tensor,
+        v: &Self::Tensor,
+        positions: &[u32],
+        rope_q: &Rope,
+        rope_k: &Rope,
+        kv: &mut Self::KvCache,
+        layer: usize,
+        first_slot: usize,
+    ) -> Result<()> {
+        self.rope(q, positions, rope_q)?;
+        self.rope(k, positions, rope_k)?;
+        self.kv_write(kv, layer, first_slot, k, v)
+    }
+
     /// Store this batch's keys and values of `layer` in slots `first_slot..first_slot + rows`.
     fn kv_write(
         &self,
@@ -250,6 +272,23 @@ pub trait Backend: Send + Sync + Sized + 'static {
 
     /// SwiGLU's gate: `gate = silu(gate) · up`, with `silu(x) = x / (1 + e^-x)`.
     fn silu_mul(&self, gate: &mut Self::Tensor, up: &Self::Tensor) -> Result<()>;
+
+    /// A projection added into the residual stream: `acc += scale · x·Wᵀ`,
+    /// with the same results as [`Backend::matmul`] into `tmp` followed by
+    /// [`Backend::add_scaled`], which is what the default does (`tmp` is
+    /// scratch of `acc`'s shape; its contents afterwards are unspecified).
+    /// A backend may fuse the two.
+    fn matmul_add(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Weight,
+        tmp: &mut Self::Tensor,
+        acc: &mut Self::Tensor,
+        scale: f32,
+    ) -> Result<()> {
+        self.matmul(x, w, tmp)?;
+        self.add_scaled(acc, tmp, scale)
+    }
 
     /// Residual update: `acc += scale · x`.
     fn add_scaled(&self, acc: &mut Self::Tensor, x: &Self::Tensor, scale: f32) -> Result<()>;

@@ -258,15 +258,20 @@ impl<B: Backend> LlamaModel<B> {
             &[&l.attn_q, &l.attn_k, &l.attn_v],
             &mut [&mut st.q, &mut st.k, &mut st.v],
         )?;
-        b.rope(&mut st.q, positions, &rope.q)?;
-        b.rope(&mut st.k, positions, &rope.k)?;
-        b.kv_write(kv, kv_layer, first_slot, &st.k, &st.v)?;
+        b.rope_kv_write(
+            &mut st.q, &mut st.k, &st.v, positions, &rope.q, &rope.k, kv, kv_layer, first_slot,
+        )?;
         b.attention(&st.q, kv, kv_layer, first_slot, attn, &mut st.att)?;
         if seen(LinearInput::AttnOutput, &st.att)?.is_break() {
             return Ok(ControlFlow::Break(()));
         }
-        b.matmul(&st.att, &l.attn_output, &mut st.proj)?;
-        b.add_scaled(&mut st.x, &st.proj, c.residual_scale)?;
+        b.matmul_add(
+            &st.att,
+            &l.attn_output,
+            &mut st.proj,
+            &mut st.x,
+            c.residual_scale,
+        )?;
 
         // FFN (SwiGLU): h += residual_scale · W_down · (silu(W_gate·x) ⊙ W_up·x)
         b.rms_norm(&st.x, &l.ffn_norm, c.rms_eps, &mut st.xb)?;
@@ -282,8 +287,13 @@ impl<B: Backend> LlamaModel<B> {
         if seen(LinearInput::FfnDown, &st.gate)?.is_break() {
             return Ok(ControlFlow::Break(()));
         }
-        b.matmul(&st.gate, &l.ffn_down, &mut st.proj)?;
-        b.add_scaled(&mut st.x, &st.proj, c.residual_scale)?;
+        b.matmul_add(
+            &st.gate,
+            &l.ffn_down,
+            &mut st.proj,
+            &mut st.x,
+            c.residual_scale,
+        )?;
         Ok(ControlFlow::Continue(()))
     }
 

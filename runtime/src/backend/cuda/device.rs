@@ -48,6 +48,10 @@ pub(super) struct Gpu {
     pub name: String,
     /// Device memory in bytes.
     pub total_mem: usize,
+    /// Launch kernels with programmatic dependent launch (sm_90+, unless
+    /// `TERN_CUDA_PDL=0`): each may start launching while the previous one
+    /// runs; the kernels' `pdl_entry()` keeps the order (common.cuh).
+    pub pdl: bool,
 }
 
 impl Gpu {
@@ -82,12 +86,14 @@ impl Gpu {
             .map_err(|e| unavailable("device query", e))?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let total_mem = ctx.total_mem().unwrap_or(0);
+        let pdl = cc.0 >= 9 && std::env::var_os("TERN_CUDA_PDL").is_none_or(|v| v != "0");
         Ok(Gpu {
             ctx,
             stream,
             cc,
             name,
             total_mem,
+            pdl,
         })
     }
 
@@ -239,6 +245,31 @@ pub(super) fn launch(
         return Ok(());
     }
     let mut ptrs: Vec<*mut c_void> = args.iter_mut().map(Arg::as_void).collect();
+    if gpu.pdl {
+        // SAFETY: a zeroed attribute is a valid plain-data value; only the
+        // id and the one union field the id names are then set.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let cfg = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: 0,
+            hStream: gpu.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: as below; `cfg` and `attr` outlive the call.
+        return unsafe {
+            sys::cuLaunchKernelEx(&cfg, f, ptrs.as_mut_ptr(), std::ptr::null_mut())
+                .result()
+                .map_err(|e| gpu_err(name, e))
+        };
+    }
     // SAFETY: the argument list matches the kernel's signature (each call
     // site is written against its kernel), every pointer argument is a live
     // device buffer of the size the kernel indexes, and `ptrs` outlives the

@@ -29,8 +29,9 @@ pub const SOURCES: [(&str, &str); 5] = [
 ];
 
 /// Every kernel entry point the backend launches.
-pub const KERNEL_NAMES: [&str; 21] = [
+pub const KERNEL_NAMES: [&str; 22] = [
     "embed",
+    "rope_kv",
     "rms_norm",
     "rms_norm_q",
     "silu_mul_q",

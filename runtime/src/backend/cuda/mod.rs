@@ -430,7 +430,7 @@ impl CudaBackend {
                 );
             }
             let (xq, xs) = self.quantize_x(x)?;
-            return self.matvec_q(w, xq, xs, ntok, out);
+            return self.matvec_q(w, xq, xs, ntok, out, None);
         }
         // Big tiles only when they still fill the GPU.
         let big = rows >= 2048 && ntok >= 128;
@@ -508,7 +508,8 @@ impl CudaBackend {
         Ok((xq, xs))
     }
 
-    /// Quantized mat-vec of already quantized activations.
+    /// Quantized mat-vec of already quantized activations; with
+    /// `add = Some(s)`, `out += s · product` instead of `out = product`.
     fn matvec_q(
         &self,
         w: &CudaWeight,
@@ -516,6 +517,7 @@ impl CudaBackend {
         xs: u64,
         ntok: usize,
         out: &mut CudaTensor,
+        add: Option<f32>,
     ) -> Result<()> {
         let g = self.gpu()?;
         let kernel = if ntok == 1 { "matvec_q1" } else { "matvec_q" };
@@ -535,6 +537,8 @@ impl CudaBackend {
                 Arg::Ptr(xs),
                 Arg::I32(ntok as i32),
                 Arg::Ptr(out.buf.ptr),
+                Arg::I32(add.is_some() as i32),
+                Arg::F32(add.unwrap_or(0.0)),
             ],
         )
     }
@@ -865,9 +869,112 @@ impl Backend for CudaBackend {
             );
         }
         for (w, o) in ws.iter().zip(outs.iter_mut()) {
-            self.matvec_q(w, xq, xs, x.rows, o)?;
+            self.matvec_q(w, xq, xs, x.rows, o, None)?;
         }
         Ok(())
+    }
+
+    /// Decode: the residual add happens in the mat-vec's epilogue.
+    fn matmul_add(
+        &self,
+        x: &CudaTensor,
+        w: &CudaWeight,
+        tmp: &mut CudaTensor,
+        acc: &mut CudaTensor,
+        scale: f32,
+    ) -> Result<()> {
+        let fused = x.rows > 0
+            && x.rows <= MATVEC_MAX_ROWS
+            && !matches!(w.ty, GgmlType::F32 | GgmlType::F16)
+            && x.cols == w.cols
+            && (acc.rows, acc.cols) == (x.rows, w.rows);
+        if !fused {
+            self.matmul_impl(x, w, tmp)?;
+            return self.add_scaled(acc, tmp, scale);
+        }
+        self.wrote(acc);
+        let (xq, xs) = self.quantize_x(x)?;
+        self.matvec_q(w, xq, xs, x.rows, acc, Some(scale))
+    }
+
+    /// One kernel turns the queries and keys and stores keys and values.
+    fn rope_kv_write(
+        &self,
+        q: &mut CudaTensor,
+        k: &mut CudaTensor,
+        v: &CudaTensor,
+        positions: &[u32],
+        rope_q: &Rope,
+        rope_k: &Rope,
+        kv: &mut CudaKvCache,
+        layer: usize,
+        first_slot: usize,
+    ) -> Result<()> {
+        let spec = kv.spec;
+        let width = spec.n_head_kv * spec.head_dim;
+        let fits = rope_q.inv_freq == rope_k.inv_freq
+            && rope_q.n_rot == rope_k.n_rot
+            && rope_q.head_dim == spec.head_dim
+            && rope_k.head_dim == spec.head_dim
+            && rope_k.n_head == spec.n_head_kv
+            && rope_q.n_rot <= rope_q.head_dim
+            && rope_q.inv_freq.len() == rope_q.n_rot / 2
+            && spec.head_dim.is_multiple_of(2)
+            && positions.len() == q.rows
+            && q.cols == rope_q.n_head * spec.head_dim
+            && (k.rows, k.cols) == (q.rows, width)
+            && (v.rows, v.cols) == (q.rows, width)
+            && layer < spec.n_layer
+            && first_slot + q.rows <= spec.n_ctx;
+        if !fits || q.rows == 0 {
+            // The separate ops check (and explain) every shape themselves.
+            self.rope(q, positions, rope_q)?;
+            self.rope(k, positions, rope_k)?;
+            return self.kv_write(kv, layer, first_slot, k, v);
+        }
+        self.wrote(q);
+        self.wrote(k);
+        let freq: Vec<u32> = rope_q
+            .inv_freq
+            .iter()
+            .flat_map(|f| {
+                let b = f.to_bits();
+                [b as u32, (b >> 32) as u32]
+            })
+            .collect();
+        let mut m = self.lock();
+        let pos = self.stage(&mut m, Staged::Positions, positions)?;
+        // An empty table (n_rot 0) still needs a valid address.
+        let fr = self.stage(
+            &mut m,
+            Staged::Const,
+            if freq.is_empty() { &[0, 0] } else { &freq },
+        )?;
+        let fs = self.stage(&mut m, Staged::FirstSlot, &[first_slot as u32])?;
+        drop(m);
+        let hp = spec.head_dim / 2;
+        let n = q.rows * (rope_q.n_head + spec.n_head_kv) * hp + q.rows * width / 2;
+        let (kc, vc) = &kv.layers[layer];
+        self.elementwise(
+            "rope_kv",
+            &mut [
+                Arg::Ptr(q.buf.ptr),
+                Arg::Ptr(k.buf.ptr),
+                Arg::Ptr(v.buf.ptr),
+                Arg::Ptr(pos),
+                Arg::Ptr(fr),
+                Arg::I32(rope_q.n_head as i32),
+                Arg::I32(spec.n_head_kv as i32),
+                Arg::I32(spec.head_dim as i32),
+                Arg::I32(rope_q.n_rot as i32),
+                Arg::I32(q.rows as i32),
+                Arg::Ptr(kc.ptr),
+                Arg::Ptr(vc.ptr),
+                Arg::Ptr(fs),
+                Arg::I32((spec.ty == KvType::F16) as i32),
+            ],
+            n,
+        )
     }
 
     fn rope(&self, x: &mut CudaTensor, positions: &[u32], rope: &Rope) -> Result<()> {
@@ -1033,6 +1140,16 @@ impl Backend for CudaBackend {
         } else {
             (0, 0)
         };
+        // Decode: the merge also leaves the output's 8-bit quantization for
+        // the output projection.
+        let (xq, xs) = if n_split > 1 && q.rows <= MATVEC_MAX_ROWS && p.head_dim.is_multiple_of(32)
+        {
+            let r = self.qscratch(&mut m, out.rows * out.cols / 32)?;
+            m.qmemo = Some((out.buf.ptr, out.rows, out.cols));
+            r
+        } else {
+            (0, 0)
+        };
         drop(m);
         let g = self.gpu()?;
         let (kc, vc) = &kv.layers[layer];
@@ -1097,6 +1214,8 @@ impl Backend for CudaBackend {
                     Arg::I32(n_split as i32),
                     Arg::I32(p.head_dim as i32),
                     Arg::Ptr(out.buf.ptr),
+                    Arg::Ptr(xq),
+                    Arg::Ptr(xs),
                 ],
             )?;
         }

@@ -122,6 +122,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_partial(
     const float* q, const u8* kc, const u8* vc, const u32* first_slot, int n_head, int n_head_kv,
     int head_dim, float scale, int chunk, int n_split, int f16, float* out, float* part_o,
     float2* part_ml) {
+    pdl_entry();
     if (f16)
         attn_partial_impl<true>(q, kc, vc, first_slot, n_head, n_head_kv, head_dim, scale, chunk,
                                 n_split, out, part_o, part_ml);
@@ -131,20 +132,32 @@ extern "C" __global__ void __launch_bounds__(128) attn_partial(
 }
 
 // Merge the splits of one (token, head): o = Σ_s o_s·e^{m_s−M} / Σ_s l_s·e^{m_s−M}.
+// With xq non-null (head_dim % 32 == 0) it also leaves the 8-bit
+// quantization of the output for the output projection's mat-vec.
 extern "C" __global__ void attn_combine(const float* part_o, const float2* part_ml, int n_split,
-                                        int head_dim, float* out) {
+                                        int head_dim, float* out, signed char* xq, float2* xs) {
+    pdl_entry();
     long long row = blockIdx.x;
+    int lane = threadIdx.x % 32;
     const float2* ml = part_ml + row * n_split;
     float M = NEG_INF;
     for (int s = 0; s < n_split; s++) M = fmaxf(M, ml[s].x);
     float L = 0.f;
     for (int s = 0; s < n_split; s++)
         if (ml[s].x != NEG_INF) L += ml[s].y * __expf(ml[s].x - M);
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float acc = 0.f;
-        for (int s = 0; s < n_split; s++)
-            if (ml[s].x != NEG_INF) acc += part_o[(row * n_split + s) * head_dim + d] * __expf(ml[s].x - M);
-        out[row * head_dim + d] = L > 0.f ? acc / L : 0.f;
+    // Each warp takes whole 32-element slices, so it can quantize them.
+    for (int d0 = threadIdx.x - lane; d0 < head_dim; d0 += blockDim.x) {
+        int d = d0 + lane;
+        float v = 0.f;
+        if (d < head_dim) {
+            float acc = 0.f;
+            for (int s = 0; s < n_split; s++)
+                if (ml[s].x != NEG_INF)
+                    acc += part_o[(row * n_split + s) * head_dim + d] * __expf(ml[s].x - M);
+            v = L > 0.f ? acc / L : 0.f;
+            out[row * head_dim + d] = v;
+        }
+        if (xq) quantize_lane(v, xq, xs, (row * head_dim + d0) / 32);
     }
 }
 
@@ -278,6 +291,7 @@ __device__ __forceinline__ void attn_gqa_impl(const float* q, const u8* kc, cons
 extern "C" __global__ void __launch_bounds__(128) attn_decode_gqa(
     const float* q, const u8* kc, const u8* vc, const u32* first_slot, int n_head, int n_head_kv,
     int head_dim, float scale, int chunk, int n_split, int f16, float* part_o, float2* part_ml) {
+    pdl_entry();
     // Declared here, not in the templated body: one copy shared by every
     // instantiation (per-instantiation arrays would add up past the limit).
     __shared__ __align__(16) float sq[2048];

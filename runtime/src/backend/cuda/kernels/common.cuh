@@ -2,6 +2,16 @@
 // through PTX (so no toolkit header is needed under NVRTC), warp
 // reductions, and the weight layout every matmul and embedding reads.
 //
+// Programmatic dependent launch (sm_90+): the host launches every kernel
+// allowed to start before the previous one has finished, so its launch and
+// block scheduling overlap the previous kernel's work. Each kernel's first
+// statement is pdl_entry(): it waits until the previous kernel has finished
+// and its writes are visible (so no read or write in this kernel can race
+// one in the previous kernel), then lets the next kernel begin launching.
+// Because every kernel waits on its predecessor, the order is transitive.
+// On older GPUs, and when launched without the attribute, it does nothing.
+// A test (runtime/tests/cuda_nvrtc.rs) checks that every kernel begins with it.
+//
 // Weight layout (packed on the host at load, see backend/cuda/mod.rs):
 //   F32 / F16  : rows × cols values, row-major.
 //   Q8_0       : qs  = rows × (cols/32) × 32 int8,  then d = rows × (cols/32) f16.
@@ -67,4 +77,24 @@ __device__ __forceinline__ float weight_at(int ty, const u8* w, long long rows, 
     if (ty == TY_Q4_0) return h2f(d[b]) * (float)(q - 8);
     const u16* m = d + rows * nb;
     return h2f(d[b]) * (float)q + h2f(m[b]);
+}
+
+__device__ __forceinline__ void pdl_entry() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Quantize 32 values held one per lane into an 8-bit block (the decode
+// mat-vecs' activation format, as quantize_act in matvec.cu writes it),
+// lane 0 writing the scales. The whole warp must call it.
+__device__ __forceinline__ void quantize_lane(float v, signed char* xq, float2* xs, long long b) {
+    int lane = threadIdx.x % 32;
+    float amax = warp_max(fabsf(v));
+    float d = amax / 127.f;
+    int q = d == 0.f ? 0 : __float2int_rn(v / d);
+    xq[b * 32 + lane] = (signed char)q;
+    float s = warp_sum((float)q);
+    if (lane == 0) xs[b] = make_float2(d, d * s);
 }

@@ -6,6 +6,7 @@
 
 extern "C" __global__ void embed(const u8* w, int ty, long long rows, long long cols,
                                  const u32* ids, float scale, float* out) {
+    pdl_entry();
     long long t = blockIdx.x;
     long long r = ids[t];
     for (long long c = threadIdx.x; c < cols; c += blockDim.x)
@@ -15,6 +16,7 @@ extern "C" __global__ void embed(const u8* w, int ty, long long rows, long long 
 // One block per row; the sum of squares in f32 per thread, then a tree.
 extern "C" __global__ void rms_norm(const float* x, const float* w, float eps, int cols,
                                     float* out) {
+    pdl_entry();
     __shared__ float part[32];
     const float* xr = x + (long long)blockIdx.x * cols;
     float* o = out + (long long)blockIdx.x * cols;
@@ -35,22 +37,11 @@ extern "C" __global__ void rms_norm(const float* x, const float* w, float eps, i
     for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = xr[c] * s * w[c];
 }
 
-// Quantize 32 values held one per lane into an 8-bit block (as
-// quantize_act in matvec.cu does), lane 0 writing the scales.
-__device__ __forceinline__ void quantize_lane(float v, signed char* xq, float2* xs, long long b) {
-    int lane = threadIdx.x % 32;
-    float amax = warp_max(fabsf(v));
-    float d = amax / 127.f;
-    int q = d == 0.f ? 0 : __float2int_rn(v / d);
-    xq[b * 32 + lane] = (signed char)q;
-    float s = warp_sum((float)q);
-    if (lane == 0) xs[b] = make_float2(d, d * s);
-}
-
 // RMSNorm of one row that also leaves its 8-bit quantization for the
 // decode mat-vecs (one launch instead of two). cols % 32 == 0.
 extern "C" __global__ void rms_norm_q(const float* x, const float* w, float eps, int cols,
                                       float* out, signed char* xq, float2* xs) {
+    pdl_entry();
     __shared__ float part[32];
     const float* xr = x + (long long)blockIdx.x * cols;
     float* o = out + (long long)blockIdx.x * cols;
@@ -82,6 +73,7 @@ extern "C" __global__ void rms_norm_q(const float* x, const float* w, float eps,
 // 32-block. n % 32 == 0.
 extern "C" __global__ void silu_mul_q(float* gate, const float* up, long long n, signed char* xq,
                                       float2* xs) {
+    pdl_entry();
     long long b = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (b * 32 >= n) return;
     long long i = b * 32 + threadIdx.x % 32;
@@ -95,6 +87,7 @@ extern "C" __global__ void silu_mul_q(float* gate, const float* up, long long n,
 // Angles in f64 as on the CPU, so long positions lose nothing.
 extern "C" __global__ void rope(float* x, const u32* pos, const double* inv_freq, int n_head,
                                 int head_dim, int n_rot, int rows) {
+    pdl_entry();
     int half = n_rot / 2;
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long total = (long long)rows * n_head * half;
@@ -113,7 +106,67 @@ extern "C" __global__ void rope(float* x, const u32* pos, const double* inv_freq
     v[1] = x0 * s + x1 * c;
 }
 
+// Decode's RoPE and KV-cache write in one launch. Items [0, nq) turn the
+// query pairs, [nq, nq + nk) turn the key pairs and store them in the cache
+// (slot first_slot[0] + t), and the rest copy value pairs into the cache.
+// Pairs at or past n_rot / 2 are not turned (keys are still stored). The
+// arithmetic is rope's and kv_write's exactly.
+extern "C" __global__ void rope_kv(float* q, float* k, const float* v, const u32* pos,
+                                   const double* inv_freq, int n_head, int n_head_kv,
+                                   int head_dim, int n_rot, int rows, u8* kc, u8* vc,
+                                   const u32* first_slot, int f16) {
+    pdl_entry();
+    int hp = head_dim / 2, half = n_rot / 2;
+    long long width = (long long)n_head_kv * head_dim;
+    long long nq = (long long)rows * n_head * hp;
+    long long nk = (long long)rows * n_head_kv * hp;
+    long long nv = (long long)rows * width / 2;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long base = (long long)first_slot[0] * width;
+    if (i < nq + nk) {
+        bool is_k = i >= nq;
+        long long j = is_k ? i - nq : i;
+        int p = (int)(j % hp);
+        long long th = j / hp; // t · heads + h
+        int heads = is_k ? n_head_kv : n_head;
+        long long t = th / heads;
+        float* x = (is_k ? k : q) + th * head_dim + 2 * p;
+        float x0 = x[0], x1 = x[1];
+        if (p < half) {
+            double theta = (double)pos[t] * inv_freq[p];
+            double sn, cs;
+            sincos(theta, &sn, &cs);
+            float c = (float)cs, s = (float)sn;
+            float y0 = x0 * c - x1 * s, y1 = x0 * s + x1 * c;
+            x[0] = y0;
+            x[1] = y1;
+            x0 = y0;
+            x1 = y1;
+        }
+        if (is_k) {
+            long long dst = base + th * head_dim + 2 * p;
+            if (f16) {
+                ((u16*)kc)[dst] = f2h(x0);
+                ((u16*)kc)[dst + 1] = f2h(x1);
+            } else {
+                ((float*)kc)[dst] = x0;
+                ((float*)kc)[dst + 1] = x1;
+            }
+        }
+    } else if (i < nq + nk + nv) {
+        long long j = 2 * (i - nq - nk);
+        if (f16) {
+            ((u16*)vc)[base + j] = f2h(v[j]);
+            ((u16*)vc)[base + j + 1] = f2h(v[j + 1]);
+        } else {
+            ((float*)vc)[base + j] = v[j];
+            ((float*)vc)[base + j + 1] = v[j + 1];
+        }
+    }
+}
+
 extern "C" __global__ void silu_mul(float* gate, const float* up, long long n) {
+    pdl_entry();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         float g = gate[i];
@@ -122,16 +175,19 @@ extern "C" __global__ void silu_mul(float* gate, const float* up, long long n) {
 }
 
 extern "C" __global__ void add_scaled(float* acc, const float* x, float s, long long n) {
+    pdl_entry();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) acc[i] += s * x[i];
 }
 
 extern "C" __global__ void scale(float* x, float s, long long n) {
+    pdl_entry();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] *= s;
 }
 
 extern "C" __global__ void gather_rows(const float* x, const u32* rows, int cols, float* out) {
+    pdl_entry();
     long long r = rows[blockIdx.x];
     for (int c = threadIdx.x; c < cols; c += blockDim.x)
         out[(long long)blockIdx.x * cols + c] = x[r * cols + c];
@@ -140,6 +196,7 @@ extern "C" __global__ void gather_rows(const float* x, const u32* rows, int cols
 // K and V rows of this batch into slots first_slot[0] + t; f16 or f32 cache.
 extern "C" __global__ void kv_write(const float* k, const float* v, u8* kc, u8* vc,
                                     const u32* first_slot, int width, int rows, int f16) {
+    pdl_entry();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)rows * width) return;
     long long dst = (long long)first_slot[0] * width + i;
@@ -154,6 +211,7 @@ extern "C" __global__ void kv_write(const float* k, const float* v, u8* kc, u8* 
 
 // Index of the largest value of each row (the first on ties), for greedy decoding.
 extern "C" __global__ void argmax_rows(const float* x, int cols, u32* out) {
+    pdl_entry();
     __shared__ float bv[32];
     __shared__ int bi[32];
     const float* r = x + (long long)blockIdx.x * cols;

@@ -210,6 +210,7 @@ __device__ __forceinline__ void matmul_mma_impl(const u8* w, int ty, int rows, i
 extern "C" __global__ void __launch_bounds__(128) matmul_mma(const u8* w, int ty, int rows,
                                                              int cols, const float* x, int ntok,
                                                              float* out) {
+    pdl_entry();
     __shared__ __align__(16) u16 sw[64 * MM_LD];
     __shared__ __align__(16) u16 sx[64 * MM_LD];
     matmul_mma_impl<64, 64, 2, 2>(w, ty, rows, cols, x, ntok, out, sw, sx);
@@ -219,6 +220,7 @@ extern "C" __global__ void __launch_bounds__(128) matmul_mma(const u8* w, int ty
 extern "C" __global__ void __launch_bounds__(256) matmul_mma_big(const u8* w, int ty, int rows,
                                                                  int cols, const float* x,
                                                                  int ntok, float* out) {
+    pdl_entry();
     __shared__ __align__(16) u16 sw[128 * MM_LD];
     __shared__ __align__(16) u16 sx[128 * MM_LD];
     matmul_mma_impl<128, 128, 2, 4>(w, ty, rows, cols, x, ntok, out, sw, sx);

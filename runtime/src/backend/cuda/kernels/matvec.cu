@@ -17,16 +17,10 @@
 // One warp per 32-element block of one row: xq = round(x/d), d = amax/127.
 extern "C" __global__ void quantize_act(const float* x, long long nblocks, signed char* xq,
                                         float2* xs) {
+    pdl_entry();
     long long b = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (b >= nblocks) return;
-    int lane = threadIdx.x % 32;
-    float v = x[b * 32 + lane];
-    float amax = warp_max(fabsf(v));
-    float d = amax / 127.f;
-    int q = d == 0.f ? 0 : __float2int_rn(v / d);
-    xq[b * 32 + lane] = (signed char)q;
-    float s = warp_sum((float)q);
-    if (lane == 0) xs[b] = make_float2(d, d * s);
+    quantize_lane(x[b * 32 + threadIdx.x % 32], xq, xs, b);
 }
 
 // Dot of one 32-element weight block with one activation block.
@@ -62,7 +56,7 @@ __device__ __forceinline__ float block_dot(int ty, int4 wa, int4 wb, float d, fl
 template <int NT>
 __device__ __forceinline__ void matvec_q_impl(const u8* w, int ty, int rows, int cols,
                                               const signed char* xq, const float2* xs, int ntok,
-                                              float* out, int block) {
+                                              float* out, int block, int add, float res) {
     int lane = threadIdx.x % 32;
     int row0 = (block * (blockDim.x / 32) + threadIdx.x / 32) * MV_ROWS;
     if (row0 >= rows) return;
@@ -118,16 +112,21 @@ __device__ __forceinline__ void matvec_q_impl(const u8* w, int ty, int rows, int
         for (int t = 0; t < NT; t++) {
             float v = warp_sum(acc[i][t]);
             int r = row0 + i;
-            if (lane == 0 && t < ntok && r < rows) out[(long long)t * rows + r] = v;
+            if (lane == 0 && t < ntok && r < rows) {
+                float* o = out + (long long)t * rows + r;
+                *o = add ? *o + res * v : v;
+            }
         }
     }
 }
 
-// One token (decode).
+// One token (decode). With add != 0 the product is added, × res, to what
+// `out` holds (the residual update fused into the projection).
 extern "C" __global__ void matvec_q1(const u8* w, int ty, int rows, int cols,
                                      const signed char* xq, const float2* xs, int ntok,
-                                     float* out) {
-    matvec_q_impl<1>(w, ty, rows, cols, xq, xs, 1, out, blockIdx.x);
+                                     float* out, int add, float res) {
+    pdl_entry();
+    matvec_q_impl<1>(w, ty, rows, cols, xq, xs, 1, out, blockIdx.x, add, res);
 }
 
 // One token against up to three weights that share the input (q/k/v,
@@ -138,25 +137,29 @@ extern "C" __global__ void matvec_q1_multi(const u8* w0, int ty0, int rows0, flo
                                            const u8* w2, int ty2, int rows2, float* out2,
                                            int nb0, int nb1, int cols, const signed char* xq,
                                            const float2* xs) {
+    pdl_entry();
     int b = blockIdx.x;
     if (b < nb0) {
-        matvec_q_impl<1>(w0, ty0, rows0, cols, xq, xs, 1, out0, b);
+        matvec_q_impl<1>(w0, ty0, rows0, cols, xq, xs, 1, out0, b, 0, 0.f);
     } else if (b < nb0 + nb1) {
-        matvec_q_impl<1>(w1, ty1, rows1, cols, xq, xs, 1, out1, b - nb0);
+        matvec_q_impl<1>(w1, ty1, rows1, cols, xq, xs, 1, out1, b - nb0, 0, 0.f);
     } else {
-        matvec_q_impl<1>(w2, ty2, rows2, cols, xq, xs, 1, out2, b - nb0 - nb1);
+        matvec_q_impl<1>(w2, ty2, rows2, cols, xq, xs, 1, out2, b - nb0 - nb1, 0, 0.f);
     }
 }
 
-// Up to MV_MAXT tokens (short batches, speculative verification).
+// Up to MV_MAXT tokens (short batches, speculative verification); add and
+// res as for matvec_q1.
 extern "C" __global__ void matvec_q(const u8* w, int ty, int rows, int cols, const signed char* xq,
-                                    const float2* xs, int ntok, float* out) {
-    matvec_q_impl<MV_MAXT>(w, ty, rows, cols, xq, xs, ntok, out, blockIdx.x);
+                                    const float2* xs, int ntok, float* out, int add, float res) {
+    pdl_entry();
+    matvec_q_impl<MV_MAXT>(w, ty, rows, cols, xq, xs, ntok, out, blockIdx.x, add, res);
 }
 
 // F16 / F32 weights: one warp per row, 8 columns per lane per step.
 extern "C" __global__ void matvec_f(const u8* w, int ty, int rows, int cols, const float* x,
                                     int ntok, float* out) {
+    pdl_entry();
     int lane = threadIdx.x % 32;
     int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (r >= rows) return;
