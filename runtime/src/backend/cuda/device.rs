@@ -52,6 +52,9 @@ pub(super) struct Gpu {
     /// `TERN_CUDA_PDL=0`): each may start launching while the previous one
     /// runs; the kernels' `pdl_entry()` keeps the order (common.cuh).
     pub pdl: bool,
+    /// `TERN_CUDA_PROFILE=1`: every eager launch is timed with a pair of
+    /// events (name and grid, start, end), reported by [`Gpu::profile_report`].
+    pub prof: Option<std::sync::Mutex<Vec<TimedLaunch>>>,
 }
 
 impl Gpu {
@@ -94,6 +97,7 @@ impl Gpu {
             name,
             total_mem,
             pdl,
+            prof: profiling().then(|| std::sync::Mutex::new(Vec::new())),
         })
     }
 
@@ -245,6 +249,31 @@ pub(super) fn launch(
         return Ok(());
     }
     let mut ptrs: Vec<*mut c_void> = args.iter_mut().map(Arg::as_void).collect();
+    let timed = gpu
+        .prof
+        .as_ref()
+        .and_then(|_| gpu.event_pair(&format!("{name} {grid:?}x{block}")));
+    let r = launch_raw(gpu, f, name, grid, block, &mut ptrs);
+    if let (Some(p), Some((label, ev0, ev1))) = (gpu.prof.as_ref(), timed) {
+        // SAFETY: both events were created by event_pair on this context.
+        unsafe {
+            let _ = sys::cuEventRecord(ev1, gpu.cu_stream());
+        }
+        p.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(TimedLaunch(label, ev0, ev1));
+    }
+    r
+}
+
+fn launch_raw(
+    gpu: &Gpu,
+    f: sys::CUfunction,
+    name: &str,
+    grid: (u32, u32, u32),
+    block: u32,
+    ptrs: &mut [*mut c_void],
+) -> Result<()> {
     if gpu.pdl {
         // SAFETY: a zeroed attribute is a valid plain-data value; only the
         // id and the one union field the id names are then set.
@@ -275,8 +304,86 @@ pub(super) fn launch(
     // device buffer of the size the kernel indexes, and `ptrs` outlives the
     // call (cuLaunchKernel copies the values before returning).
     unsafe {
-        result::launch_kernel(f, grid, (block, 1, 1), 0, gpu.cu_stream(), &mut ptrs)
+        let mut v = ptrs.to_vec();
+        result::launch_kernel(f, grid, (block, 1, 1), 0, gpu.cu_stream(), &mut v)
             .map_err(|e| gpu_err(name, e))
+    }
+}
+
+/// One timed launch: its label and the events recorded around it.
+pub(super) struct TimedLaunch(String, sys::CUevent, sys::CUevent);
+
+// SAFETY: events are plain driver handles, used under the profile's lock
+// and on the context that made them.
+unsafe impl Send for TimedLaunch {}
+
+/// Whether `TERN_CUDA_PROFILE=1` asks for per-kernel timing (which also
+/// turns graph capture off, so every step runs eagerly).
+pub(super) fn profiling() -> bool {
+    std::env::var_os("TERN_CUDA_PROFILE").is_some_and(|v| v == "1")
+}
+
+impl Gpu {
+    /// Two timing events with the first recorded now, unless the stream is
+    /// being captured (a graph's launches are not timed one by one).
+    fn event_pair(&self, label: &str) -> Option<(String, sys::CUevent, sys::CUevent)> {
+        let stream = self.cu_stream();
+        let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+        // SAFETY: plain driver queries and event creation on our context.
+        unsafe {
+            sys::cuStreamIsCapturing(stream, &mut status)
+                .result()
+                .ok()?;
+            if status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+                return None;
+            }
+            let (mut a, mut b) = (std::ptr::null_mut(), std::ptr::null_mut());
+            sys::cuEventCreate(&mut a, 0).result().ok()?;
+            if sys::cuEventCreate(&mut b, 0).result().is_err() {
+                let _ = sys::cuEventDestroy_v2(a);
+                return None;
+            }
+            let _ = sys::cuEventRecord(a, stream);
+            Some((label.to_string(), a, b))
+        }
+    }
+
+    /// Per-kernel totals of the timed launches so far (then forgotten),
+    /// largest first: `label  count  total µs  mean µs`.
+    pub fn profile_report(&self) -> Option<String> {
+        let p = self.prof.as_ref()?;
+        let entries = std::mem::take(&mut *p.lock().unwrap_or_else(|e| e.into_inner()));
+        self.sync("profile").ok()?;
+        let mut by: Vec<(String, usize, f64)> = Vec::new();
+        for TimedLaunch(label, a, b) in entries {
+            let mut ms = 0f32;
+            // SAFETY: both events were recorded on our stream, which is idle.
+            unsafe {
+                let ok = sys::cuEventElapsedTime(&mut ms, a, b).result().is_ok();
+                let _ = sys::cuEventDestroy_v2(a);
+                let _ = sys::cuEventDestroy_v2(b);
+                if !ok {
+                    continue;
+                }
+            }
+            match by.iter_mut().find(|(l, _, _)| *l == label) {
+                Some(e) => {
+                    e.1 += 1;
+                    e.2 += ms as f64 * 1e3;
+                }
+                None => by.push((label, 1, ms as f64 * 1e3)),
+            }
+        }
+        by.sort_by(|a, b| b.2.total_cmp(&a.2));
+        let total: f64 = by.iter().map(|e| e.2).sum();
+        let mut out = format!("cuda profile: {total:.0} µs in timed kernels\n");
+        for (label, n, us) in by {
+            out.push_str(&format!(
+                "{label:<48} {n:>7} {us:>11.1} µs {:>8.2} µs\n",
+                us / n as f64
+            ));
+        }
+        Some(out)
     }
 }
 

@@ -322,6 +322,14 @@ struct StepGraph {
 // SAFETY: the graph handles are only used under the backend's step lock.
 unsafe impl Send for StepGraph {}
 
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(r) = self.gpu.profile_report() {
+            eprint!("{r}");
+        }
+    }
+}
+
 impl Drop for StepGraph {
     fn drop(&mut self) {
         // SAFETY: created by end_capture/instantiate, destroyed once.
@@ -345,6 +353,19 @@ fn ty_code(ty: GgmlType) -> i32 {
         GgmlType::Q8_0 => 8,
         _ => -1,
     }
+}
+
+/// Blocks per token a decode attention aims for (the key splits are sized
+/// from it): 256, or `TERN_CUDA_ATTN_BLOCKS` (64..=4096) for experiments.
+fn attn_blocks() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("TERN_CUDA_ATTN_BLOCKS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|v| (64..=4096).contains(v))
+            .unwrap_or(256)
+    })
 }
 
 fn blocks(n: usize, per: usize) -> u32 {
@@ -770,7 +791,7 @@ impl Backend for CudaBackend {
                 g,
                 self.f("rms_norm_q"),
                 "rms_norm",
-                (x.rows as u32, 1, 1),
+                (blocks(x.cols / 32, 8), x.rows as u32, 1),
                 256,
                 &mut [
                     Arg::Ptr(x.buf.ptr),
@@ -1113,15 +1134,20 @@ impl Backend for CudaBackend {
             && group * p.head_dim <= 2048
             && spec.n_ctx > 64;
         let (chunk, n_split) = if q.rows <= MATVEC_MAX_ROWS {
-            // About 256 blocks per token, keys at least 64 per block.
+            // About attn_blocks() blocks per token, keys at least 64 per block.
+            let target = attn_blocks();
             let per_split = if gqa { p.n_head_kv } else { p.n_head };
-            let want = (256 / per_split.max(1)).clamp(32, 256);
+            let want = (target / per_split.max(1)).clamp(32, target.max(32));
             let chunk = spec.n_ctx.div_ceil(want).max(64);
             (chunk, spec.n_ctx.div_ceil(chunk))
         } else {
             (spec.n_ctx, 1)
         };
         let gqa = gqa && n_split > 1;
+        if n_split > 4096 {
+            // attn_combine's COMBINE_MAXS; attn_blocks() keeps below it.
+            return Err(shape_err("attention", format!("{n_split} key splits")));
+        }
         let mut m = self.lock();
         let fs = self.stage(&mut m, Staged::FirstSlot, &[first_slot as u32])?;
         let rows_heads = q.rows * p.n_head;
@@ -1373,7 +1399,8 @@ impl CudaBackend {
     ) -> Result<()> {
         let g = self.gpu()?;
         let shape = (inputs.tokens.len(), inputs.outputs.len());
-        let graphs_on = std::env::var_os("TERN_CUDA_GRAPHS").is_none_or(|v| v != "0");
+        let graphs_on =
+            std::env::var_os("TERN_CUDA_GRAPHS").is_none_or(|v| v != "0") && !device::profiling();
         if !graphs_on || shape.0 > MATVEC_MAX_ROWS {
             return ops(kv);
         }

@@ -11,7 +11,6 @@
 // head h reads KV head h / (n_head / n_head_kv).
 
 #define ATT_WARPS 4
-#define ATT_MAXD 8 // head_dim ≤ 256
 
 // Key/value element i of a cache row as f32.
 template <bool F16>
@@ -20,13 +19,17 @@ __device__ __forceinline__ float kv_at(const u8* c, long long i) {
 }
 
 // q·k for the key row at `row` (element offset): each lane reads its own
-// row with 16-byte loads, all independent, so many are in flight.
-template <bool F16>
+// row with 16-byte loads, all independent; the loops have compile-time
+// bounds (ND = head_dim / 32 rounded up) so they unroll and every load is
+// in flight at once.
+template <bool F16, int ND>
 __device__ __forceinline__ float qk_row(const float* sq, const u8* kc, long long row, int head_dim) {
     float dot = 0.f;
     if (F16) {
         const uint4* p = (const uint4*)((const u16*)kc + row);
-        for (int c = 0; c < head_dim / 8; c++) {
+#pragma unroll
+        for (int c = 0; c < 4 * ND; c++) {
+            if (c >= head_dim / 8) break;
             uint4 v = p[c];
             u32 w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
@@ -37,7 +40,9 @@ __device__ __forceinline__ float qk_row(const float* sq, const u8* kc, long long
         }
     } else {
         const float4* p = (const float4*)((const float*)kc + row);
-        for (int c = 0; c < head_dim / 4; c++) {
+#pragma unroll
+        for (int c = 0; c < 8 * ND; c++) {
+            if (c >= head_dim / 4) break;
             float4 v = p[c];
             dot += sq[4 * c] * v.x + sq[4 * c + 1] * v.y + sq[4 * c + 2] * v.z + sq[4 * c + 3] * v.w;
         }
@@ -48,15 +53,13 @@ __device__ __forceinline__ float qk_row(const float* sq, const u8* kc, long long
 // Keys are taken 32 at a time per warp: lane j scores key j of the tile
 // (its own row, read with wide loads), the tile's softmax terms come from
 // warp reductions, then each lane accumulates its slice of the head
-// dimension over the tile's 32 value rows (coalesced across the warp).
-template <bool F16>
+// dimension over the tile's 32 value rows (coalesced across the warp),
+// eight rows' loads issued before their products. ND = ceil(head_dim / 32).
+template <bool F16, int ND>
 __device__ __forceinline__ void attn_partial_impl(
     const float* q, const u8* kc, const u8* vc, const u32* first_slot, int n_head, int n_head_kv,
     int head_dim, float scale, int chunk, int n_split, float* out, float* part_o,
-    float2* part_ml) {
-    __shared__ __align__(16) float sq[256];
-    __shared__ float so[ATT_WARPS][256];
-    __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
+    float2* part_ml, float* sq, float (*so)[256], float* sm, float* sl) {
     int s = blockIdx.x, h = blockIdx.y, t = blockIdx.z;
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     int hk = h / (n_head / n_head_kv);
@@ -68,35 +71,46 @@ __device__ __forceinline__ void attn_partial_impl(
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) sq[d] = qr[d] * scale;
     __syncthreads();
 
-    float m = NEG_INF, l = 0.f, o[ATT_MAXD];
+    float m = NEG_INF, l = 0.f, o[ND];
 #pragma unroll
-    for (int i = 0; i < ATT_MAXD; i++) o[i] = 0.f;
+    for (int i = 0; i < ND; i++) o[i] = 0.f;
     long long off = (long long)hk * head_dim;
     for (long long j0 = k0 + 32 * warp; j0 < k1; j0 += 32 * ATT_WARPS) {
         long long j = j0 + lane;
         bool valid = j < k1;
-        float sc = valid ? qk_row<F16>(sq, kc, j * width + off, head_dim) : NEG_INF;
+        float sc = valid ? qk_row<F16, ND>(sq, kc, j * width + off, head_dim) : NEG_INF;
         float mn = fmaxf(m, warp_max(sc));
         float corr = __expf(m - mn);
         float p = valid ? __expf(sc - mn) : 0.f;
         l = l * corr + warp_sum(p);
 #pragma unroll
-        for (int i = 0; i < ATT_MAXD; i++) o[i] *= corr;
+        for (int i = 0; i < ND; i++) o[i] *= corr;
         int n = (int)min((long long)32, k1 - j0);
-        for (int jj = 0; jj < n; jj++) {
-            float pj = __shfl_sync(0xffffffffu, p, jj);
-            long long base = (j0 + jj) * width + off;
+        for (int u0 = 0; u0 < n; u0 += 8) {
+            // Rows past the tile's end repeat its last row; their weight
+            // (an invalid lane's p) is 0.
+            float vv[8][ND];
 #pragma unroll
-            for (int i = 0; i < ATT_MAXD; i++) {
-                int d = lane + 32 * i;
-                if (d < head_dim) o[i] += pj * kv_at<F16>(vc, base + d);
+            for (int u = 0; u < 8; u++) {
+                long long base = min(j0 + u0 + u, k1 - 1) * width + off;
+#pragma unroll
+                for (int i = 0; i < ND; i++) {
+                    int d = lane + 32 * i;
+                    vv[u][i] = d < head_dim ? kv_at<F16>(vc, base + d) : 0.f;
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                float pj = __shfl_sync(0xffffffffu, p, u0 + u);
+#pragma unroll
+                for (int i = 0; i < ND; i++) o[i] += pj * vv[u][i];
             }
         }
         m = mn;
     }
     if (lane == 0) { sm[warp] = m; sl[warp] = l; }
 #pragma unroll
-    for (int i = 0; i < ATT_MAXD; i++) {
+    for (int i = 0; i < ND; i++) {
         int d = lane + 32 * i;
         if (d < head_dim) so[warp][d] = o[i];
     }
@@ -118,42 +132,99 @@ __device__ __forceinline__ void attn_partial_impl(
     if (n_split > 1 && threadIdx.x == 0) part_ml[row * n_split + s] = make_float2(M, L);
 }
 
+#define PARTIAL_CASE(ND)                                                                         \
+    if (f16)                                                                                     \
+        attn_partial_impl<true, ND>(q, kc, vc, first_slot, n_head, n_head_kv, head_dim, scale,   \
+                                    chunk, n_split, out, part_o, part_ml, sq, so, sm, sl);       \
+    else                                                                                         \
+        attn_partial_impl<false, ND>(q, kc, vc, first_slot, n_head, n_head_kv, head_dim, scale,  \
+                                     chunk, n_split, out, part_o, part_ml, sq, so, sm, sl);
+
 extern "C" __global__ void __launch_bounds__(128) attn_partial(
     const float* q, const u8* kc, const u8* vc, const u32* first_slot, int n_head, int n_head_kv,
     int head_dim, float scale, int chunk, int n_split, int f16, float* out, float* part_o,
     float2* part_ml) {
     pdl_entry();
-    if (f16)
-        attn_partial_impl<true>(q, kc, vc, first_slot, n_head, n_head_kv, head_dim, scale, chunk,
-                                n_split, out, part_o, part_ml);
-    else
-        attn_partial_impl<false>(q, kc, vc, first_slot, n_head, n_head_kv, head_dim, scale, chunk,
-                                 n_split, out, part_o, part_ml);
+    // Declared here, not in the templated body: one copy shared by every
+    // instantiation.
+    __shared__ __align__(16) float sq[256];
+    __shared__ float so[ATT_WARPS][256];
+    __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
+    if (head_dim <= 64) {
+        PARTIAL_CASE(2)
+    } else if (head_dim <= 128) {
+        PARTIAL_CASE(4)
+    } else {
+        PARTIAL_CASE(8)
+    }
 }
 
 // Merge the splits of one (token, head): o = Σ_s o_s·e^{m_s−M} / Σ_s l_s·e^{m_s−M}.
-// With xq non-null (head_dim % 32 == 0) it also leaves the 8-bit
-// quantization of the output for the output projection's mat-vec.
-extern "C" __global__ void attn_combine(const float* part_o, const float2* part_ml, int n_split,
-                                        int head_dim, float* out, signed char* xq, float2* xs) {
+// The splits are spread over the block (max, then weights and L by block
+// reductions; then warp w sums splits w, w + 4, ... with lanes over the
+// head dimension), not walked by each thread in turn: with 128+ splits at
+// depth 32768 the serial walk was the slowest part of decoding. With xq
+// non-null (head_dim % 32 == 0) it also leaves the 8-bit quantization of
+// the output for the output projection's mat-vec. n_split ≤ COMBINE_MAXS,
+// head_dim ≤ 256, 128 threads.
+#define COMBINE_MAXS 4096
+extern "C" __global__ void __launch_bounds__(128) attn_combine(const float* part_o,
+                                                               const float2* part_ml, int n_split,
+                                                               int head_dim, float* out,
+                                                               signed char* xq, float2* xs) {
     pdl_entry();
+    __shared__ float sw[COMBINE_MAXS];
+    __shared__ float red[ATT_WARPS];
+    __shared__ float sacc[ATT_WARPS][256];
     long long row = blockIdx.x;
-    int lane = threadIdx.x % 32;
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const float2* ml = part_ml + row * n_split;
     float M = NEG_INF;
-    for (int s = 0; s < n_split; s++) M = fmaxf(M, ml[s].x);
+    for (int s = threadIdx.x; s < n_split; s += blockDim.x) M = fmaxf(M, ml[s].x);
+    M = warp_max(M);
+    if (lane == 0) red[warp] = M;
+    __syncthreads();
+    M = NEG_INF;
+    for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, red[w]);
+    __syncthreads();
     float L = 0.f;
-    for (int s = 0; s < n_split; s++)
-        if (ml[s].x != NEG_INF) L += ml[s].y * __expf(ml[s].x - M);
+    for (int s = threadIdx.x; s < n_split; s += blockDim.x) {
+        float2 v = ml[s];
+        float e = v.x == NEG_INF ? 0.f : __expf(v.x - M);
+        sw[s] = e;
+        L += v.y * e;
+    }
+    L = warp_sum(L);
+    if (lane == 0) red[warp] = L;
+    __syncthreads();
+    L = 0.f;
+    for (int w = 0; w < ATT_WARPS; w++) L += red[w];
+    float a[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) a[i] = 0.f;
+    for (int s = warp; s < n_split; s += ATT_WARPS) {
+        float e = sw[s];
+        if (e == 0.f) continue;
+        const float* po = part_o + (row * n_split + s) * head_dim;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            int d = lane + 32 * i;
+            if (d < head_dim) a[i] += po[d] * e;
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        int d = lane + 32 * i;
+        if (d < head_dim) sacc[warp][d] = a[i];
+    }
+    __syncthreads();
     // Each warp takes whole 32-element slices, so it can quantize them.
     for (int d0 = threadIdx.x - lane; d0 < head_dim; d0 += blockDim.x) {
         int d = d0 + lane;
         float v = 0.f;
         if (d < head_dim) {
             float acc = 0.f;
-            for (int s = 0; s < n_split; s++)
-                if (ml[s].x != NEG_INF)
-                    acc += part_o[(row * n_split + s) * head_dim + d] * __expf(ml[s].x - M);
+            for (int w = 0; w < ATT_WARPS; w++) acc += sacc[w][d];
             v = L > 0.f ? acc / L : 0.f;
             out[row * head_dim + d] = v;
         }
@@ -201,6 +272,7 @@ __device__ __forceinline__ void attn_gqa_impl(const float* q, const u8* kc, cons
         for (int g = 0; g < G; g++) sc[g] = 0.f;
         if (valid) {
             long long row = j * width + off;
+#pragma unroll 8
             for (int c = 0; c < head_dim / 4; c++) {
                 float kf[4];
                 if (F16) {
@@ -233,19 +305,27 @@ __device__ __forceinline__ void attn_gqa_impl(const float* q, const u8* kc, cons
             m[g] = mn;
         }
         int n = (int)min((long long)32, k1 - j0);
-        for (int jj = 0; jj < n; jj++) {
-            long long base = (j0 + jj) * width + off;
-            float v[4];
+        for (int u0 = 0; u0 < n; u0 += 4) {
+            // Four rows' loads before their products; rows past the tile's
+            // end repeat its last row with weight 0 (an invalid lane's p).
+            float v[4][4];
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                int d = lane + 32 * i;
-                v[i] = d < head_dim ? kv_at<F16>(vc, base + d) : 0.f;
+            for (int u = 0; u < 4; u++) {
+                long long base = min(j0 + u0 + u, k1 - 1) * width + off;
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    int d = lane + 32 * i;
+                    v[u][i] = d < head_dim ? kv_at<F16>(vc, base + d) : 0.f;
+                }
             }
 #pragma unroll
-            for (int g = 0; g < G; g++) {
-                float pj = __shfl_sync(0xffffffffu, p[g], jj);
+            for (int u = 0; u < 4; u++) {
 #pragma unroll
-                for (int i = 0; i < 4; i++) o[g][i] += pj * v[i];
+                for (int g = 0; g < G; g++) {
+                    float pj = __shfl_sync(0xffffffffu, p[g], u0 + u);
+#pragma unroll
+                    for (int i = 0; i < 4; i++) o[g][i] += pj * v[u][i];
+                }
             }
         }
     }

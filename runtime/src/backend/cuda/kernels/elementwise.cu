@@ -37,16 +37,25 @@ extern "C" __global__ void rms_norm(const float* x, const float* w, float eps, i
     for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = xr[c] * s * w[c];
 }
 
-// RMSNorm of one row that also leaves its 8-bit quantization for the
-// decode mat-vecs (one launch instead of two). cols % 32 == 0.
+// RMSNorm that also leaves its 8-bit quantization for the decode
+// mat-vecs (one launch instead of two). cols % 32 == 0. Block (i, row)
+// handles 32-blocks [8i, 8i + 8) of the row, one per warp; every block sums
+// the whole row's squares itself (a few KB from L2), so a long row is
+// spread over many blocks instead of one block looping over it, which was
+// latency-bound (17.5 µs for 4096 columns in one block; see
+// docs/cuda-kernel-notes.md). Every block reduces in the same order, so all
+// agree on the scale.
 extern "C" __global__ void rms_norm_q(const float* x, const float* w, float eps, int cols,
                                       float* out, signed char* xq, float2* xs) {
     pdl_entry();
     __shared__ float part[32];
-    const float* xr = x + (long long)blockIdx.x * cols;
-    float* o = out + (long long)blockIdx.x * cols;
+    long long row = blockIdx.y;
+    const float* xr = x + row * cols;
     float ss = 0.f;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) ss += xr[c] * xr[c];
+    for (int c = 4 * threadIdx.x; c < cols; c += 4 * blockDim.x) {
+        float4 v = *(const float4*)(xr + c);
+        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    }
     ss = warp_sum(ss);
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (lane == 0) part[warp] = ss;
@@ -59,14 +68,13 @@ extern "C" __global__ void rms_norm_q(const float* x, const float* w, float eps,
     }
     __syncthreads();
     float s = rsqrtf(part[0] / (float)cols + eps);
-    long long nb = cols / 32;
-    // Each warp takes whole 32-blocks so it can quantize them.
-    for (int c0 = warp * 32; c0 < cols; c0 += blockDim.x) {
-        int c = c0 + lane;
-        float v = xr[c] * s * w[c];
-        o[c] = v;
-        quantize_lane(v, xq, xs, (long long)blockIdx.x * nb + c0 / 32);
-    }
+    int nb = cols / 32;
+    int b = blockIdx.x * (blockDim.x / 32) + warp;
+    if (b >= nb) return;
+    int c = b * 32 + lane;
+    float v = xr[c] * s * w[c];
+    out[row * cols + c] = v;
+    quantize_lane(v, xq, xs, row * nb + b);
 }
 
 // SwiGLU's gate, plus the 8-bit quantization of the result; one warp per
