@@ -154,6 +154,162 @@ impl Grid {
         }
     }
 
+    /// `Σ_k w_k (x_k − decode(code(x_k)))²`: the weighted squared error of
+    /// the group `xs` on the stored grid `p` (codes chosen against the f16
+    /// values, as [`Grid::code`] does). `ws` has one weight per element.
+    pub fn weighted_error(self, p: GroupParams, xs: &[f32], ws: &[f64]) -> f64 {
+        xs.iter()
+            .zip(ws)
+            .map(|(&x, &w)| {
+                let x = x as f64;
+                let e = x - self.decode(p, self.code(p, x)) as f64;
+                w * e * e
+            })
+            .sum()
+    }
+
+    /// The group's parameters chosen to minimize [`Grid::weighted_error`]
+    /// with the per-element weights `ws` (GPTQ's column weights), among
+    /// candidates: [`Grid::params`] itself, a range of scales around it
+    /// (the extreme element mapped to `n + δ` codes for `δ` in
+    /// `[−2, +1.5]` steps of 0.1, `n` the grid's largest code magnitude;
+    /// both signs for Q4_0, whose code range is lopsided), and for each a
+    /// weighted least-squares refit of `d` (and `m` for asymmetric grids)
+    /// to the codes it gives. Every candidate is rounded to f16 and scored
+    /// with codes chosen against the stored values, so the result is never
+    /// worse than [`Grid::params`] on the objective. Values and weights
+    /// must be finite, weights ≥ 0.
+    pub fn search_params(self, xs: &[f32], ws: &[f64]) -> GroupParams {
+        let base = self.params(xs);
+        let mut best = (self.weighted_error(base, xs, ws), base);
+        if xs.is_empty() || best.0 == 0.0 || !base.is_finite() {
+            return best.1;
+        }
+        let try_p = |p: GroupParams, best: &mut (f64, GroupParams)| {
+            if p.is_finite() && p.d != f16::ZERO {
+                let e = self.weighted_error(p, xs, ws);
+                if e < best.0 {
+                    *best = (e, p);
+                }
+            }
+        };
+        let steps = (0..=35).map(|i| -2.0 + 0.1 * i as f64);
+        let (min, max) = xs
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
+        let (min, max) = (min as f64, max as f64);
+        match self {
+            Grid::Q4_1 | Grid::Tern { sym: false, .. } => {
+                let nmax = ((1u32 << self.bits()) - 1) as f64;
+                if max <= min {
+                    return best.1;
+                }
+                for dl in steps {
+                    let iscale = (nmax + dl) / (max - min);
+                    if iscale <= 0.0 {
+                        continue;
+                    }
+                    let d = 1.0 / iscale;
+                    let p = self.asym(d, min);
+                    try_p(p, &mut best);
+                    if let Some(r) = self.refit_asym(p, xs, ws) {
+                        try_p(r, &mut best);
+                    }
+                }
+            }
+            _ => {
+                // Symmetric: x ≈ d·k with k in [kmin, kmax].
+                let amax = max.abs().max(min.abs());
+                if amax == 0.0 {
+                    return best.1;
+                }
+                let half = (1u32 << (self.bits() - 1)) as f64;
+                let signs: &[f64] = if self == Grid::Q4_0 {
+                    &[1.0, -1.0]
+                } else {
+                    &[1.0]
+                };
+                for &sg in signs {
+                    for dl in steps.clone() {
+                        let t = half + dl;
+                        if t <= 0.0 {
+                            continue;
+                        }
+                        let p = self.sym(sg * amax / t);
+                        try_p(p, &mut best);
+                        if let Some(r) = self.refit_sym(p, xs, ws) {
+                            try_p(r, &mut best);
+                        }
+                    }
+                }
+            }
+        }
+        best.1
+    }
+
+    /// Stored parameters of an asymmetric grid with scale `d`, minimum `m`.
+    fn asym(self, d: f64, m: f64) -> GroupParams {
+        GroupParams {
+            d: f16::from_f64(d),
+            m: f16::from_f64(m),
+        }
+    }
+
+    /// Stored parameters of a symmetric grid with scale `d` (for tern's
+    /// symmetric grid the minimum follows from the stored scale).
+    fn sym(self, d: f64) -> GroupParams {
+        let d16 = f16::from_f64(d);
+        let m = match self {
+            Grid::Tern { bits, .. } => f16::from_f32(-d16.to_f32() * (1u32 << (bits - 1)) as f32),
+            _ => f16::ZERO,
+        };
+        GroupParams { d: d16, m }
+    }
+
+    /// The centred code magnitude of `q` on a symmetric grid (`x = d·k`).
+    fn centred(self, q: u8) -> f64 {
+        match self {
+            Grid::Q4_0 => q as f64 - 8.0,
+            Grid::Q8_0 => (q as i8) as f64,
+            _ => q as f64 - (1u32 << (self.bits() - 1)) as f64,
+        }
+    }
+
+    /// Weighted least-squares `d` for the codes `p` gives (`x ≈ d·k`).
+    fn refit_sym(self, p: GroupParams, xs: &[f32], ws: &[f64]) -> Option<GroupParams> {
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for (&x, &w) in xs.iter().zip(ws) {
+            let k = self.centred(self.code(p, x as f64));
+            num += w * k * x as f64;
+            den += w * k * k;
+        }
+        (den > 0.0).then(|| self.sym(num / den))
+    }
+
+    /// Weighted least-squares `(d, m)` for the codes `p` gives
+    /// (`x ≈ d·q + m`).
+    fn refit_asym(self, p: GroupParams, xs: &[f32], ws: &[f64]) -> Option<GroupParams> {
+        let (mut sw, mut sq, mut sqq, mut sx, mut sqx) = (0.0f64, 0.0, 0.0, 0.0, 0.0);
+        for (&x, &w) in xs.iter().zip(ws) {
+            let q = self.code(p, x as f64) as f64;
+            let x = x as f64;
+            sw += w;
+            sq += w * q;
+            sqq += w * q * q;
+            sx += w * x;
+            sqx += w * q * x;
+        }
+        let det = sw * sqq - sq * sq;
+        if det.is_nan() || det <= 1e-12 * sw * sqq {
+            return None;
+        }
+        let d = (sw * sqx - sq * sx) / det;
+        let m = (sqq * sx - sq * sqx) / det;
+        (d > 0.0).then(|| self.asym(d, m))
+    }
+
     /// The code whose decoded value is nearest to `x` (ties to even) on the
     /// group's stored grid.
     #[inline]

@@ -34,7 +34,7 @@ pub mod pipeline;
 pub mod pipeline_output;
 pub mod report;
 
-pub use gptq::{quantize, GptqParams, LayerReport, Scheme};
+pub use gptq::{quantize, GptqParams, LayerReport, ScaleSearch, Scheme};
 pub use grid::{Grid, GroupParams};
 pub use hessian::Hessian;
 pub use matrix::QuantizedMatrix;
