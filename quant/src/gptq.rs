@@ -69,7 +69,7 @@ impl Default for GptqParams {
             block: 128,
             act_order: false,
             prefix_skip: 4,
-            scale_search: ScaleSearch::Loss,
+            scale_search: ScaleSearch::Diag,
         }
     }
 }

@@ -9,7 +9,8 @@
 //!
 //! # Layout
 //! - `grid.rs`: [`Grid`], the target formats and their exact arithmetic
-//!   (scale choice, nearest code, decoded value).
+//!   (scale choice, nearest code, decoded value) and the Hessian-weighted
+//!   scale search GPTQ uses.
 //! - `hessian.rs`: [`Hessian`], `H = 2/N Σ x xᵀ` accumulated in f64.
 //! - `matrix.rs`: [`QuantizedMatrix`], codes and per-group scales, decoding
 //!   and GGUF bytes.
