@@ -7,6 +7,7 @@ use faer::linalg::matmul::matmul;
 use faer::linalg::matmul::triangular::{matmul as tmatmul, BlockStructure};
 use faer::linalg::triangular_inverse::invert_upper_triangular;
 use faer::{Accum, Mat, MatMut, Par, Side};
+use rayon::prelude::*;
 
 use crate::grid::{Grid, GroupParams};
 use crate::{Hessian, QuantError, QuantizedMatrix};
@@ -457,13 +458,31 @@ fn gptq(
                 // from its columns as they are now, with every earlier
                 // column's error already propagated into them.
                 let g = j / gs;
-                for r in 0..rows {
-                    for (k, x) in xs.iter_mut().enumerate() {
-                        *x = wd[(j + k) * rows + r] as f32;
+                if weights.is_empty() {
+                    for r in 0..rows {
+                        for (k, x) in xs.iter_mut().enumerate() {
+                            *x = wd[(j + k) * rows + r] as f32;
+                        }
+                        let gp = grid.params(&xs);
+                        check_group(gp, r, g)?;
+                        params[r * ng + g] = gp;
                     }
-                    let gp = pick(&xs, j);
-                    check_group(gp, r, g)?;
-                    params[r * ng + g] = gp;
+                } else {
+                    // The search costs ~100 group evaluations per group:
+                    // rows in parallel (each row's choice is independent).
+                    let wd = &wd;
+                    let found: Vec<GroupParams> = (0..rows)
+                        .into_par_iter()
+                        .map(|r| {
+                            let xs: Vec<f32> =
+                                (0..gs).map(|k| wd[(j + k) * rows + r] as f32).collect();
+                            pick(&xs, j)
+                        })
+                        .collect();
+                    for (r, gp) in found.into_iter().enumerate() {
+                        check_group(gp, r, g)?;
+                        params[r * ng + g] = gp;
+                    }
                 }
             }
             let col = perm[j];

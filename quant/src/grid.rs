@@ -158,14 +158,14 @@ impl Grid {
     /// the group `xs` on the stored grid `p` (codes chosen against the f16
     /// values, as [`Grid::code`] does). `ws` has one weight per element.
     pub fn weighted_error(self, p: GroupParams, xs: &[f32], ws: &[f64]) -> f64 {
-        xs.iter()
-            .zip(ws)
-            .map(|(&x, &w)| {
-                let x = x as f64;
-                let e = x - self.decode(p, self.code(p, x)) as f64;
-                w * e * e
-            })
-            .sum()
+        let (d, m) = (p.d.to_f32(), p.m.to_f32());
+        let mut err = 0.0f64;
+        for (&x, &w) in xs.iter().zip(ws) {
+            let x = x as f64;
+            let e = x - self.decode_dm(d, m, self.code_dm(d, m, x)) as f64;
+            err += w * e * e;
+        }
+        err
     }
 
     /// The group's parameters chosen to minimize [`Grid::weighted_error`]
@@ -185,12 +185,15 @@ impl Grid {
         if xs.is_empty() || best.0 == 0.0 || !base.is_finite() {
             return best.1;
         }
+        // A candidate whose weighted error `e` is known.
+        let keep = |p: GroupParams, e: f64, best: &mut (f64, GroupParams)| {
+            if p.is_finite() && p.d != f16::ZERO && e < best.0 {
+                *best = (e, p);
+            }
+        };
         let try_p = |p: GroupParams, best: &mut (f64, GroupParams)| {
             if p.is_finite() && p.d != f16::ZERO {
-                let e = self.weighted_error(p, xs, ws);
-                if e < best.0 {
-                    *best = (e, p);
-                }
+                keep(p, self.weighted_error(p, xs, ws), best);
             }
         };
         let steps = (0..=35).map(|i| -2.0 + 0.1 * i as f64);
@@ -213,8 +216,9 @@ impl Grid {
                     }
                     let d = 1.0 / iscale;
                     let p = self.asym(d, min);
-                    try_p(p, &mut best);
-                    if let Some(r) = self.refit_asym(p, xs, ws) {
+                    let (e, r) = self.refit_asym(p, xs, ws);
+                    keep(p, e, &mut best);
+                    if let Some(r) = r {
                         try_p(r, &mut best);
                     }
                 }
@@ -238,8 +242,9 @@ impl Grid {
                             continue;
                         }
                         let p = self.sym(sg * amax / t);
-                        try_p(p, &mut best);
-                        if let Some(r) = self.refit_sym(p, xs, ws) {
+                        let (e, r) = self.refit_sym(p, xs, ws);
+                        keep(p, e, &mut best);
+                        if let Some(r) = r {
                             try_p(r, &mut best);
                         }
                     }
@@ -277,23 +282,33 @@ impl Grid {
         }
     }
 
-    /// Weighted least-squares `d` for the codes `p` gives (`x ≈ d·k`).
-    fn refit_sym(self, p: GroupParams, xs: &[f32], ws: &[f64]) -> Option<GroupParams> {
-        let (mut num, mut den) = (0.0f64, 0.0f64);
+    /// One pass over the codes `p` gives: their [`Grid::weighted_error`]
+    /// and the weighted least-squares `d` for them (`x ≈ d·k`).
+    fn refit_sym(self, p: GroupParams, xs: &[f32], ws: &[f64]) -> (f64, Option<GroupParams>) {
+        let (d, m) = (p.d.to_f32(), p.m.to_f32());
+        let (mut num, mut den, mut err) = (0.0f64, 0.0f64, 0.0f64);
         for (&x, &w) in xs.iter().zip(ws) {
-            let k = self.centred(self.code(p, x as f64));
+            let q = self.code_dm(d, m, x as f64);
+            let e = x as f64 - self.decode_dm(d, m, q) as f64;
+            err += w * e * e;
+            let k = self.centred(q);
             num += w * k * x as f64;
             den += w * k * k;
         }
-        (den > 0.0).then(|| self.sym(num / den))
+        (err, (den > 0.0).then(|| self.sym(num / den)))
     }
 
-    /// Weighted least-squares `(d, m)` for the codes `p` gives
-    /// (`x ≈ d·q + m`).
-    fn refit_asym(self, p: GroupParams, xs: &[f32], ws: &[f64]) -> Option<GroupParams> {
+    /// One pass over the codes `p` gives: their [`Grid::weighted_error`]
+    /// and the weighted least-squares `(d, m)` for them (`x ≈ d·q + m`).
+    fn refit_asym(self, p: GroupParams, xs: &[f32], ws: &[f64]) -> (f64, Option<GroupParams>) {
         let (mut sw, mut sq, mut sqq, mut sx, mut sqx) = (0.0f64, 0.0, 0.0, 0.0, 0.0);
+        let (dd, mm) = (p.d.to_f32(), p.m.to_f32());
+        let mut err = 0.0f64;
         for (&x, &w) in xs.iter().zip(ws) {
-            let q = self.code(p, x as f64) as f64;
+            let code = self.code_dm(dd, mm, x as f64);
+            let e = x as f64 - self.decode_dm(dd, mm, code) as f64;
+            err += w * e * e;
+            let q = code as f64;
             let x = x as f64;
             sw += w;
             sq += w * q;
@@ -303,11 +318,42 @@ impl Grid {
         }
         let det = sw * sqq - sq * sq;
         if det.is_nan() || det <= 1e-12 * sw * sqq {
-            return None;
+            return (err, None);
         }
         let d = (sw * sqx - sq * sx) / det;
         let m = (sqq * sx - sq * sqx) / det;
-        (d > 0.0).then(|| self.asym(d, m))
+        (err, (d > 0.0).then(|| self.asym(d, m)))
+    }
+
+    /// [`Grid::code`] with the stored scale and minimum already widened to
+    /// f32 (`d`, `m`), for the scale search's inner loops: the same result,
+    /// without the per-call f16 conversions and the libm rounding call.
+    #[inline(always)]
+    fn code_dm(self, d: f32, m: f32, x: f64) -> u8 {
+        if d == 0.0 {
+            return match self {
+                Grid::Q4_0 => 8,
+                _ => 0,
+            };
+        }
+        match self {
+            Grid::Q4_0 => (rne(x / d as f64) + 8.0).clamp(0.0, 15.0) as u8,
+            Grid::Q8_0 => (rne(x / d as f64).clamp(-128.0, 127.0) as i8) as u8,
+            Grid::Q4_1 | Grid::Tern { .. } => {
+                let max = ((1u32 << self.bits()) - 1) as f64;
+                rne((x - m as f64) / d as f64).clamp(0.0, max) as u8
+            }
+        }
+    }
+
+    /// [`Grid::decode`] with `d`, `m` already widened to f32.
+    #[inline(always)]
+    fn decode_dm(self, d: f32, m: f32, q: u8) -> f32 {
+        match self {
+            Grid::Q4_0 => d * (q as i32 - 8) as f32,
+            Grid::Q8_0 => (q as i8) as f32 * d,
+            Grid::Q4_1 | Grid::Tern { .. } => d * q as f32 + m,
+        }
     }
 
     /// The code whose decoded value is nearest to `x` (ties to even) on the
@@ -414,6 +460,18 @@ impl Grid {
     }
 }
 
+/// `v` rounded to the nearest integer, ties to even: `f64::round_ties_even`
+/// without the library call (no SSE4.1 in the portable build). Adding and
+/// subtracting 1.5·2^52 rounds in the default mode exactly there for
+/// |v| < 2^51; larger values are clamped first (every caller clamps the code
+/// far below that anyway).
+#[inline(always)]
+fn rne(v: f64) -> f64 {
+    const M: f64 = 6_755_399_441_055_744.0;
+    let v = v.clamp(-1e15, 1e15);
+    (v + M) - M
+}
+
 /// The element of largest magnitude, sign kept, the first one on ties
 /// (ggml's Q4_0 rule; x[0] for an all-zero group).
 fn signed_absmax(xs: &[f32]) -> f32 {
@@ -424,4 +482,54 @@ fn signed_absmax(xs: &[f32]) -> f32 {
         }
     }
     max
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_search_path_codes_like_code() {
+        let grids = [
+            Grid::Q4_0,
+            Grid::Q4_1,
+            Grid::Q8_0,
+            Grid::Tern {
+                bits: 3,
+                group: 64,
+                sym: true,
+            },
+            Grid::Tern {
+                bits: 2,
+                group: 32,
+                sym: false,
+            },
+        ];
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        };
+        for g in grids {
+            for _ in 0..20_000 {
+                let p = GroupParams {
+                    d: f16::from_f64(next() * 0.1),
+                    m: f16::from_f64(next() * 0.5),
+                };
+                let (d, m) = (p.d.to_f32(), p.m.to_f32());
+                // Exact ties (x on a half step) and arbitrary values.
+                let k = (next() * 20.0).round() + 0.5;
+                for x in [next(), next() * 1e6, m as f64 + d as f64 * k, d as f64 * k] {
+                    let q = g.code(p, x);
+                    assert_eq!(g.code_dm(d, m, x), q, "{g:?} {p:?} {x}");
+                    assert_eq!(g.decode_dm(d, m, q).to_bits(), g.decode(p, q).to_bits());
+                }
+            }
+        }
+        assert_eq!(rne(2.5), 2.0);
+        assert_eq!(rne(-3.5), -4.0);
+        assert_eq!(rne(-0.4), 0.0);
+    }
 }
