@@ -20,7 +20,8 @@ pub enum Scheme {
     /// GPTQ (algorithms.md §4.1).
     Gptq,
     /// Prefix-aware GPTQ (§4.2): GPTQ on a Hessian whose sequences skipped
-    /// their first `prefix_skip` positions. The skip happens while the
+    /// their first `prefix_skip` positions (in the pipeline, at the linear
+    /// inputs `pipeline::SkipSites` names). The skip happens while the
     /// Hessian is accumulated ([`Hessian::add_sequence`]'s `skip`); here it
     /// runs exactly as [`Scheme::Gptq`].
     PGptq,

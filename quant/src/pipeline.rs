@@ -10,7 +10,8 @@
 //!    with its original weights and shows the input of each group of
 //!    linears ([`tern_runtime::model::BlockRunner::observe`]), which goes
 //!    into that group's [`Hessian`] (q/k/v share one, gate/up share one;
-//!    P-GPTQ skips the first `prefix_skip` positions of each sequence);
+//!    P-GPTQ skips the first `prefix_skip` positions of each sequence at
+//!    the inputs [`SkipSites`] names);
 //! 2. the seven linears are quantized with [`crate::quantize`];
 //! 3. the quantized block is loaded for step 1 of the next block.
 //!

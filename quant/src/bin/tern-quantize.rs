@@ -88,7 +88,7 @@ struct Args {
     /// GPTQ: how each group's scale (and minimum) is chosen. diag: among
     /// scales around the fixed rule's and their least-squares refits, the one
     /// with the least error weighted by the Hessian's diagonal; loss: the
-    /// same weighted by GPTQ's column loss weights 1/U[k,k]²; off: the grid's
+    /// same weighted by GPTQ's column loss weights 1/U_kk²; off: the grid's
     /// fixed rule (absmax or min/max). rtn and --act-order's static groups
     /// always use the fixed rule.
     #[arg(long = "scale-search", value_enum, default_value_t = ScaleArg::Diag)]
