@@ -9,7 +9,8 @@
 //!
 //! # Layout
 //! - `grid.rs`: [`Grid`], the target formats and their exact arithmetic
-//!   (scale choice, nearest code, decoded value).
+//!   (scale choice, nearest code, decoded value) and the Hessian-weighted
+//!   scale search GPTQ uses.
 //! - `hessian.rs`: [`Hessian`], `H = 2/N Σ x xᵀ` accumulated in f64.
 //! - `matrix.rs`: [`QuantizedMatrix`], codes and per-group scales, decoding
 //!   and GGUF bytes.
@@ -34,7 +35,7 @@ pub mod pipeline;
 pub mod pipeline_output;
 pub mod report;
 
-pub use gptq::{quantize, GptqParams, LayerReport, Scheme};
+pub use gptq::{quantize, GptqParams, LayerReport, ScaleSearch, Scheme};
 pub use grid::{Grid, GroupParams};
 pub use hessian::Hessian;
 pub use matrix::QuantizedMatrix;

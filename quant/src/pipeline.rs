@@ -10,7 +10,8 @@
 //!    with its original weights and shows the input of each group of
 //!    linears ([`tern_runtime::model::BlockRunner::observe`]), which goes
 //!    into that group's [`Hessian`] (q/k/v share one, gate/up share one;
-//!    P-GPTQ skips the first `prefix_skip` positions of each sequence);
+//!    P-GPTQ skips the first `prefix_skip` positions of each sequence at
+//!    the inputs [`SkipSites`] names);
 //! 2. the seven linears are quantized with [`crate::quantize`];
 //! 3. the quantized block is loaded for step 1 of the next block.
 //!
@@ -62,6 +63,146 @@ pub struct PipelineOptions {
     /// Run calibration forwards on the exact f32 path instead of the fast
     /// 8-bit-activation one.
     pub exact: bool,
+    /// Which linear inputs P-GPTQ's prefix skip applies to.
+    pub skip_sites: SkipSites,
+    /// Store the `ffn_down` of the first eighth of the blocks as Q4_1 when
+    /// the grid is Q4_0 (see [`tensor_grid`]).
+    pub mixed: bool,
+    /// Collect per-position activation statistics of every linear's input
+    /// ([`ActStat`]; calibrated runs only).
+    pub act_stats: bool,
+}
+
+/// The linear inputs whose Hessians leave out P-GPTQ's prefix positions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SkipSites {
+    /// Every linear (the MiniCPM4 report's description).
+    All,
+    /// Every linear except `ffn_down`.
+    NotFfnDown,
+    /// `ffn_down` only.
+    FfnDown,
+}
+
+impl SkipSites {
+    /// Whether the Hessian of `site` skips the prefix.
+    pub fn applies(self, site: LinearInput) -> bool {
+        match self {
+            SkipSites::All => true,
+            SkipSites::NotFfnDown => site != LinearInput::FfnDown,
+            SkipSites::FfnDown => site == LinearInput::FfnDown,
+        }
+    }
+}
+
+/// The grid one linear is stored in: `base`, except that with `mixed` a
+/// Q4_0 model keeps the `ffn_down` of blocks `layer < n_layer / 8` in Q4_1.
+///
+/// This is the mixture llama.cpp's Q4_0 file type uses when it quantizes
+/// with an importance matrix: the first blocks' `ffn_down` produce the
+/// massive activations of the attention-sink position, and Q4_1's minimum
+/// costs a quarter bit per weight there (4.50 → 4.51 bits per weight for
+/// SmolLM2-135M). Calibrated tern runs use the same mixture so that files
+/// of the same size are compared.
+pub fn tensor_grid(base: Grid, mixed: bool, linear: &str, layer: usize, n_layer: usize) -> Grid {
+    if mixed && base == Grid::Q4_0 && linear == "ffn_down" && layer < n_layer / 8 {
+        Grid::Q4_1
+    } else {
+        base
+    }
+}
+
+/// Positions reported one by one in an [`ActStat`]; the rest are pooled.
+pub const STAT_POSITIONS: usize = 8;
+
+/// Activation statistics of one linear input of one block over the
+/// calibration sequences, by position in the sequence: what P-GPTQ's prefix
+/// skip leaves out of the Hessian.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActStat {
+    /// Block index.
+    pub layer: usize,
+    /// The input: `attn_qkv`, `attn_output`, `ffn_gate_up` or `ffn_down`.
+    pub site: &'static str,
+    /// Mean `‖x_t‖²` over the sequences for positions `t < STAT_POSITIONS`.
+    pub pos_sq: Vec<f64>,
+    /// Largest `|x_t[i]|` for those positions.
+    pub pos_max: Vec<f32>,
+    /// Mean `‖x_t‖²` over the sequences and the positions from
+    /// `STAT_POSITIONS` on.
+    pub rest_sq: f64,
+    /// Largest `|x_t[i]|` over those.
+    pub rest_max: f32,
+    /// The channel of the largest `|x_0[i]|` (position 0).
+    pub pos0_argmax: usize,
+    /// Sequences seen.
+    pub n_seq: usize,
+    /// Positions per sequence.
+    pub seq_len: usize,
+}
+
+impl ActStat {
+    /// The share of `tr(Σ x xᵀ)` (the Hessian's trace) that comes from the
+    /// first `s` positions (`s ≤ STAT_POSITIONS`).
+    pub fn prefix_share(&self, s: usize) -> f64 {
+        let p = self.pos_sq.len().min(self.seq_len);
+        let head: f64 = self.pos_sq[..s.min(p)].iter().sum();
+        let all = self.pos_sq[..p].iter().sum::<f64>()
+            + self.rest_sq * self.seq_len.saturating_sub(p) as f64;
+        if all > 0.0 {
+            head / all
+        } else {
+            0.0
+        }
+    }
+
+    fn add(&mut self, v: &[f32]) {
+        let cols = v.len() / self.seq_len.max(1);
+        for (t, x) in v.chunks_exact(cols.max(1)).enumerate() {
+            let sq = x.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>();
+            let mx = x.iter().fold(0.0f32, |a, &b| a.max(b.abs()));
+            if t < self.pos_sq.len() {
+                self.pos_sq[t] += sq;
+                self.pos_max[t] = self.pos_max[t].max(mx);
+                if t == 0 && mx >= self.pos_max[0] {
+                    self.pos0_argmax = x.iter().position(|&a| a.abs() == mx).unwrap_or(0);
+                }
+            } else {
+                self.rest_sq += sq;
+                self.rest_max = self.rest_max.max(mx);
+            }
+        }
+        self.n_seq += 1;
+    }
+
+    fn finish(&mut self) {
+        let n = self.n_seq.max(1) as f64;
+        for v in &mut self.pos_sq {
+            *v /= n;
+        }
+        let rest = self.seq_len.saturating_sub(self.pos_sq.len()).max(1) as f64;
+        self.rest_sq /= n * rest;
+    }
+}
+
+fn site_name(s: LinearInput) -> &'static str {
+    match s {
+        LinearInput::AttnQkv => "attn_qkv",
+        LinearInput::AttnOutput => "attn_output",
+        LinearInput::FfnGateUp => "ffn_gate_up",
+        _ => "ffn_down",
+    }
+}
+
+/// What [`run`] made.
+#[derive(Debug)]
+pub struct PipelineOutput {
+    /// The quantized linears, block by block in [`LINEARS`] order.
+    pub tensors: Vec<QuantizedTensor>,
+    /// Phase timings.
+    pub timings: Timings,
+    /// Activation statistics (with [`PipelineOptions::act_stats`]).
+    pub act_stats: Vec<ActStat>,
 }
 
 /// One quantized tensor.
@@ -180,7 +321,7 @@ pub fn run(
     calib: Option<&[Vec<u32>]>,
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(Progress),
-) -> Result<(Vec<QuantizedTensor>, Timings), PipelineError> {
+) -> Result<PipelineOutput, PipelineError> {
     let backend = if opts.exact {
         CpuBackend::exact(opts.threads)
     } else {
@@ -195,6 +336,7 @@ pub fn run(
     };
     let mut timings = Timings::default();
     let mut out = Vec::with_capacity(n_layer * LINEARS.len());
+    let mut act_stats = Vec::new();
     let check_cancel = || {
         if cancel.load(Ordering::Relaxed) {
             Err(PipelineError::Cancelled)
@@ -242,6 +384,7 @@ pub fn run(
     for il in 0..n_layer {
         progress(Progress::Block { layer: il, n_layer });
         let mut hess: HashMap<LinearInput, Hessian> = HashMap::new();
+        let mut stats: Vec<(LinearInput, ActStat)> = Vec::new();
         if let Some(r) = runner.as_mut() {
             let t0 = Instant::now();
             let layer = &model.weights.layers[il];
@@ -255,8 +398,40 @@ pub fn run(
                     let cols = v.len() / seq_len;
                     hess.entry(site)
                         .or_insert_with(|| Hessian::new(cols))
-                        .add_sequence(v, seq_len, skip);
+                        .add_sequence(
+                            v,
+                            seq_len,
+                            if opts.skip_sites.applies(site) {
+                                skip
+                            } else {
+                                0
+                            },
+                        );
                     timings.hessian += t.elapsed().as_secs_f64();
+                    if opts.act_stats {
+                        let i = match stats.iter().position(|(s, _)| *s == site) {
+                            Some(i) => i,
+                            None => {
+                                let p = STAT_POSITIONS;
+                                stats.push((
+                                    site,
+                                    ActStat {
+                                        layer: il,
+                                        site: site_name(site),
+                                        pos_sq: vec![0.0; p.min(seq_len)],
+                                        pos_max: vec![0.0; p.min(seq_len)],
+                                        rest_sq: 0.0,
+                                        rest_max: 0.0,
+                                        pos0_argmax: 0,
+                                        n_seq: 0,
+                                        seq_len,
+                                    },
+                                ));
+                                stats.len() - 1
+                            }
+                        };
+                        stats[i].1.add(v);
+                    }
                     ControlFlow::Continue(())
                 })?;
             }
@@ -267,6 +442,10 @@ pub fn run(
                 timings.hessian,
                 timings.quantize
             );
+        }
+        for (_, mut st) in stats {
+            st.finish();
+            act_stats.push(st);
         }
         prev = None;
 
@@ -280,11 +459,13 @@ pub fn run(
                 .ok_or_else(|| PipelineError::Options(format!("{name} is missing")))?;
             let (rows, cols, w) = tensor_f32(file, info)?;
             let h = hess.get(&input_of(linear));
-            let grid = opts.grid.fitted(cols).ok_or_else(|| {
-                PipelineError::Options(format!(
-                    "{name} has {cols} columns, which no group size of this grid divides"
-                ))
-            })?;
+            let grid = tensor_grid(opts.grid, opts.mixed, linear, il, n_layer)
+                .fitted(cols)
+                .ok_or_else(|| {
+                    PipelineError::Options(format!(
+                        "{name} has {cols} columns, which no group size of this grid divides"
+                    ))
+                })?;
             let (q, report) = quantize(&w, rows, cols, grid, opts.scheme, h, &opts.params)
                 .map_err(|source| PipelineError::Quant {
                     tensor: name.clone(),
@@ -311,7 +492,11 @@ pub fn run(
         }
     }
     progress(Progress::Done);
-    Ok((out, timings))
+    Ok(PipelineOutput {
+        tensors: out,
+        timings,
+        act_stats,
+    })
 }
 
 /// The quantized block `il` as weights the backend runs (see the module

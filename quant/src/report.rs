@@ -8,7 +8,7 @@
 
 use serde_json::{json, Value};
 
-use crate::pipeline::{QuantizedTensor, Timings, LINEARS};
+use crate::pipeline::{ActStat, QuantizedTensor, Timings, LINEARS};
 
 /// Everything the report says about a run besides the matrices.
 #[derive(Clone, Debug)]
@@ -99,10 +99,14 @@ pub fn table(info: &RunInfo, ts: &[QuantizedTensor]) -> String {
         }
     }
     for (ty, n) in other {
-        s.push_str(&format!(
-            "note: {n} matrices are stored as {ty}: their column count is not a multiple of {}\n",
-            info.group
-        ));
+        let why = if info.ty == "Q4_0" && ty == "Q4_1" {
+            "ffn_down of the first eighth of the blocks (the calibrated Q4_0 mixture; --pure \
+             turns it off)"
+                .to_string()
+        } else {
+            format!("their column count is not a multiple of {}", info.group)
+        };
+        s.push_str(&format!("note: {n} matrices are stored as {ty}: {why}\n"));
     }
     s.push_str(&format!(
         "mean error {:.4}% ({} matrices); round-to-nearest on the same grid: {:.4}%\n",
@@ -185,4 +189,39 @@ pub fn json(info: &RunInfo, ts: &[QuantizedTensor]) -> Value {
         "mean_err_rtn": mean(ts, |t| t.report.err_rtn_proxy),
         "tensors": tensors,
     })
+}
+
+/// Activation statistics as tab-separated text: one line per block and
+/// linear input with the mean squared norm at positions 0-7, the mean after
+/// them, the largest magnitudes, the channel of position 0's largest one
+/// and the share of the Hessian's trace from the first 1 and 4 positions.
+pub fn act_stats_tsv(stats: &[ActStat]) -> String {
+    let mut s = String::from("layer\tsite");
+    let p = stats.first().map_or(0, |a| a.pos_sq.len());
+    for t in 0..p {
+        s.push_str(&format!("\tsq{t}"));
+    }
+    s.push_str("\tsq_rest");
+    for t in 0..p {
+        s.push_str(&format!("\tmax{t}"));
+    }
+    s.push_str("\tmax_rest\targmax0\tshare1\tshare4\n");
+    for a in stats {
+        s.push_str(&format!("{}\t{}", a.layer, a.site));
+        for v in &a.pos_sq {
+            s.push_str(&format!("\t{v:.4e}"));
+        }
+        s.push_str(&format!("\t{:.4e}", a.rest_sq));
+        for v in &a.pos_max {
+            s.push_str(&format!("\t{v:.4e}"));
+        }
+        s.push_str(&format!(
+            "\t{:.4e}\t{}\t{:.4}\t{:.4}\n",
+            a.rest_max,
+            a.pos0_argmax,
+            a.prefix_share(1),
+            a.prefix_share(4)
+        ));
+    }
+    s
 }

@@ -1,9 +1,13 @@
 //! Tests of the quantization algorithms on small random matrices: GPTQ
 //! against a plain, unblocked f64 implementation of the same equations
 //! (explicit inverse, immediate updates), the prefix skip of the Hessian,
-//! GPTQ vs RTN, act-order, degenerate inputs and errors.
+//! GPTQ vs RTN, act-order, degenerate inputs and errors, and the
+//! Hessian-weighted scale search.
 
-use tern_quant::{quantize, GptqParams, Grid, GroupParams, Hessian, QuantError, Scheme};
+use tern_quant::pipeline::tensor_grid;
+use tern_quant::{
+    quantize, GptqParams, Grid, GroupParams, Hessian, QuantError, ScaleSearch, Scheme,
+};
 
 /// xorshift64*: deterministic test data without extra crates.
 struct Rng(u64);
@@ -235,10 +239,12 @@ const GRIDS: [Grid; 8] = [
     },
 ];
 
+/// GPTQ with the grid's fixed scale rule, as the reference implements it.
 fn params(act_order: bool, block: usize) -> GptqParams {
     GptqParams {
         act_order,
         block,
+        scale_search: ScaleSearch::Off,
         ..GptqParams::default()
     }
 }
@@ -661,4 +667,154 @@ fn fitted_picks_the_largest_group_that_divides() {
     assert_eq!(g(32).fitted(48), None);
     assert_eq!(Grid::Q4_0.fitted(576), Some(Grid::Q4_0));
     assert_eq!(Grid::Q8_0.fitted(100), None);
+}
+
+#[test]
+fn scale_search_is_never_worse_than_the_fixed_rule() {
+    let mut rng = Rng(0x5eed);
+    let mut better = 0;
+    let mut total = 0;
+    for grid in GRIDS {
+        let gs = grid.group();
+        for _ in 0..200 {
+            // Heavy-tailed values and weights spread over three decades.
+            let xs: Vec<f32> = (0..gs)
+                .map(|_| (rng.normal() * rng.normal().abs() * 0.05) as f32)
+                .collect();
+            let ws: Vec<f64> = (0..gs).map(|_| 10f64.powf(3.0 * rng.unit())).collect();
+            let fixed = grid.params(&xs);
+            let found = grid.search_params(&xs, &ws);
+            assert!(found.is_finite(), "{grid:?}");
+            let (ef, es) = (
+                grid.weighted_error(fixed, &xs, &ws),
+                grid.weighted_error(found, &xs, &ws),
+            );
+            assert!(es <= ef, "{grid:?}: search {es} > fixed rule {ef}");
+            if let Grid::Tern {
+                sym: true, bits, ..
+            } = grid
+            {
+                // The symmetric tern grid keeps m = −d·2^(bits−1).
+                assert_eq!(
+                    found.m.to_f32(),
+                    -found.d.to_f32() * (1u32 << (bits - 1)) as f32
+                );
+            }
+            better += usize::from(es < 0.999 * ef);
+            total += 1;
+        }
+    }
+    // The fixed rule is rarely the weighted optimum: the search must find
+    // something better most of the time (it would not if it did nothing).
+    assert!(
+        better * 2 > total,
+        "better in only {better} of {total} groups"
+    );
+}
+
+#[test]
+fn scale_search_is_exact_on_values_already_on_a_grid() {
+    // Values on a grid whose extreme code is unused: the fixed rule's scale
+    // misses the grid, the search finds it and the error is exactly zero.
+    let d = 0.03125f32; // exact in f16
+    let cases: Vec<(Grid, Vec<f32>)> = vec![
+        // Q4_0: x = d·k, k in −7..=7 (the rule maps the absmax to −8).
+        (
+            Grid::Q4_0,
+            (0..32).map(|i| d * ((i % 15) as f32 - 7.0)).collect(),
+        ),
+        // Q4_1: x = d·q + m, q in 0..=13.
+        (
+            Grid::Q4_1,
+            (0..32).map(|i| d * (i % 14) as f32 - 0.25).collect(),
+        ),
+        // tern asymmetric 3-bit: q in 0..=5.
+        (
+            Grid::Tern {
+                bits: 3,
+                group: 64,
+                sym: false,
+            },
+            (0..64).map(|i| d * (i % 6) as f32 + 0.5).collect(),
+        ),
+        // tern symmetric 4-bit: x = d·(c − 8), c in 0..=15 (GPTQ's rule
+        // takes d = 2·amax/15 ≠ d).
+        (
+            Grid::Tern {
+                bits: 4,
+                group: 32,
+                sym: true,
+            },
+            (0..32).map(|i| d * ((i % 16) as f32 - 8.0)).collect(),
+        ),
+    ];
+    for (grid, xs) in cases {
+        let ws: Vec<f64> = (0..xs.len()).map(|i| 1.0 + i as f64).collect();
+        let fixed = grid.weighted_error(grid.params(&xs), &xs, &ws);
+        assert!(
+            fixed > 0.0,
+            "{grid:?}: the case is not trivial for the rule"
+        );
+        let p = grid.search_params(&xs, &ws);
+        assert_eq!(grid.weighted_error(p, &xs, &ws), 0.0, "{grid:?}: {p:?}");
+    }
+    // An all-zero group keeps the rule's parameters.
+    let z = [0.0f32; 32];
+    assert_eq!(
+        Grid::Q4_0.search_params(&z, &[1.0; 32]),
+        Grid::Q4_0.params(&z)
+    );
+}
+
+#[test]
+fn gptq_with_the_scale_search_lowers_its_loss() {
+    let mut rng = Rng(99);
+    let (rows, cols) = (32, 256);
+    let x = correlated_inputs(&mut rng, 4 * 96, cols);
+    let h = hessian_of(&x, 4, 96, cols, 0);
+    let w = random_weights(&mut rng, rows, cols);
+    for grid in [Grid::Q4_0, Grid::Q4_1, GRIDS[5]] {
+        for act_order in [false, true] {
+            let loss = |s| {
+                let p = GptqParams {
+                    act_order,
+                    scale_search: s,
+                    ..GptqParams::default()
+                };
+                let (_, r) = quantize(&w, rows, cols, grid, Scheme::Gptq, Some(&h), &p).unwrap();
+                r.err
+            };
+            let off = loss(ScaleSearch::Off);
+            for s in [ScaleSearch::Loss, ScaleSearch::Diag] {
+                let on = loss(s);
+                if act_order {
+                    // Static groups keep the fixed rule.
+                    assert_eq!(on, off, "{grid:?} {s:?}");
+                } else {
+                    // Searched on the error-updated weights GPTQ then
+                    // rounds: the proxy error must drop clearly.
+                    assert!(on < 0.9 * off, "{grid:?} {s:?}: {on} vs {off}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_q4_0_mixture_keeps_early_ffn_down_in_q4_1() {
+    // 30 blocks: blocks 0, 1, 2 (30/8 = 3) store ffn_down as Q4_1.
+    for il in 0..30 {
+        for l in ["attn_q", "ffn_up", "ffn_down"] {
+            let want = if l == "ffn_down" && il < 3 {
+                Grid::Q4_1
+            } else {
+                Grid::Q4_0
+            };
+            assert_eq!(tensor_grid(Grid::Q4_0, true, l, il, 30), want, "{il} {l}");
+            assert_eq!(tensor_grid(Grid::Q4_0, false, l, il, 30), Grid::Q4_0);
+        }
+    }
+    // Fewer than 8 blocks: nothing changes; other grids are never mixed.
+    assert_eq!(tensor_grid(Grid::Q4_0, true, "ffn_down", 0, 7), Grid::Q4_0);
+    assert_eq!(tensor_grid(GRIDS[5], true, "ffn_down", 0, 30), GRIDS[5]);
 }

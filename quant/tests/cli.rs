@@ -278,6 +278,12 @@ fn bad_flags_are_one_line_usage_errors() {
         (&["--seq-len", "-3"], "seq-len"),
         (&["-t", "0"], "threads"),
         (&["--prefix-skip", "64"], "--prefix-skip"),
+        (&["--scheme", "rtn", "--act-stats", "s.tsv"], "--act-stats"),
+        (
+            &["--scheme", "gptq", "--prefix-skip-on", "down"],
+            "--prefix-skip-on",
+        ),
+        (&["--scale-search", "max"], "max"),
         (&["--frobnicate"], "frobnicate"),
     ];
     for (extra, needle) in cases {
@@ -492,4 +498,60 @@ fn sigterm_mid_write_removes_the_temp_file_and_exits_130() {
     assert_eq!(status.code(), Some(130));
     assert_eq!(std::fs::read(&out).unwrap(), b"precious");
     assert!(temps(&d).is_empty(), "{:?}", temps(&d));
+}
+
+#[test]
+fn scale_search_changes_gptq_only_and_act_stats_are_written() {
+    let d = tmp("search-stats");
+    let calib = calib_file(&d);
+    let model = tiny("tiny-llama-f32.gguf");
+    let make = |name: &str, args: &[&str]| -> Vec<u8> {
+        let out = d.join(name);
+        let mut cmd = quantize();
+        cmd.arg("-m").arg(&model).arg("-o").arg(&out).args(args);
+        if !args.contains(&"rtn") {
+            small_calib(&mut cmd, &calib);
+        }
+        let o = run(&mut cmd);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        std::fs::read(&out).unwrap()
+    };
+    // RTN is ggml's RTN whatever the search flag says.
+    let r1 = make("r1.gguf", &["--scheme", "rtn", "--type", "q4_0"]);
+    let r2 = make(
+        "r2.gguf",
+        &["--scheme", "rtn", "--type", "q4_0", "--scale-search", "off"],
+    );
+    assert!(r1 == r2, "RTN depends on --scale-search");
+    // GPTQ: the search picks other scales than the fixed rule.
+    let g1 = make("g1.gguf", &["--scheme", "gptq", "--type", "q4_0"]);
+    let g2 = make(
+        "g2.gguf",
+        &[
+            "--scheme",
+            "gptq",
+            "--type",
+            "q4_0",
+            "--scale-search",
+            "off",
+        ],
+    );
+    assert!(g1 != g2, "the scale search changed nothing");
+    // Per-position statistics: a header and one line per block and input.
+    let stats = d.join("stats.tsv");
+    let st = stats.to_str().unwrap();
+    make(
+        "g3.gguf",
+        &["--scheme", "gptq", "--type", "q4_0", "--act-stats", st],
+    );
+    let text = std::fs::read_to_string(&stats).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1 + 2 * 4, "{text}");
+    assert!(lines[0].starts_with("layer\tsite\tsq0"), "{}", lines[0]);
+    for l in &lines[1..] {
+        let f: Vec<&str> = l.split('\t').collect();
+        assert_eq!(f.len(), lines[0].split('\t').count(), "{l}");
+        let share: f64 = f[f.len() - 1].parse().unwrap();
+        assert!(share > 0.0 && share < 1.0, "{l}");
+    }
 }

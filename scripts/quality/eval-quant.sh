@@ -7,10 +7,14 @@
 # (both from scripts/fetch-texts.sh, which pins their sha256; disjoint).
 # Perplexity: `tern perplexity`, context 512, the first $CHUNKS chunks.
 #
-# Rows: the reference; RTN, GPTQ, P-GPTQ at 4-bit g128 (tern type); RTN and
-# GPTQ into Q4_0; llama.cpp's `llama-quantize --imatrix` Q4_0 (imatrix from
-# `llama-imatrix` on the same calibration text and settings); RTN, GPTQ,
-# P-GPTQ at 3-bit g128. Then llama.cpp's `llama-perplexity` on tern's GPTQ
+# Rows: the reference; RTN, GPTQ, P-GPTQ at 4-bit g128 (tern type), and
+# P-GPTQ with the prefix skip on every linear (`--prefix-skip-on all`, the
+# MiniCPM4 report's form; the default leaves ffn_down alone); RTN and GPTQ
+# into Q4_0 (GPTQ with the calibrated mixture, ffn_down of the first eighth
+# of the blocks in Q4_1, and `--pure`); llama.cpp's `llama-quantize
+# --imatrix` Q4_0 (imatrix from `llama-imatrix` on the same calibration
+# text and settings; it uses the same mixture); RTN, GPTQ, P-GPTQ at 3-bit
+# g128. Then llama.cpp's `llama-perplexity` on tern's GPTQ
 # Q4_0 file against `tern perplexity` (must agree within 1%). The quantized
 # models are made from the Q4_1 file itself: its weights dequantize exactly to
 # the reference.
@@ -91,9 +95,11 @@ ROWS=(
     "pgptq-q4-g128|--scheme p-gptq --bits 4 --group 128"
     "rtn-q4_0|--scheme rtn --type q4_0"
     "gptq-q4_0|--scheme gptq --type q4_0"
+    "gptq-q4_0-pure|--scheme gptq --type q4_0 --pure"
     "rtn-q3-g128|--scheme rtn --bits 3 --group 128"
     "gptq-q3-g128|--scheme gptq --bits 3 --group 128"
     "pgptq-q3-g128|--scheme p-gptq --bits 3 --group 128"
+    "pgptq-all-q4-g128|--scheme p-gptq --bits 4 --group 128 --prefix-skip-on all"
 )
 for row in "${ROWS[@]}"; do
     name=${row%%|*}; flags=${row#*|}
@@ -149,7 +155,8 @@ for line in sys.stdin:
         b += int(m.group(3))
 print(f"{8 * b / n:.2f}")'
 }
-for name in rtn-q4-g128 gptq-q4-g128 pgptq-q4-g128 rtn-q4_0 gptq-q4_0 llamacpp-imatrix-q4_0 rtn-q3-g128 gptq-q3-g128 pgptq-q3-g128; do
+for name in rtn-q4-g128 gptq-q4-g128 pgptq-q4-g128 pgptq-all-q4-g128 rtn-q4_0 gptq-q4_0 gptq-q4_0-pure llamacpp-imatrix-q4_0 \
+    rtn-q3-g128 gptq-q3-g128 pgptq-q3-g128; do
     pe=$(ppl "$OUT/$name.gguf")
     read -r p e <<< "$pe"
     d=$(python3 -c "import sys; print(f'{float(sys.argv[1]) - float(sys.argv[2]):+.3f}')" "$p" "$REF_PPL")
