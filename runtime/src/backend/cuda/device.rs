@@ -252,7 +252,7 @@ pub(super) fn launch(
     let timed = gpu
         .prof
         .as_ref()
-        .and_then(|_| gpu.event_pair(&format!("{name} {grid:?}x{block}")));
+        .and_then(|_| gpu.event_pair(format!("{name} {grid:?}x{block}")));
     let r = launch_raw(gpu, f, name, grid, block, &mut ptrs);
     if let (Some(p), Some((label, ev0, ev1))) = (gpu.prof.as_ref(), timed) {
         // SAFETY: both events were created by event_pair on this context.
@@ -304,8 +304,7 @@ fn launch_raw(
     // device buffer of the size the kernel indexes, and `ptrs` outlives the
     // call (cuLaunchKernel copies the values before returning).
     unsafe {
-        let mut v = ptrs.to_vec();
-        result::launch_kernel(f, grid, (block, 1, 1), 0, gpu.cu_stream(), &mut v)
+        result::launch_kernel(f, grid, (block, 1, 1), 0, gpu.cu_stream(), ptrs)
             .map_err(|e| gpu_err(name, e))
     }
 }
@@ -326,7 +325,7 @@ pub(super) fn profiling() -> bool {
 impl Gpu {
     /// Two timing events with the first recorded now, unless the stream is
     /// being captured (a graph's launches are not timed one by one).
-    fn event_pair(&self, label: &str) -> Option<(String, sys::CUevent, sys::CUevent)> {
+    fn event_pair(&self, label: String) -> Option<(String, sys::CUevent, sys::CUevent)> {
         let stream = self.cu_stream();
         let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
         // SAFETY: plain driver queries and event creation on our context.
@@ -344,7 +343,7 @@ impl Gpu {
                 return None;
             }
             let _ = sys::cuEventRecord(a, stream);
-            Some((label.to_string(), a, b))
+            Some((label, a, b))
         }
     }
 
