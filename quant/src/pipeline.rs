@@ -99,11 +99,11 @@ impl SkipSites {
 /// Q4_0 model keeps the `ffn_down` of blocks `layer < n_layer / 8` in Q4_1.
 ///
 /// This is the mixture llama.cpp's Q4_0 file type uses when it quantizes
-/// with an importance matrix: the first blocks' `ffn_down` produce the
-/// massive activations of the attention-sink position, and Q4_1's minimum
-/// costs a quarter bit per weight there (4.50 → 4.51 bits per weight for
-/// SmolLM2-135M). Calibrated tern runs use the same mixture so that files
-/// of the same size are compared.
+/// with an importance matrix (a guard for the first blocks' `ffn_down`;
+/// Q4_1's minimum costs a quarter bit per weight there, 4.50 → 4.51 bits
+/// per weight for SmolLM2-135M). Calibrated tern runs use the same mixture
+/// so that files of the same size are compared. On SmolLM2 the attention
+/// sink itself forms later, in block 11 (docs/quant-quality-notes.md).
 pub fn tensor_grid(base: Grid, mixed: bool, linear: &str, layer: usize, n_layer: usize) -> Grid {
     if mixed && base == Grid::Q4_0 && linear == "ffn_down" && layer < n_layer / 8 {
         Grid::Q4_1
