@@ -355,6 +355,18 @@ fn ty_code(ty: GgmlType) -> i32 {
     }
 }
 
+/// RoPE frequencies as the staging arena's u32 words (each f64 low word
+/// first), which the kernels read back as a `double` table.
+fn freq_words(inv_freq: &[f64]) -> Vec<u32> {
+    inv_freq
+        .iter()
+        .flat_map(|f| {
+            let b = f.to_bits();
+            [b as u32, (b >> 32) as u32]
+        })
+        .collect()
+}
+
 /// Blocks per token a decode attention aims for (the key splits are sized
 /// from it): 256, or `TERN_CUDA_ATTN_BLOCKS` (64..=4096) for experiments.
 fn attn_blocks() -> usize {
@@ -955,14 +967,7 @@ impl Backend for CudaBackend {
         }
         self.wrote(q);
         self.wrote(k);
-        let freq: Vec<u32> = rope_q
-            .inv_freq
-            .iter()
-            .flat_map(|f| {
-                let b = f.to_bits();
-                [b as u32, (b >> 32) as u32]
-            })
-            .collect();
+        let freq = freq_words(&rope_q.inv_freq);
         let mut m = self.lock();
         let pos = self.stage(&mut m, Staged::Positions, positions)?;
         // An empty table (n_rot 0) still needs a valid address.
@@ -1014,14 +1019,7 @@ impl Backend for CudaBackend {
         if x.rows == 0 || half == 0 {
             return Ok(());
         }
-        let freq: Vec<u32> = rope
-            .inv_freq
-            .iter()
-            .flat_map(|f| {
-                let b = f.to_bits();
-                [b as u32, (b >> 32) as u32]
-            })
-            .collect();
+        let freq = freq_words(&rope.inv_freq);
         let mut m = self.lock();
         let pos = self.stage(&mut m, Staged::Positions, positions)?;
         let fr = self.stage(&mut m, Staged::Const, &freq)?;
