@@ -102,7 +102,10 @@ fn main() {
     let cpu = CpuBackend::exact(std::thread::available_parallelism().map_or(4, |n| n.get()));
     let variants: Vec<KernelConfig> = [1u32, 2, 4]
         .iter()
-        .map(|&m| KernelConfig { mv_rows: m })
+        .map(|&m| KernelConfig {
+            mv_rows: m,
+            ..KernelConfig::default()
+        })
         .collect();
     let gpus: Vec<(KernelConfig, CudaBackend)> = variants
         .iter()
@@ -139,22 +142,47 @@ fn main() {
             }
         }
     }
-    println!(
-        "\n## prefill mat-mat (512 tokens), Q4_0: mma.sync m16n8k16 (128×128 tiles from 2048 rows)"
-    );
-    println!("| shape | µs | TFLOP/s | NMSE vs CPU |");
-    println!("|---|---|---|---|");
-    let g = &gpus[1].1;
-    for &(rows, cols) in &shapes[..4] {
-        let f = file(rows, cols, GgmlType::Q4_0, 512);
-        let (want, _) = run(&cpu, &f, 512, 1, &|| {});
-        let (got, t) = run(g, &f, 512, 10, &|| g.synchronize().unwrap());
-        let tflops = 2.0 * rows as f64 * cols as f64 * 512.0 / t / 1e12;
-        println!(
-            "| {rows}×{cols} | {:.1} | {:.1} | {:.1e} |",
-            t * 1e6,
-            tflops,
-            nmse(&got, &want)
-        );
+    println!("\n## prefill mat-mat (512 tokens): f16 tiles (matmul_mma*) against 4-bit tiles (matmul_q4_*)");
+    println!("| shape | type | kernel | µs | TFLOP/s | NMSE vs CPU |");
+    println!("|---|---|---|---|---|---|");
+    let f16_tiles = CudaBackend::open_with(
+        0,
+        &KernelConfig {
+            prefill_q4: false,
+            ..KernelConfig::default()
+        },
+    )
+    .expect("GPU");
+    let q4_narrow3 = CudaBackend::open_with(
+        0,
+        &KernelConfig {
+            mq_narrow_min_blocks: 3,
+            ..KernelConfig::default()
+        },
+    )
+    .expect("GPU");
+    let q4_tiles = &gpus[0].1;
+    for &(rows, cols) in [(4608usize, 4096usize)].iter().chain(&shapes[..4]) {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1] {
+            let f = file(rows, cols, ty, 512);
+            let (want, _) = run(&cpu, &f, 512, 1, &|| {});
+            for (label, g) in [
+                ("f16 tiles", &f16_tiles),
+                ("4-bit tiles", q4_tiles),
+                (
+                    "4-bit tiles, narrow kernel capped at 168 registers (3 blocks/SM)",
+                    &q4_narrow3,
+                ),
+            ] {
+                let (got, t) = run(g, &f, 512, 10, &|| g.synchronize().unwrap());
+                let tflops = 2.0 * rows as f64 * cols as f64 * 512.0 / t / 1e12;
+                println!(
+                    "| {rows}×{cols} | {ty} | {label} | {:.1} | {:.1} | {:.1e} |",
+                    t * 1e6,
+                    tflops,
+                    nmse(&got, &want)
+                );
+            }
+        }
     }
 }

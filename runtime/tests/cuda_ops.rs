@@ -148,6 +148,104 @@ fn matmul_every_type_and_batch_matches_cpu() {
     }
 }
 
+/// Prefill products of one input with several 4-bit weights (q/k/v,
+/// gate/up) run as one launch on the GPU: every output must match, in both
+/// tile widths (the 1030-token case fills the GPU with 128-token tiles).
+#[test]
+fn matmul_many_prefill_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend::exact(8);
+    let mut rng = Rng(0x5eed_0001);
+    let cases: [(&[usize], usize, usize); 4] = [
+        (&[300, 64, 40], 640, 70),
+        (&[96, 160], 128, 5),
+        (&[130], 64, 200),
+        (&[4096, 256, 256], 256, 1030),
+    ];
+    for (rows, cols, ntok) in cases {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1] {
+            let names: Vec<String> = (0..rows.len()).map(|i| format!("w{i}")).collect();
+            let mut tensors: Vec<(&str, GgmlType, usize, usize, Vec<f32>)> = names
+                .iter()
+                .zip(rows)
+                .map(|(n, &r)| (n.as_str(), ty, r, cols, rng.vec(r * cols)))
+                .collect();
+            tensors.push(("x", GgmlType::F32, ntok, cols, rng.vec(ntok * cols)));
+            let f = file_with(&tensors);
+            fn many<B: Backend>(
+                b: &B,
+                f: &Arc<GgufFile>,
+                names: &[String],
+                rows: &[usize],
+                cols: usize,
+                ntok: usize,
+            ) -> Vec<Vec<f32>> {
+                let ws: Vec<B::Weight> = names
+                    .iter()
+                    .map(|n| b.load_weight(f, f.tensor(n).unwrap(), Op::MatMul).unwrap())
+                    .collect();
+                let x = input(b, f, "x", ntok, cols);
+                let mut outs: Vec<B::Tensor> =
+                    rows.iter().map(|&r| b.alloc(ntok, r).unwrap()).collect();
+                let wr: Vec<&B::Weight> = ws.iter().collect();
+                let mut or: Vec<&mut B::Tensor> = outs.iter_mut().collect();
+                b.matmul_many(&x, &wr, &mut or).unwrap();
+                outs.iter().map(|o| read(b, o)).collect()
+            }
+            let want = many(&cpu, &f, &names, rows, cols, ntok);
+            let got = many(&g, &f, &names, rows, cols, ntok);
+            for (i, (gv, wv)) in got.iter().zip(&want).enumerate() {
+                check(
+                    &format!("matmul_many {ty} #{i} [{}x{cols}] x {ntok}", rows[i]),
+                    gv,
+                    wv,
+                    5e-4,
+                );
+            }
+        }
+    }
+}
+
+/// SwiGLU's input side fused into one prefill launch (gate and up rows in
+/// one block, silu in the epilogue) against the CPU's two products and
+/// silu_mul; the 600-token case takes the 128-token tiles.
+#[test]
+fn matmul_glu_prefill_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend::exact(8);
+    let mut rng = Rng(0x61u64 << 32 | 0x1f);
+    for (rows, cols, ntok) in [
+        (200usize, 640usize, 70usize),
+        (1536, 576, 130),
+        (4096, 256, 600),
+    ] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1] {
+            let f = file_with(&[
+                ("gate", ty, rows, cols, rng.vec(rows * cols)),
+                ("up", ty, rows, cols, rng.vec(rows * cols)),
+                ("x", GgmlType::F32, ntok, cols, rng.vec(ntok * cols)),
+            ]);
+            fn run<B: Backend>(b: &B, f: &Arc<GgufFile>, d: (usize, usize, usize)) -> Vec<f32> {
+                let (rows, cols, ntok) = d;
+                let w = |n: &str| b.load_weight(f, f.tensor(n).unwrap(), Op::MatMul).unwrap();
+                let (wg, wu) = (w("gate"), w("up"));
+                let x = input(b, f, "x", ntok, cols);
+                let mut gate = b.alloc(ntok, rows).unwrap();
+                let mut up = b.alloc(ntok, rows).unwrap();
+                b.matmul_glu(&x, &wg, &wu, &mut gate, &mut up).unwrap();
+                read(b, &gate)
+            }
+            let d = (rows, cols, ntok);
+            check(
+                &format!("matmul_glu {ty} [{rows}x{cols}] x {ntok}"),
+                &run(&g, &f, d),
+                &run(&cpu, &f, d),
+                5e-4,
+            );
+        }
+    }
+}
+
 #[test]
 fn embed_norm_and_elementwise_match_cpu() {
     let Some(g) = gpu() else { return };
@@ -257,6 +355,8 @@ fn attention_prefill_and_decode_match_cpu() {
         (16, 2, 128, 8192, 8000, 1),
         (9, 3, 64, 8192, 5000, 1),
         (32, 2, 128, 8192, 3000, 3),
+        (32, 2, 128, 2048, 700, 130),
+        (6, 6, 64, 1024, 63, 300),
     ] {
         for kv_ty in [KvType::F16, KvType::F32] {
             let total = prefix + batch;
@@ -580,7 +680,9 @@ fn fused_rope_kv_write_and_residual_projection_match_cpu() {
     // The same shapes as `run` below uses.
     let (nh, nkv, hd, prefix) = (9usize, 3usize, 64usize, 40usize);
     let (width, n_embd) = (nkv * hd, nh * hd);
-    for ntok in [1usize, 3] {
+    // 1 and 3 tokens: the decode kernels; 70: prefill (tensor-core
+    // attention, the 4-bit mat-mul adding into the residual).
+    for ntok in [1usize, 3, 70] {
         for n_rot in [64usize, 32] {
             for kv_ty in [KvType::F16, KvType::F32] {
                 let f = file_with(&[

@@ -273,6 +273,23 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// SwiGLU's gate: `gate = silu(gate) · up`, with `silu(x) = x / (1 + e^-x)`.
     fn silu_mul(&self, gate: &mut Self::Tensor, up: &Self::Tensor) -> Result<()>;
 
+    /// SwiGLU's input side: `gate = silu(x·W_gateᵀ) · (x·W_upᵀ)`, with the
+    /// same results as [`Backend::matmul_many`] into `gate` and `up`
+    /// followed by [`Backend::silu_mul`], which is what the default does
+    /// (`up` is scratch; its contents afterwards are unspecified). A
+    /// backend may fuse them.
+    fn matmul_glu(
+        &self,
+        x: &Self::Tensor,
+        w_gate: &Self::Weight,
+        w_up: &Self::Weight,
+        gate: &mut Self::Tensor,
+        up: &mut Self::Tensor,
+    ) -> Result<()> {
+        self.matmul_many(x, &[w_gate, w_up], &mut [&mut *gate, &mut *up])?;
+        self.silu_mul(gate, up)
+    }
+
     /// A projection added into the residual stream: `acc += scale · x·Wᵀ`,
     /// with the same results as [`Backend::matmul`] into `tmp` followed by
     /// [`Backend::add_scaled`], which is what the default does (`tmp` is

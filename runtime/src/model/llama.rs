@@ -278,12 +278,7 @@ impl<B: Backend> LlamaModel<B> {
         if seen(LinearInput::FfnGateUp, &st.xb)?.is_break() {
             return Ok(ControlFlow::Break(()));
         }
-        b.matmul_many(
-            &st.xb,
-            &[&l.ffn_gate, &l.ffn_up],
-            &mut [&mut st.gate, &mut st.up],
-        )?;
-        b.silu_mul(&mut st.gate, &st.up)?;
+        b.matmul_glu(&st.xb, &l.ffn_gate, &l.ffn_up, &mut st.gate, &mut st.up)?;
         if seen(LinearInput::FfnDown, &st.gate)?.is_break() {
             return Ok(ControlFlow::Break(()));
         }

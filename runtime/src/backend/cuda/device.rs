@@ -48,6 +48,8 @@ pub(super) struct Gpu {
     pub name: String,
     /// Device memory in bytes.
     pub total_mem: usize,
+    /// Streaming multiprocessors (grid-size choices).
+    pub sm_count: usize,
     /// Launch kernels with programmatic dependent launch (sm_90+, unless
     /// `TERN_CUDA_PDL=0`): each may start launching while the previous one
     /// runs; the kernels' `pdl_entry()` keeps the order (common.cuh).
@@ -89,6 +91,9 @@ impl Gpu {
             .map_err(|e| unavailable("device query", e))?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let total_mem = ctx.total_mem().unwrap_or(0);
+        let sm_count = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_or(1, |n| n.max(1) as usize);
         let pdl = cc.0 >= 9 && std::env::var_os("TERN_CUDA_PDL").is_none_or(|v| v != "0");
         Ok(Gpu {
             ctx,
@@ -96,6 +101,7 @@ impl Gpu {
             cc,
             name,
             total_mem,
+            sm_count,
             pdl,
             prof: profiling().then(|| std::sync::Mutex::new(Vec::new())),
         })
@@ -245,6 +251,20 @@ pub(super) fn launch(
     block: u32,
     args: &mut [Arg],
 ) -> Result<()> {
+    launch_smem(gpu, f, name, grid, block, 0, args)
+}
+
+/// [`launch`] with `smem` bytes of dynamic shared memory per block (the
+/// kernel's limit is raised when the kernels load, `kernels::dynamic_smem`).
+pub(super) fn launch_smem(
+    gpu: &Gpu,
+    f: sys::CUfunction,
+    name: &str,
+    grid: (u32, u32, u32),
+    block: u32,
+    smem: u32,
+    args: &mut [Arg],
+) -> Result<()> {
     if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
         return Ok(());
     }
@@ -253,7 +273,7 @@ pub(super) fn launch(
         .prof
         .as_ref()
         .and_then(|_| gpu.event_pair(format!("{name} {grid:?}x{block}")));
-    let r = launch_raw(gpu, f, name, grid, block, &mut ptrs);
+    let r = launch_raw(gpu, f, name, grid, block, smem, &mut ptrs);
     if let (Some(p), Some((label, ev0, ev1))) = (gpu.prof.as_ref(), timed) {
         // SAFETY: both events were created by event_pair on this context.
         unsafe {
@@ -272,6 +292,7 @@ fn launch_raw(
     name: &str,
     grid: (u32, u32, u32),
     block: u32,
+    smem: u32,
     ptrs: &mut [*mut c_void],
 ) -> Result<()> {
     if gpu.pdl {
@@ -287,7 +308,7 @@ fn launch_raw(
             blockDimX: block,
             blockDimY: 1,
             blockDimZ: 1,
-            sharedMemBytes: 0,
+            sharedMemBytes: smem,
             hStream: gpu.cu_stream(),
             attrs: &mut attr,
             numAttrs: 1,
@@ -304,7 +325,7 @@ fn launch_raw(
     // device buffer of the size the kernel indexes, and `ptrs` outlives the
     // call (cuLaunchKernel copies the values before returning).
     unsafe {
-        result::launch_kernel(f, grid, (block, 1, 1), 0, gpu.cu_stream(), ptrs)
+        result::launch_kernel(f, grid, (block, 1, 1), smem, gpu.cu_stream(), ptrs)
             .map_err(|e| gpu_err(name, e))
     }
 }

@@ -29,7 +29,7 @@ pub const SOURCES: [(&str, &str); 5] = [
 ];
 
 /// Every kernel entry point the backend launches.
-pub const KERNEL_NAMES: [&str; 22] = [
+pub const KERNEL_NAMES: [&str; 27] = [
     "embed",
     "rope_kv",
     "rms_norm",
@@ -49,10 +49,31 @@ pub const KERNEL_NAMES: [&str; 22] = [
     "matvec_f",
     "matmul_mma",
     "matmul_mma_big",
+    "matmul_q4_128",
+    "matmul_q4_64",
+    "to_f16",
     "attn_partial",
     "attn_combine",
     "attn_decode_gqa",
+    "attn_prefill_64",
+    "attn_prefill_128",
 ];
+
+/// Kernels that take dynamic shared memory, and how many bytes under `cfg`.
+/// `matmul.cu`: per pipeline stage, 128 or 64 activation rows of 144
+/// bytes, 128 weight rows of 48 quant bytes, and 1 KiB of scales.
+/// `attention.cu`: a 64-query tile and two stages of 64 keys and 64 values,
+/// each row head size + 8 halves.
+pub fn dynamic_smem(cfg: &KernelConfig, name: &str) -> u32 {
+    match name {
+        // The SwiGLU epilogue reuses it for a [tokens][132] f32 tile.
+        "matmul_q4_128" => (cfg.mq_stages * (128 * 144 + 128 * 48 + 1024)).max(128 * 132 * 4),
+        "matmul_q4_64" => (cfg.mq_stages * (64 * 144 + 128 * 48 + 1024)).max(64 * 132 * 4),
+        "attn_prefill_64" => 5 * 64 * (64 + 8) * 2,
+        "attn_prefill_128" => 5 * 64 * (128 + 8) * 2,
+        _ => 0,
+    }
+}
 
 /// Tunables baked into the kernels at compile time (the kernel harness
 /// compiles several and times each).
@@ -60,11 +81,26 @@ pub const KERNEL_NAMES: [&str; 22] = [
 pub struct KernelConfig {
     /// Weight rows each warp of the decode mat-vec computes (1, 2 or 4).
     pub mv_rows: u32,
+    /// Prefill with Q4_0/Q4_1 weights uses the 4-bit kernels
+    /// (`matmul_q4_*`); `false` keeps the f16-tile kernels (`matmul_mma*`)
+    /// for every type. Chosen on the host; the source is the same.
+    pub prefill_q4: bool,
+    /// Pipeline stages of the 4-bit prefill kernels (2 to 4), defined into
+    /// the source as `MQ_STAGES`; the dynamic shared memory scales with it.
+    pub mq_stages: u32,
+    /// Blocks per SM `matmul_q4_64` is compiled to fit (1 to 3): above 1
+    /// it caps the registers (65536 / (128 · n)), which may spill.
+    pub mq_narrow_min_blocks: u32,
 }
 
 impl Default for KernelConfig {
     fn default() -> KernelConfig {
-        KernelConfig { mv_rows: 1 }
+        KernelConfig {
+            mv_rows: 1,
+            prefill_q4: true,
+            mq_stages: 3,
+            mq_narrow_min_blocks: 1,
+        }
     }
 }
 
@@ -75,7 +111,10 @@ pub fn source() -> String {
 
 /// The one translation unit NVRTC compiles, with `cfg` as defines.
 pub fn source_with(cfg: &KernelConfig) -> String {
-    let mut s = format!("#define MV_ROWS {}\n", cfg.mv_rows);
+    let mut s = format!(
+        "#define MV_ROWS {}\n#define MQ_STAGES {}\n#define MQ_NARROW_MINB {}\n",
+        cfg.mv_rows, cfg.mq_stages, cfg.mq_narrow_min_blocks
+    );
     for (name, text) in SOURCES {
         s.push_str(&format!("// ---- {name} ----\n"));
         s.push_str(text);
@@ -247,6 +286,8 @@ pub fn ptx_for(cfg: &KernelConfig, arch: u32) -> Result<String> {
 pub(super) struct Kernels {
     _module: Arc<CudaModule>,
     funcs: Vec<sys::CUfunction>,
+    /// Blocks of `matmul_q4_128` and `matmul_q4_64` one SM runs at once.
+    pub mq_slots: (usize, usize),
 }
 
 // SAFETY: CUfunction handles are immutable once loaded and usable from any
@@ -268,11 +309,39 @@ impl Kernels {
             let f = module
                 .load_function(name)
                 .map_err(|e| gpu_err(&format!("load kernel {name}"), e))?;
-            funcs.push(f.cu_function());
+            let func = f.cu_function();
+            let bytes = dynamic_smem(cfg, name);
+            if bytes > 0 {
+                // SAFETY: `func` was just loaded from this module and the
+                // attribute takes a plain byte count.
+                unsafe {
+                    cudarc::driver::result::function::set_function_attribute(
+                        func,
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        bytes as i32,
+                    )
+                }
+                .map_err(|e| gpu_err(&format!("shared memory for kernel {name}"), e))?;
+            }
+            funcs.push(func);
         }
+        let slots = |name: &str, threads: i32| {
+            let i = KERNEL_NAMES.iter().position(|&n| n == name).unwrap_or(0);
+            // SAFETY: the function was loaded above from this module.
+            unsafe {
+                cudarc::driver::result::occupancy::max_active_block_per_multiprocessor(
+                    funcs[i],
+                    threads,
+                    dynamic_smem(cfg, name) as usize,
+                )
+            }
+            .map_or(1, |n| n.max(1) as usize)
+        };
+        let mq_slots = (slots("matmul_q4_128", 256), slots("matmul_q4_64", 128));
         Ok(Kernels {
             _module: module,
             funcs,
+            mq_slots,
         })
     }
 

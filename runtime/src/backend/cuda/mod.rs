@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use cudarc::driver::sys;
 
 pub use self::device::{driver_present, nvrtc_present};
-use self::device::{launch, Arg, DevBuf, Gpu, Staging};
+use self::device::{launch, launch_smem, Arg, DevBuf, Gpu, Staging};
 use super::{AttnParams, Backend, KvSpec, KvType, Op, Rope, StepInputs};
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, TensorInfo};
@@ -37,6 +37,17 @@ use crate::quants::{self, GgmlType};
 
 /// Rows of `x` at or below which matmuls run as mat-vec (decode) kernels.
 const MATVEC_MAX_ROWS: usize = 4;
+
+/// How the 4-bit prefill kernels finish (`matmul_q4_*`).
+#[derive(Clone, Copy, Debug)]
+enum Epilogue {
+    /// `out = product`.
+    Store,
+    /// `out += s · product` (residual projections).
+    Add(f32),
+    /// Weights are (gate, up): `out = silu(gate product) · up product`.
+    Glu,
+}
 
 /// Caches of at least this many slots use the grouped-query decode
 /// attention kernel.
@@ -60,6 +71,8 @@ struct Shared {
     step: Mutex<()>,
     /// Rows per warp of `matvec_q` (as compiled).
     mv_rows: usize,
+    /// What the kernels were built with ([`kernels::KernelConfig`]).
+    cfg: kernels::KernelConfig,
 }
 
 /// Scratch and staging, touched under the lock.
@@ -79,6 +92,8 @@ struct Mutable {
     qmemo: Option<(u64, usize, usize)>,
     xq: Option<DevBuf>,
     xs: Option<DevBuf>,
+    /// f16 copy of a prefill activation for `matmul_q4_*`.
+    xh: Option<DevBuf>,
     part_o: Option<DevBuf>,
     part_ml: Option<DevBuf>,
 }
@@ -116,10 +131,13 @@ impl CudaBackend {
     /// Like [`CudaBackend::open`], with kernels built for `cfg` (the kernel
     /// harness compares configurations this way).
     pub fn open_with(ordinal: usize, cfg: &kernels::KernelConfig) -> Result<CudaBackend> {
-        if !(1..=4).contains(&cfg.mv_rows) {
+        if !(1..=4).contains(&cfg.mv_rows)
+            || !(2..=4).contains(&cfg.mq_stages)
+            || !(1..=3).contains(&cfg.mq_narrow_min_blocks)
+        {
             return Err(Error::Gpu {
                 op: "open".into(),
-                msg: format!("mv_rows {} outside 1..=4", cfg.mv_rows),
+                msg: format!("kernel configuration out of range: {cfg:?}"),
             });
         }
         let gpu = Gpu::open(ordinal)?;
@@ -145,11 +163,13 @@ impl CudaBackend {
                     qmemo: None,
                     xq: None,
                     xs: None,
+                    xh: None,
                     part_o: None,
                     part_ml: None,
                 }),
                 step: Mutex::new(()),
                 mv_rows: cfg.mv_rows as usize,
+                cfg: *cfg,
             }),
         })
     }
@@ -465,6 +485,9 @@ impl CudaBackend {
             let (xq, xs) = self.quantize_x(x)?;
             return self.matvec_q(w, xq, xs, ntok, out, None);
         }
+        if self.q4_prefill_fits(w, ntok) {
+            return self.matmul_q4(x, &[w], &mut [out], Epilogue::Store);
+        }
         // Big tiles only when they still fill the GPU.
         let big = rows >= 2048 && ntok >= 128;
         let (kernel, tile, threads) = if big {
@@ -487,6 +510,100 @@ impl CudaBackend {
                 Arg::I32(ntok as i32),
                 Arg::Ptr(out.buf.ptr),
             ],
+        )
+    }
+
+    /// Whether the 4-bit prefill kernels take `w` for `ntok` tokens.
+    fn q4_prefill_fits(&self, w: &CudaWeight, ntok: usize) -> bool {
+        self.sh.cfg.prefill_q4
+            && ntok > MATVEC_MAX_ROWS
+            && matches!(w.ty, GgmlType::Q4_0 | GgmlType::Q4_1)
+            && w.cols > 0
+            && w.cols.is_multiple_of(64)
+    }
+
+    /// Prefill products of `x` with one to three 4-bit weights of one type
+    /// (q/k/v, gate/up) in one launch, after one f16 conversion of `x`,
+    /// finished by `epi`. The caller has checked shapes and
+    /// [`Self::q4_prefill_fits`].
+    fn matmul_q4(
+        &self,
+        x: &CudaTensor,
+        ws: &[&CudaWeight],
+        outs: &mut [&mut CudaTensor],
+        epi: Epilogue,
+    ) -> Result<()> {
+        let g = self.gpu()?;
+        let n = x.rows * x.cols;
+        let xh = {
+            let mut m = self.lock();
+            let mut slot = m.xh.take();
+            let p = self.ensure(&mut slot, n * 2, "f16 activations");
+            m.xh = slot;
+            p?
+        };
+        launch(
+            g,
+            self.f("to_f16"),
+            "to_f16",
+            (blocks(n / 8, 256), 1, 1),
+            256,
+            &mut [Arg::Ptr(x.buf.ptr), Arg::I64(n as i64), Arg::Ptr(xh)],
+        )?;
+        // GLU: one block takes 64 rows of the gate and the same of up.
+        let glu = matches!(epi, Epilogue::Glu);
+        let tiles: Vec<usize> = if glu {
+            vec![ws[0].rows.div_ceil(64)]
+        } else {
+            ws.iter().map(|w| w.rows.div_ceil(128)).collect()
+        };
+        let total: usize = tiles.iter().sum();
+        // 128-token tiles reuse each weight tile more, but only pay when
+        // they fill the GPU at least twice over: measured on the 8B shapes
+        // (docs/cuda-kernel-notes.md), the 4096- and 4608-row products ran
+        // faster as 64-token tiles (several blocks per SM, one wave) and
+        // only the 32768-row gate/up as 128.
+        let s128 = self.sh.k.mq_slots.0;
+        let wide = total * x.rows.div_ceil(128) >= 2 * s128 * g.sm_count;
+        let (kernel, bn, threads) = if wide {
+            ("matmul_q4_128", 128, 256)
+        } else {
+            ("matmul_q4_64", 64, 128)
+        };
+        let smem = kernels::dynamic_smem(&self.sh.cfg, kernel);
+        let mut args = Vec::with_capacity(15);
+        for i in 0..3 {
+            // Unused slots repeat the last weight but get no blocks (GLU
+            // has two weights and one output).
+            let k = i.min(ws.len() - 1);
+            args.extend([
+                Arg::Ptr(ws[k].buf.ptr),
+                Arg::I32(ws[k].rows as i32),
+                Arg::Ptr(outs[i.min(outs.len() - 1)].buf.ptr),
+            ]);
+        }
+        args.extend([
+            Arg::I32(tiles[0] as i32),
+            Arg::I32(tiles.get(1).copied().unwrap_or(0) as i32),
+            Arg::I32(ty_code(ws[0].ty)),
+            Arg::I32(x.cols as i32),
+            Arg::Ptr(xh),
+            Arg::I32(x.rows as i32),
+            Arg::I32(matches!(epi, Epilogue::Add(_)) as i32),
+            Arg::F32(match epi {
+                Epilogue::Add(s) => s,
+                _ => 1.0,
+            }),
+            Arg::I32(glu as i32),
+        ]);
+        launch_smem(
+            g,
+            self.f(kernel),
+            "matmul",
+            (total as u32, blocks(x.rows, bn), 1),
+            threads,
+            smem,
+            &mut args,
         )
     }
 
@@ -849,6 +966,19 @@ impl Backend for CudaBackend {
                 format!("{} weights for {} outputs", ws.len(), outs.len()),
             ));
         }
+        let prefill = (1..=3).contains(&ws.len())
+            && ws.iter().zip(outs.iter()).all(|(w, o)| {
+                self.q4_prefill_fits(w, x.rows)
+                    && w.ty == ws[0].ty
+                    && w.cols == x.cols
+                    && (o.rows, o.cols) == (x.rows, w.rows)
+            });
+        if prefill {
+            for o in outs.iter() {
+                self.wrote(o);
+            }
+            return self.matmul_q4(x, ws, outs, Epilogue::Store);
+        }
         let shared = x.rows > 0
             && x.rows <= MATVEC_MAX_ROWS
             && ws.iter().zip(outs.iter()).all(|(w, o)| {
@@ -922,12 +1052,42 @@ impl Backend for CudaBackend {
             && x.cols == w.cols
             && (acc.rows, acc.cols) == (x.rows, w.rows);
         if !fused {
+            if x.cols == w.cols
+                && (acc.rows, acc.cols) == (x.rows, w.rows)
+                && self.q4_prefill_fits(w, x.rows)
+            {
+                self.wrote(acc);
+                return self.matmul_q4(x, &[w], &mut [acc], Epilogue::Add(scale));
+            }
             self.matmul_impl(x, w, tmp)?;
             return self.add_scaled(acc, tmp, scale);
         }
         self.wrote(acc);
         let (xq, xs) = self.quantize_x(x)?;
         self.matvec_q(w, xq, xs, x.rows, acc, Some(scale))
+    }
+
+    /// Prefill with 4-bit weights: one launch computes both products and
+    /// SwiGLU in its epilogue (`up` is left untouched).
+    fn matmul_glu(
+        &self,
+        x: &CudaTensor,
+        w_gate: &CudaWeight,
+        w_up: &CudaWeight,
+        gate: &mut CudaTensor,
+        up: &mut CudaTensor,
+    ) -> Result<()> {
+        let fused = self.q4_prefill_fits(w_gate, x.rows)
+            && w_up.ty == w_gate.ty
+            && (w_up.rows, w_up.cols) == (w_gate.rows, w_gate.cols)
+            && x.cols == w_gate.cols
+            && (gate.rows, gate.cols) == (x.rows, w_gate.rows);
+        if !fused {
+            self.matmul_many(x, &[w_gate, w_up], &mut [&mut *gate, &mut *up])?;
+            return self.silu_mul(gate, up);
+        }
+        self.wrote(gate);
+        self.matmul_q4(x, &[w_gate, w_up], &mut [gate], Epilogue::Glu)
     }
 
     /// One kernel turns the queries and keys and stores keys and values.
@@ -1113,6 +1273,43 @@ impl Backend for CudaBackend {
         }
         if q.rows == 0 {
             return Ok(());
+        }
+        let prefill_kernel = match p.head_dim {
+            64 => Some("attn_prefill_64"),
+            128 => Some("attn_prefill_128"),
+            _ => None,
+        };
+        if let (true, Some(kernel)) = (
+            q.rows > MATVEC_MAX_ROWS && spec.ty == KvType::F16,
+            prefill_kernel,
+        ) {
+            // Prefill: flash attention on the tensor cores, one block per
+            // 64 queries of a head.
+            let fs = {
+                let mut m = self.lock();
+                self.stage(&mut m, Staged::FirstSlot, &[first_slot as u32])?
+            };
+            let g = self.gpu()?;
+            let (kc, vc) = &kv.layers[layer];
+            return launch_smem(
+                g,
+                self.f(kernel),
+                "attention",
+                (blocks(q.rows, 64), p.n_head as u32, 1),
+                128,
+                kernels::dynamic_smem(&self.sh.cfg, kernel),
+                &mut [
+                    Arg::Ptr(q.buf.ptr),
+                    Arg::Ptr(kc.ptr),
+                    Arg::Ptr(vc.ptr),
+                    Arg::Ptr(fs),
+                    Arg::I32(p.n_head as i32),
+                    Arg::I32(p.n_head_kv as i32),
+                    Arg::F32(p.scale),
+                    Arg::I32(q.rows as i32),
+                    Arg::Ptr(out.buf.ptr),
+                ],
+            );
         }
         // Decode: split the keys so enough blocks run; the split depends on
         // the cache size only, so a captured graph stays valid as the

@@ -388,3 +388,196 @@ extern "C" __global__ void __launch_bounds__(128) attn_decode_gqa(
         default: break;
     }
 }
+
+// ---- Prefill attention on the tensor cores (`attn_prefill_64`, `_128`) ----
+//
+// Flash-attention over an f16 cache for a batch of queries: block (query
+// tile of 64 tokens, head h), 4 warps of 16 queries each. Q (f32, scaled
+// by scale·log2 e) becomes f16 A fragments held in registers for the whole
+// key loop. Key tiles of 64 go through shared memory in two cp.async
+// stages. Per tile each warp computes S = Q·Kᵀ (16 × 64) with mma.sync,
+// masks keys past each query's slot, updates its running max and sum
+// (base-2 online softmax, rows reduced over the 4 lanes of a quad), turns
+// S into f16 P fragments in registers (the accumulator layout of two n8
+// tiles is the A layout of one k16 step) and adds P·V, V read with
+// transposed ldmatrix. Keys beyond the block's last visible slot are zero
+// in shared memory and masked; slots up to it were written by this batch
+// or earlier ones. HD is the head size (64 or 128).
+
+#define AP_Q 64
+#define AP_K 64
+
+template <int HD>
+__device__ __forceinline__ void attn_prefill_body(const float* q, const u16* kc, const u16* vc,
+                                                  const u32* first_slot, int n_head, int n_head_kv,
+                                                  float scale, int ntok, float* out, u16* smem) {
+    constexpr int LD = HD + 8;  // halves per shared row: 16-byte aligned, ldmatrix conflict-free
+    constexpr int KT = AP_K * LD;
+    u16* sq = smem;                 // AP_Q × LD
+    u16* sk = smem + AP_Q * LD;     // 2 stages × AP_K × LD
+    u16* sv = sk + 2 * KT;          // 2 stages × AP_K × LD
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const int g = lane / 4, q4 = lane % 4;
+    const int t0 = blockIdx.x * AP_Q, h = blockIdx.y;
+    const int hk = h / (n_head / n_head_kv);
+    const long long width = (long long)n_head_kv * HD;
+    const long long fs = first_slot[0];
+    const int t_last = min(t0 + AP_Q, ntok) - 1;
+    const long long n_keys = fs + t_last + 1;  // the block's visible slots
+    const int nkt = (int)((n_keys + AP_K - 1) / AP_K);
+
+    auto load_kv = [&](int kt, int slot) {
+        for (int c = tid; c < AP_K * HD / 8; c += 128) {
+            int r = c / (HD / 8), part = c % (HD / 8);
+            long long j = (long long)kt * AP_K + r;
+            bool ok = j < n_keys;
+            long long off = ok ? j * width + (long long)hk * HD + part * 8 : 0;
+            cp_async16(sk + slot * KT + r * LD + part * 8, kc + off, ok);
+            cp_async16(sv + slot * KT + r * LD + part * 8, vc + off, ok);
+        }
+    };
+    load_kv(0, 0);
+    cp_async_commit();
+
+    // Q tile → f16, pre-scaled into the base-2 exponent domain.
+    const float qs = scale * 1.4426950408889634f;
+    for (int c = tid; c < AP_Q * HD / 2; c += 128) {
+        int r = c / (HD / 2), d = (c % (HD / 2)) * 2;
+        float2 v = make_float2(0.f, 0.f);
+        if (t0 + r < ntok) v = *(const float2*)(q + ((long long)(t0 + r) * n_head + h) * HD + d);
+        *(u32*)(sq + r * LD + d) = (u32)f2h(v.x * qs) | ((u32)f2h(v.y * qs) << 16);
+    }
+    __syncthreads();
+    u32 qf[HD / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+        // A fragment (16 × 16): matrices (rows 0-7, k lo), (rows 8-15, k lo),
+        // (rows 0-7, k hi), (rows 8-15, k hi).
+        int r = warp * 16 + (lane / 8 % 2) * 8 + lane % 8;
+        ldsm_x4(qf[kk], sq + r * LD + kk * 16 + (lane / 16) * 8);
+    }
+
+    float o[HD / 8][4];
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++)
+#pragma unroll
+        for (int k = 0; k < 4; k++) o[i][k] = 0.f;
+    float mx[2] = {NEG_INF, NEG_INF}, sum[2] = {0.f, 0.f};
+    // Slots of this lane's two query rows: keys ≤ them are visible.
+    const long long vis0 = fs + t0 + warp * 16 + g, vis1 = vis0 + 8;
+
+    for (int kt = 0; kt < nkt; kt++) {
+        if (kt + 1 < nkt) load_kv(kt + 1, (kt + 1) % 2);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        const u16* k_s = sk + (kt % 2) * KT;
+        const u16* v_s = sv + (kt % 2) * KT;
+
+        float s[AP_K / 8][4];
+#pragma unroll
+        for (int j = 0; j < AP_K / 8; j++)
+#pragma unroll
+            for (int k = 0; k < 4; k++) s[j][k] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+#pragma unroll
+            for (int jp = 0; jp < AP_K / 16; jp++) {
+                u32 b[4];
+                int key = jp * 16 + (lane / 16) * 8 + lane % 8;
+                ldsm_x4(b, k_s + key * LD + kk * 16 + (lane / 8 % 2) * 8);
+                mma_16816(s[2 * jp], qf[kk], b);
+                mma_16816(s[2 * jp + 1], qf[kk], b + 2);
+            }
+        }
+        // Mask, then the online softmax of rows g (k = 0, 1) and g + 8 (2, 3).
+        float tmax[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+        for (int j = 0; j < AP_K / 8; j++) {
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                long long key = (long long)kt * AP_K + j * 8 + q4 * 2 + (k % 2);
+                if (key > (k < 2 ? vis0 : vis1)) s[j][k] = NEG_INF;
+                tmax[k / 2] = fmaxf(tmax[k / 2], s[j][k]);
+            }
+        }
+        float corr[2], mnew[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 1));
+            tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 2));
+            mnew[r] = fmaxf(mx[r], tmax[r]);
+            // A row with nothing visible yet keeps max -inf: use 0 so the
+            // exponentials below give 0, not NaN.
+            if (mnew[r] == NEG_INF) mnew[r] = 0.f;
+            corr[r] = exp2f(mx[r] - mnew[r]);
+            mx[r] = mnew[r];
+        }
+        float tsum[2] = {0.f, 0.f};
+        u32 pf[AP_K / 16][4];
+#pragma unroll
+        for (int j = 0; j < AP_K / 8; j++) {
+            float p0 = exp2f(s[j][0] - mnew[0]), p1 = exp2f(s[j][1] - mnew[0]);
+            float p2 = exp2f(s[j][2] - mnew[1]), p3 = exp2f(s[j][3] - mnew[1]);
+            tsum[0] += p0 + p1;
+            tsum[1] += p2 + p3;
+            u32 lo = (u32)f2h(p0) | ((u32)f2h(p1) << 16);
+            u32 hi = (u32)f2h(p2) | ((u32)f2h(p3) << 16);
+            pf[j / 2][(j % 2) * 2] = lo;
+            pf[j / 2][(j % 2) * 2 + 1] = hi;
+        }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            tsum[r] += __shfl_xor_sync(0xffffffffu, tsum[r], 1);
+            tsum[r] += __shfl_xor_sync(0xffffffffu, tsum[r], 2);
+            sum[r] = sum[r] * corr[r] + tsum[r];
+        }
+#pragma unroll
+        for (int i = 0; i < HD / 8; i++) {
+            o[i][0] *= corr[0];
+            o[i][1] *= corr[0];
+            o[i][2] *= corr[1];
+            o[i][3] *= corr[1];
+        }
+        // O += P·V: k = keys (4 steps of 16), n = head dims (HD / 8 tiles).
+#pragma unroll
+        for (int kk = 0; kk < AP_K / 16; kk++) {
+#pragma unroll
+            for (int dp = 0; dp < HD / 16; dp++) {
+                u32 b[4];
+                int key = kk * 16 + (lane / 8 % 2) * 8 + lane % 8;
+                ldsm_x4_t(b, v_s + key * LD + dp * 16 + (lane / 16) * 8);
+                mma_16816(o[2 * dp], pf[kk], b);
+                mma_16816(o[2 * dp + 1], pf[kk], b + 2);
+            }
+        }
+        __syncthreads();
+    }
+    cp_async_wait<0>();
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int t = t0 + warp * 16 + g + r * 8;
+        if (t >= ntok) continue;
+        float inv = sum[r] > 0.f ? 1.f / sum[r] : 0.f;
+        float* orow = out + ((long long)t * n_head + h) * HD;
+#pragma unroll
+        for (int i = 0; i < HD / 8; i++)
+            *(float2*)(orow + i * 8 + q4 * 2) = make_float2(o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_prefill_64(
+    const float* q, const u16* kc, const u16* vc, const u32* first_slot, int n_head,
+    int n_head_kv, float scale, int ntok, float* out) {
+    pdl_entry();
+    extern __shared__ __align__(16) u16 ap_smem[];
+    attn_prefill_body<64>(q, kc, vc, first_slot, n_head, n_head_kv, scale, ntok, out, ap_smem);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_prefill_128(
+    const float* q, const u16* kc, const u16* vc, const u32* first_slot, int n_head,
+    int n_head_kv, float scale, int ntok, float* out) {
+    pdl_entry();
+    extern __shared__ __align__(16) u16 ap_smem[];
+    attn_prefill_body<128>(q, kc, vc, first_slot, n_head, n_head_kv, scale, ntok, out, ap_smem);
+}

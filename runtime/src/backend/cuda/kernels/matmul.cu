@@ -225,3 +225,349 @@ extern "C" __global__ void __launch_bounds__(256) matmul_mma_big(const u8* w, in
     __shared__ __align__(16) u16 sx[128 * MM_LD];
     matmul_mma_impl<128, 128, 2, 4>(w, ty, rows, cols, x, ntok, out, sw, sx);
 }
+
+// ---- Prefill v4 for 4-bit weights (`matmul_q4_128`, `matmul_q4_64`) ----
+//
+// The weights stay 4-bit in shared memory and become f16 mma fragments in
+// registers, so a stage moves a quarter of the bytes the f16 tile above
+// did. A block computes 128 weight rows × BN tokens (BN = 128 with 8 warps,
+// or 64 with 4 warps for matrices that would not fill the GPU), each warp
+// 32 rows × 64 tokens. Activations arrive as f16 (`to_f16`) and are read
+// into B fragments with ldmatrix. A stage covers 64 columns (two 32-weight
+// blocks) and MQ_STAGES stages are in flight through cp.async, so global
+// latency hides behind the tensor-core work of the stages before.
+//
+// Shared memory of one stage (dynamic, set on the host):
+//   x : BN rows × MQ_XLD halves (64 + 8 pad: ldmatrix rows hit 8 different
+//       16-byte bank groups)
+//   qs: 128 rows × MQ_WLD bytes (32 + 16 pad: the 8 rows a fragment load
+//       touches land in different banks)
+//   d : 128 rows × 2 f16; m (Q4_1 only): 128 rows × 2 f16.
+//
+// Up to three matrices that share the input (q/k/v, gate/up) run in one
+// grid: blockIdx.x counts row tiles of matrix 0, then 1, then 2.
+
+#define MQ_XLD 72
+#define MQ_WLD 48
+// MQ_STAGES (pipeline depth) and MQ_NARROW_MINB (blocks per SM the narrow
+// kernel's registers are bounded for) are defined by the host (kernels.rs,
+// KernelConfig), which also sizes the dynamic shared memory.
+//
+// With `add` set the epilogue accumulates, out += scale · product (the
+// residual update of the output and down projections); with `glu` set it
+// computes SwiGLU's silu(gate) · up (see matmul_q4_body).
+
+__device__ __forceinline__ u32 smem_u32(const void* p) {
+    u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+
+// Copy 16 (or 4) bytes global → shared without registers; `ok == false`
+// writes zeros instead (the source address must still be a valid one).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_u32(dst)), "l"(src),
+                 "r"(ok ? 16 : 0)
+                 : "memory");
+}
+
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool ok) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_u32(dst)), "l"(src),
+                 "r"(ok ? 4 : 0)
+                 : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void ldsm_x4(u32* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+
+// The transposed form: thread t gets elements (rows 2·(t%4), +1; column t/4)
+// of each 8×8 matrix, i.e. a B fragment from a row-major [k][n] tile.
+__device__ __forceinline__ void ldsm_x4_t(u32* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+
+__device__ __forceinline__ u32 hsub2(u32 a, u32 b) {
+    u32 r;
+    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
+__device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
+    u32 r;
+    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
+__device__ __forceinline__ u32 hfma2(u32 a, u32 b, u32 c) {
+    u32 r;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+
+// Two 4-bit weights → an f16 pair. `raw` holds two quant bytes (low byte
+// first); HI picks their high nibbles. OR-ing a nibble into the mantissa
+// of 1024.0 (0x6400) gives 1024 + n exactly; subtracting 1032 (Q4_0) or
+// 1024 (Q4_1) is exact, so the only rounding is the final multiply (or
+// fused multiply-add with the Q4_1 minimum), as in the f32 path.
+template <bool Q41, bool HI>
+__device__ __forceinline__ u32 dq4x2(u32 raw, u32 d2, u32 m2) {
+    u32 p = __byte_perm(raw, 0, 0x4140);
+    u32 n = ((HI ? p >> 4 : p) & 0x000F000Fu) | 0x64006400u;
+    if (Q41) return hfma2(hsub2(n, 0x64006400u), d2, m2);
+    return hmul2(hsub2(n, 0x64086408u), d2);
+}
+
+struct MqMat {
+    const u8* w;
+    int rows;
+    float* out;
+};
+
+// GLU (SwiGLU's input side): the block's 128 rows are rows 64·tile.. of
+// the gate matrix (`mat`) and the same 64 rows of the up matrix (`up_w`);
+// the epilogue stages both products in shared memory and writes
+// silu(gate) · up into `mat.out`.
+template <int BN, bool Q41, bool GLU>
+__device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int tile, int cols,
+                                               const u16* xh, int ntok, int add, float scale,
+                                               u8* smem) {
+    constexpr int NT = BN / 64 * 4 * 32;  // threads
+    constexpr int X_BYTES = BN * MQ_XLD * 2;
+    constexpr int W_BYTES = 128 * MQ_WLD;
+    constexpr int STAGE = X_BYTES + W_BYTES + 128 * 4 * 2;
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const int wm = warp % 4, wn = warp / 4;
+    const int g = lane / 4, q4 = lane % 4;
+    const int r0 = tile * (GLU ? 64 : 128), t0 = blockIdx.y * BN;
+    const int rows = mat.rows, nb = cols / 32, nkb = cols / 64;
+    const long long nrb = (long long)rows * nb;
+    // Block row r → (matrix base, its row).
+    auto wsrc = [&](int r, long long& row) -> const u8* {
+        row = GLU ? r0 + (r & 63) : r0 + r;
+        return GLU && r >= 64 ? up_w : mat.w;
+    };
+
+    auto load = [&](int kb, int slot) {
+        u8* st = smem + slot * STAGE;
+        u16* sx = (u16*)st;
+        u8* sw = st + X_BYTES;
+        u16* sd = (u16*)(sw + W_BYTES);
+        for (int c = tid; c < BN * 8; c += NT) {
+            int t = c / 8, part = c % 8;
+            bool ok = t0 + t < ntok;
+            const u16* src = ok ? xh + (long long)(t0 + t) * cols + kb * 64 + part * 8 : xh;
+            cp_async16(sx + t * MQ_XLD + part * 8, src, ok);
+        }
+        for (int c = tid; c < 256; c += NT) {
+            int r = c / 2, part = c % 2;
+            long long row;
+            const u8* w = wsrc(r, row);
+            bool ok = row < rows;
+            const u8* src = ok ? w + (row * nb + 2 * kb) * 16 + part * 16 : w;
+            cp_async16(sw + r * MQ_WLD + part * 16, src, ok);
+        }
+        for (int c = tid; c < (Q41 ? 256 : 128); c += NT) {
+            int r = c % 128;
+            long long row;
+            const u8* w = wsrc(r, row);
+            const u16* dq = (const u16*)(w + nrb * 16);
+            bool ok = row < rows;
+            const u16* base = c < 128 ? dq : dq + nrb;
+            const u16* src = ok ? base + row * nb + 2 * kb : dq;
+            cp_async4(sd + (c < 128 ? 0 : 256) + r * 2, src, ok);
+        }
+    };
+
+    float acc[2][8][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int k = 0; k < 4; k++) acc[i][j][k] = 0.f;
+
+#pragma unroll
+    for (int s = 0; s < MQ_STAGES - 1; s++) {
+        if (s < nkb) load(s, s);
+        cp_async_commit();
+    }
+    for (int kb = 0; kb < nkb; kb++) {
+        cp_async_wait<MQ_STAGES - 2>();
+        __syncthreads();
+        int nx = kb + MQ_STAGES - 1;
+        if (nx < nkb) load(nx, nx % MQ_STAGES);
+        cp_async_commit();
+
+        const u8* st = smem + (kb % MQ_STAGES) * STAGE;
+        const u16* sx = (const u16*)st;
+        const u8* sw = st + X_BYTES;
+        const u16* sd = (const u16*)(sw + W_BYTES);
+#pragma unroll
+        for (int qb = 0; qb < 2; qb++) {
+            // This lane's quant bytes for rows g and g + 8 of each m16
+            // tile: columns 2·q4, 2·q4+1 (fragment regs 0, 1) and +8 (2, 3).
+            u32 raw[2][4], d2[2][2], m2[2][2];
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    int r = wm * 32 + i * 16 + g + h * 8;
+                    const u8* p = sw + r * MQ_WLD + qb * 16 + 2 * q4;
+                    raw[i][h] = *(const u16*)p;
+                    raw[i][h + 2] = *(const u16*)(p + 8);
+                    u32 d = sd[r * 2 + qb];
+                    d2[i][h] = d | (d << 16);
+                    u32 m = Q41 ? sd[256 + r * 2 + qb] : 0u;
+                    m2[i][h] = m | (m << 16);
+                }
+            }
+#pragma unroll
+            for (int hi = 0; hi < 2; hi++) {
+                u32 a[2][4];
+#pragma unroll
+                for (int i = 0; i < 2; i++) {
+#pragma unroll
+                    for (int k = 0; k < 4; k++)
+                        a[i][k] = hi ? dq4x2<Q41, true>(raw[i][k], d2[i][k % 2], m2[i][k % 2])
+                                     : dq4x2<Q41, false>(raw[i][k], d2[i][k % 2], m2[i][k % 2]);
+                }
+                int kofs = qb * 32 + hi * 16;
+#pragma unroll
+                for (int jp = 0; jp < 4; jp++) {
+                    u32 b[4];
+                    int t = wn * 64 + jp * 16 + (lane / 16) * 8 + lane % 8;
+                    ldsm_x4(b, sx + t * MQ_XLD + kofs + ((lane / 8) % 2) * 8);
+#pragma unroll
+                    for (int i = 0; i < 2; i++) {
+                        mma_16816(acc[i][2 * jp], a[i], b);
+                        mma_16816(acc[i][2 * jp + 1], a[i], b + 2);
+                    }
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();
+
+    if (GLU) {
+        // Stage the 128 × BN products as [token][row] f32 (row stride 132:
+        // the fragment stores of a warp hit 32 different banks), then each
+        // thread forms silu(gate) · up for rows of consecutive addresses.
+        constexpr int LDA = 132;
+        float* sa = (float*)smem;
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    int r = wm * 32 + i * 16 + g + (k >= 2 ? 8 : 0);
+                    int t = wn * 64 + j * 8 + q4 * 2 + (k % 2);
+                    sa[t * LDA + r] = acc[i][j][k];
+                }
+        __syncthreads();
+        for (int c = tid; c < 64 * BN; c += NT) {
+            int r = c % 64, t = c / 64;
+            int row = r0 + r, tok = t0 + t;
+            if (row < rows && tok < ntok) {
+                float gv = sa[t * LDA + r], uv = sa[t * LDA + 64 + r];
+                mat.out[(long long)tok * rows + row] = gv / (1.f + expf(-gv)) * uv;
+            }
+        }
+    } else {
+        // Store or add: C fragment (row g, tokens 2·q4, 2·q4 + 1) and row g + 8.
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                int r = r0 + wm * 32 + i * 16 + g;
+                int t = t0 + wn * 64 + j * 8 + q4 * 2;
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    int rr = r + (k >= 2 ? 8 : 0), tt = t + (k % 2);
+                    if (rr < rows && tt < ntok) {
+                        float* o = mat.out + (long long)tt * rows + rr;
+                        *o = add ? *o + scale * acc[i][j][k] : acc[i][j][k];
+                    }
+                }
+            }
+        }
+    }
+}
+
+template <int BN>
+__device__ __forceinline__ void matmul_q4_entry(const u8* w0, int rows0, float* out0,
+                                                const u8* w1, int rows1, float* out1,
+                                                const u8* w2, int rows2, float* out2,
+                                                int tiles0, int tiles1, int ty, int cols,
+                                                const u16* xh, int ntok, int add, float scale,
+                                                int glu) {
+    extern __shared__ __align__(16) u8 mq_smem[];
+    int tile = blockIdx.x;
+    MqMat m = {w0, rows0, out0};
+    if (glu) {
+        // w0 = gate, w1 = up (same shape); tiles0 tiles of 64 rows.
+        if (ty == TY_Q4_1)
+            matmul_q4_body<BN, true, true>(m, w1, tile, cols, xh, ntok, 0, 1.f, mq_smem);
+        else
+            matmul_q4_body<BN, false, true>(m, w1, tile, cols, xh, ntok, 0, 1.f, mq_smem);
+        return;
+    }
+    if (tile >= tiles0 + tiles1) {
+        m = MqMat{w2, rows2, out2};
+        tile -= tiles0 + tiles1;
+    } else if (tile >= tiles0) {
+        m = MqMat{w1, rows1, out1};
+        tile -= tiles0;
+    }
+    if (ty == TY_Q4_1)
+        matmul_q4_body<BN, true, false>(m, w0, tile, cols, xh, ntok, add, scale, mq_smem);
+    else
+        matmul_q4_body<BN, false, false>(m, w0, tile, cols, xh, ntok, add, scale, mq_smem);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    matmul_q4_128(const u8* w0, int rows0, float* out0, const u8* w1, int rows1, float* out1,
+                  const u8* w2, int rows2, float* out2, int tiles0, int tiles1, int ty, int cols,
+                  const u16* xh, int ntok, int add, float scale, int glu) {
+    pdl_entry();
+    matmul_q4_entry<128>(w0, rows0, out0, w1, rows1, out1, w2, rows2, out2, tiles0, tiles1, ty,
+                         cols, xh, ntok, add, scale, glu);
+}
+
+extern "C" __global__ void __launch_bounds__(128, MQ_NARROW_MINB)
+    matmul_q4_64(const u8* w0, int rows0, float* out0, const u8* w1, int rows1, float* out1,
+                 const u8* w2, int rows2, float* out2, int tiles0, int tiles1, int ty, int cols,
+                 const u16* xh, int ntok, int add, float scale, int glu) {
+    pdl_entry();
+    matmul_q4_entry<64>(w0, rows0, out0, w1, rows1, out1, w2, rows2, out2, tiles0, tiles1, ty,
+                        cols, xh, ntok, add, scale, glu);
+}
+
+// f32 → f16 (round to nearest), eight values per thread; n % 8 == 0.
+extern "C" __global__ void to_f16(const float* x, long long n, u16* out) {
+    pdl_entry();
+    long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (i >= n) return;
+    float4 a = *(const float4*)(x + i), b = *(const float4*)(x + i + 4);
+    uint4 h;
+    h.x = (u32)f2h(a.x) | ((u32)f2h(a.y) << 16);
+    h.y = (u32)f2h(a.z) | ((u32)f2h(a.w) << 16);
+    h.z = (u32)f2h(b.x) | ((u32)f2h(b.y) << 16);
+    h.w = (u32)f2h(b.z) | ((u32)f2h(b.w) << 16);
+    *(uint4*)(out + i) = h;
+}
