@@ -490,6 +490,22 @@ __device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int ti
         }
     } else {
         // Store or add: C fragment (row g, tokens 2·q4, 2·q4 + 1) and row g + 8.
+        // Adding reads every old value first: loads interleaved with the
+        // stores would wait one memory latency each (the compiler cannot
+        // prove the addresses distinct), measured +30 µs per 8B layer.
+        if (add) {
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int j = 0; j < 8; j++)
+#pragma unroll
+                    for (int k = 0; k < 4; k++) {
+                        int rr = r0 + wm * 32 + i * 16 + g + (k >= 2 ? 8 : 0);
+                        int tt = t0 + wn * 64 + j * 8 + q4 * 2 + (k % 2);
+                        float old = rr < rows && tt < ntok ? mat.out[(long long)tt * rows + rr] : 0.f;
+                        acc[i][j][k] = old + scale * acc[i][j][k];
+                    }
+        }
 #pragma unroll
         for (int i = 0; i < 2; i++) {
 #pragma unroll
@@ -499,10 +515,7 @@ __device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int ti
 #pragma unroll
                 for (int k = 0; k < 4; k++) {
                     int rr = r + (k >= 2 ? 8 : 0), tt = t + (k % 2);
-                    if (rr < rows && tt < ntok) {
-                        float* o = mat.out + (long long)tt * rows + rr;
-                        *o = add ? *o + scale * acc[i][j][k] : acc[i][j][k];
-                    }
+                    if (rr < rows && tt < ntok) mat.out[(long long)tt * rows + rr] = acc[i][j][k];
                 }
             }
         }
