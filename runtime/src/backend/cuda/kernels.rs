@@ -61,7 +61,7 @@ pub const KERNEL_NAMES: [&str; 27] = [
 
 /// Kernels that take dynamic shared memory, and how many bytes under `cfg`.
 /// `matmul.cu`: per pipeline stage, 128 or 64 activation rows of 144
-/// bytes, 128 weight rows of 48 quant bytes, and 1 KiB of scales.
+/// bytes, 128 weight rows of 48 quant bytes and 8 bytes of scales.
 /// `attention.cu`: a 64-query tile and two stages of 64 keys and 64 values,
 /// each row head size + 8 halves.
 pub fn dynamic_smem(cfg: &KernelConfig, name: &str) -> u32 {
@@ -286,8 +286,8 @@ pub fn ptx_for(cfg: &KernelConfig, arch: u32) -> Result<String> {
 pub(super) struct Kernels {
     _module: Arc<CudaModule>,
     funcs: Vec<sys::CUfunction>,
-    /// Blocks of `matmul_q4_128` and `matmul_q4_64` one SM runs at once.
-    pub mq_slots: (usize, usize),
+    /// Blocks of `matmul_q4_128` one SM runs at once.
+    pub mq_slots: usize,
 }
 
 // SAFETY: CUfunction handles are immutable once loaded and usable from any
@@ -337,7 +337,7 @@ impl Kernels {
             }
             .map_or(1, |n| n.max(1) as usize)
         };
-        let mq_slots = (slots("matmul_q4_128", 256), slots("matmul_q4_64", 128));
+        let mq_slots = slots("matmul_q4_128", 256);
         Ok(Kernels {
             _module: module,
             funcs,

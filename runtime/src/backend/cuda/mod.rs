@@ -550,26 +550,30 @@ impl CudaBackend {
             256,
             &mut [Arg::Ptr(x.buf.ptr), Arg::I64(n as i64), Arg::Ptr(xh)],
         )?;
-        // GLU: one block takes 64 rows of the gate and the same of up.
-        let glu = matches!(epi, Epilogue::Glu);
-        let tiles: Vec<usize> = if glu {
-            vec![ws[0].rows.div_ceil(64)]
-        } else {
-            ws.iter().map(|w| w.rows.div_ceil(128)).collect()
-        };
-        let total: usize = tiles.iter().sum();
         // 128-token tiles reuse each weight tile more, but only pay when
         // they fill the GPU at least twice over: measured on the 8B shapes
         // (docs/cuda-kernel-notes.md), the 4096- and 4608-row products ran
         // faster as 64-token tiles (several blocks per SM, one wave) and
         // only the 32768-row gate/up as 128.
-        let s128 = self.sh.k.mq_slots.0;
-        let wide = total * x.rows.div_ceil(128) >= 2 * s128 * g.sm_count;
-        let (kernel, bn, threads) = if wide {
-            ("matmul_q4_128", 128, 256)
+        let glu = matches!(epi, Epilogue::Glu);
+        let rows128: usize = if glu {
+            2 * ws[0].rows.div_ceil(128)
         } else {
-            ("matmul_q4_64", 64, 128)
+            ws.iter().map(|w| w.rows.div_ceil(128)).sum()
         };
+        let wide = rows128 * x.rows.div_ceil(128) >= 2 * self.sh.k.mq_slots * g.sm_count;
+        let (kernel, bm, bn, threads) = if wide {
+            ("matmul_q4_128", 128, 128, 256)
+        } else {
+            ("matmul_q4_64", 128, 64, 128)
+        };
+        // GLU: one block takes bm/2 rows of the gate and the same of up.
+        let tiles: Vec<usize> = if glu {
+            vec![ws[0].rows.div_ceil(bm / 2)]
+        } else {
+            ws.iter().map(|w| w.rows.div_ceil(bm)).collect()
+        };
+        let total: usize = tiles.iter().sum();
         let smem = kernels::dynamic_smem(&self.sh.cfg, kernel);
         let mut args = Vec::with_capacity(15);
         for i in 0..3 {

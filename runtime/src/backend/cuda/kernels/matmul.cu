@@ -230,9 +230,10 @@ extern "C" __global__ void __launch_bounds__(256) matmul_mma_big(const u8* w, in
 //
 // The weights stay 4-bit in shared memory and become f16 mma fragments in
 // registers, so a stage moves a quarter of the bytes the f16 tile above
-// did. A block computes 128 weight rows × BN tokens (BN = 128 with 8 warps,
-// or 64 with 4 warps for matrices that would not fill the GPU), each warp
-// 32 rows × 64 tokens. Activations arrive as f16 (`to_f16`) and are read
+// did. A block computes BM weight rows × BN tokens (128 × 128 with 8 warps,
+// or 128 × 64 with 4 warps for matrices that would not fill the GPU), each
+// warp 32 rows × 64 tokens. (256 × 64 tiles, half the activation traffic
+// per weight row, measured slower: docs/cuda-kernel-notes.md.) Activations arrive as f16 (`to_f16`) and are read
 // into B fragments with ldmatrix. A stage covers 64 columns (two 32-weight
 // blocks) and MQ_STAGES stages are in flight through cp.async, so global
 // latency hides behind the tensor-core work of the stages before.
@@ -240,9 +241,9 @@ extern "C" __global__ void __launch_bounds__(256) matmul_mma_big(const u8* w, in
 // Shared memory of one stage (dynamic, set on the host):
 //   x : BN rows × MQ_XLD halves (64 + 8 pad: ldmatrix rows hit 8 different
 //       16-byte bank groups)
-//   qs: 128 rows × MQ_WLD bytes (32 + 16 pad: the 8 rows a fragment load
+//   qs: BM rows × MQ_WLD bytes (32 + 16 pad: the 8 rows a fragment load
 //       touches land in different banks)
-//   d : 128 rows × 2 f16; m (Q4_1 only): 128 rows × 2 f16.
+//   d : BM rows × 2 f16; m (Q4_1 only): BM rows × 2 f16.
 //
 // Up to three matrices that share the input (q/k/v, gate/up) run in one
 // grid: blockIdx.x counts row tiles of matrix 0, then 1, then 2.
@@ -337,28 +338,30 @@ struct MqMat {
     float* out;
 };
 
-// GLU (SwiGLU's input side): the block's 128 rows are rows 64·tile.. of
-// the gate matrix (`mat`) and the same 64 rows of the up matrix (`up_w`);
-// the epilogue stages both products in shared memory and writes
+// GLU (SwiGLU's input side): the block's BM rows are rows (BM/2)·tile..
+// of the gate matrix (`mat`) and the same BM/2 rows of the up matrix
+// (`up_w`); the epilogue stages both products in shared memory and writes
 // silu(gate) · up into `mat.out`.
-template <int BN, bool Q41, bool GLU>
+template <int BM, int BN, bool Q41, bool GLU>
 __device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int tile, int cols,
                                                const u16* xh, int ntok, int add, float scale,
                                                u8* smem) {
-    constexpr int NT = BN / 64 * 4 * 32;  // threads
+    constexpr int WM = BM / 32;               // warps along the rows
+    constexpr int NT = WM * (BN / 64) * 32;  // threads
+    constexpr int HALF = BM / 2;              // GLU: gate rows per block
     constexpr int X_BYTES = BN * MQ_XLD * 2;
-    constexpr int W_BYTES = 128 * MQ_WLD;
-    constexpr int STAGE = X_BYTES + W_BYTES + 128 * 4 * 2;
+    constexpr int W_BYTES = BM * MQ_WLD;
+    constexpr int STAGE = X_BYTES + W_BYTES + BM * 4 * 2;
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-    const int wm = warp % 4, wn = warp / 4;
+    const int wm = warp % WM, wn = warp / WM;
     const int g = lane / 4, q4 = lane % 4;
-    const int r0 = tile * (GLU ? 64 : 128), t0 = blockIdx.y * BN;
+    const int r0 = tile * (GLU ? HALF : BM), t0 = blockIdx.y * BN;
     const int rows = mat.rows, nb = cols / 32, nkb = cols / 64;
     const long long nrb = (long long)rows * nb;
     // Block row r → (matrix base, its row).
     auto wsrc = [&](int r, long long& row) -> const u8* {
-        row = GLU ? r0 + (r & 63) : r0 + r;
-        return GLU && r >= 64 ? up_w : mat.w;
+        row = GLU ? r0 + r % HALF : r0 + r;
+        return GLU && r >= HALF ? up_w : mat.w;
     };
 
     auto load = [&](int kb, int slot) {
@@ -372,7 +375,7 @@ __device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int ti
             const u16* src = ok ? xh + (long long)(t0 + t) * cols + kb * 64 + part * 8 : xh;
             cp_async16(sx + t * MQ_XLD + part * 8, src, ok);
         }
-        for (int c = tid; c < 256; c += NT) {
+        for (int c = tid; c < 2 * BM; c += NT) {
             int r = c / 2, part = c % 2;
             long long row;
             const u8* w = wsrc(r, row);
@@ -380,15 +383,15 @@ __device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int ti
             const u8* src = ok ? w + (row * nb + 2 * kb) * 16 + part * 16 : w;
             cp_async16(sw + r * MQ_WLD + part * 16, src, ok);
         }
-        for (int c = tid; c < (Q41 ? 256 : 128); c += NT) {
-            int r = c % 128;
+        for (int c = tid; c < (Q41 ? 2 * BM : BM); c += NT) {
+            int r = c % BM;
             long long row;
             const u8* w = wsrc(r, row);
             const u16* dq = (const u16*)(w + nrb * 16);
             bool ok = row < rows;
-            const u16* base = c < 128 ? dq : dq + nrb;
+            const u16* base = c < BM ? dq : dq + nrb;
             const u16* src = ok ? base + row * nb + 2 * kb : dq;
-            cp_async4(sd + (c < 128 ? 0 : 256) + r * 2, src, ok);
+            cp_async4(sd + (c < BM ? 0 : 2 * BM) + r * 2, src, ok);
         }
     };
 
@@ -431,7 +434,7 @@ __device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int ti
                     raw[i][h + 2] = *(const u16*)(p + 8);
                     u32 d = sd[r * 2 + qb];
                     d2[i][h] = d | (d << 16);
-                    u32 m = Q41 ? sd[256 + r * 2 + qb] : 0u;
+                    u32 m = Q41 ? sd[2 * BM + r * 2 + qb] : 0u;
                     m2[i][h] = m | (m << 16);
                 }
             }
@@ -463,10 +466,10 @@ __device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int ti
     cp_async_wait<0>();
 
     if (GLU) {
-        // Stage the 128 × BN products as [token][row] f32 (row stride 132:
+        // Stage the BM × BN products as [token][row] f32 (row stride BM + 4:
         // the fragment stores of a warp hit 32 different banks), then each
         // thread forms silu(gate) · up for rows of consecutive addresses.
-        constexpr int LDA = 132;
+        constexpr int LDA = BM + 4;
         float* sa = (float*)smem;
         __syncthreads();
 #pragma unroll
@@ -480,11 +483,11 @@ __device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int ti
                     sa[t * LDA + r] = acc[i][j][k];
                 }
         __syncthreads();
-        for (int c = tid; c < 64 * BN; c += NT) {
-            int r = c % 64, t = c / 64;
+        for (int c = tid; c < HALF * BN; c += NT) {
+            int r = c % HALF, t = c / HALF;
             int row = r0 + r, tok = t0 + t;
             if (row < rows && tok < ntok) {
-                float gv = sa[t * LDA + r], uv = sa[t * LDA + 64 + r];
+                float gv = sa[t * LDA + r], uv = sa[t * LDA + HALF + r];
                 mat.out[(long long)tok * rows + row] = gv / (1.f + expf(-gv)) * uv;
             }
         }
@@ -522,7 +525,7 @@ __device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int ti
     }
 }
 
-template <int BN>
+template <int BM, int BN>
 __device__ __forceinline__ void matmul_q4_entry(const u8* w0, int rows0, float* out0,
                                                 const u8* w1, int rows1, float* out1,
                                                 const u8* w2, int rows2, float* out2,
@@ -533,11 +536,11 @@ __device__ __forceinline__ void matmul_q4_entry(const u8* w0, int rows0, float* 
     int tile = blockIdx.x;
     MqMat m = {w0, rows0, out0};
     if (glu) {
-        // w0 = gate, w1 = up (same shape); tiles0 tiles of 64 rows.
+        // w0 = gate, w1 = up (same shape); tiles0 tiles of BM/2 rows.
         if (ty == TY_Q4_1)
-            matmul_q4_body<BN, true, true>(m, w1, tile, cols, xh, ntok, 0, 1.f, mq_smem);
+            matmul_q4_body<BM, BN, true, true>(m, w1, tile, cols, xh, ntok, 0, 1.f, mq_smem);
         else
-            matmul_q4_body<BN, false, true>(m, w1, tile, cols, xh, ntok, 0, 1.f, mq_smem);
+            matmul_q4_body<BM, BN, false, true>(m, w1, tile, cols, xh, ntok, 0, 1.f, mq_smem);
         return;
     }
     if (tile >= tiles0 + tiles1) {
@@ -548,9 +551,9 @@ __device__ __forceinline__ void matmul_q4_entry(const u8* w0, int rows0, float* 
         tile -= tiles0;
     }
     if (ty == TY_Q4_1)
-        matmul_q4_body<BN, true, false>(m, w0, tile, cols, xh, ntok, add, scale, mq_smem);
+        matmul_q4_body<BM, BN, true, false>(m, w0, tile, cols, xh, ntok, add, scale, mq_smem);
     else
-        matmul_q4_body<BN, false, false>(m, w0, tile, cols, xh, ntok, add, scale, mq_smem);
+        matmul_q4_body<BM, BN, false, false>(m, w0, tile, cols, xh, ntok, add, scale, mq_smem);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
@@ -558,7 +561,7 @@ extern "C" __global__ void __launch_bounds__(256)
                   const u8* w2, int rows2, float* out2, int tiles0, int tiles1, int ty, int cols,
                   const u16* xh, int ntok, int add, float scale, int glu) {
     pdl_entry();
-    matmul_q4_entry<128>(w0, rows0, out0, w1, rows1, out1, w2, rows2, out2, tiles0, tiles1, ty,
+    matmul_q4_entry<128, 128>(w0, rows0, out0, w1, rows1, out1, w2, rows2, out2, tiles0, tiles1, ty,
                          cols, xh, ntok, add, scale, glu);
 }
 
@@ -567,7 +570,7 @@ extern "C" __global__ void __launch_bounds__(128, MQ_NARROW_MINB)
                  const u8* w2, int rows2, float* out2, int tiles0, int tiles1, int ty, int cols,
                  const u16* xh, int ntok, int add, float scale, int glu) {
     pdl_entry();
-    matmul_q4_entry<64>(w0, rows0, out0, w1, rows1, out1, w2, rows2, out2, tiles0, tiles1, ty,
+    matmul_q4_entry<128, 64>(w0, rows0, out0, w1, rows1, out1, w2, rows2, out2, tiles0, tiles1, ty,
                         cols, xh, ntok, add, scale, glu);
 }
 
