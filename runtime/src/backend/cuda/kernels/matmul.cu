@@ -232,11 +232,12 @@ extern "C" __global__ void __launch_bounds__(256) matmul_mma_big(const u8* w, in
 // registers, so a stage moves a quarter of the bytes the f16 tile above
 // did. A block computes BM weight rows × BN tokens (128 × 128 with 8 warps,
 // or 128 × 64 with 4 warps for matrices that would not fill the GPU), each
-// warp 32 rows × 64 tokens. (256 × 64 tiles, half the activation traffic
-// per weight row, measured slower: docs/cuda-kernel-notes.md.) Activations arrive as f16 (`to_f16`) and are read
-// into B fragments with ldmatrix. A stage covers 64 columns (two 32-weight
-// blocks) and MQ_STAGES stages are in flight through cp.async, so global
-// latency hides behind the tensor-core work of the stages before.
+// warp 32 rows × 64 tokens (256 × 64 tiles, half the activation traffic per
+// weight row, measured slower: docs/cuda-kernel-notes.md). Activations
+// arrive as f16 (`to_f16`) and are read into B fragments with ldmatrix. A
+// stage covers 64 columns (two 32-weight blocks) and MQ_STAGES stages are
+// in flight through cp.async, so global latency hides behind the
+// tensor-core work of the stages before.
 //
 // Shared memory of one stage (dynamic, set on the host):
 //   x : BN rows × MQ_XLD halves (64 + 8 pad: ldmatrix rows hit 8 different
