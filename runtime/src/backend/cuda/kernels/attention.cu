@@ -1,5 +1,7 @@
 // attention.cu — causal attention over the KV cache (f16 or f32), split
-// over the key axis (flash-decoding) and merged by attn_combine.
+// over the key axis (flash-decoding) and merged by attn_combine; prefill
+// over an f16 cache runs as flash attention on the tensor cores
+// (attn_prefill_*, at the end of this file).
 //
 // attn_partial: block (split s, query head h, token t), 4 warps. The token
 // at batch row t sits in slot first_slot[0] + t and sees slots 0..=that.
