@@ -81,6 +81,9 @@ pub fn dynamic_smem(cfg: &KernelConfig, name: &str) -> u32 {
 pub struct KernelConfig {
     /// Weight rows each warp of the decode mat-vec computes (1, 2 or 4).
     pub mv_rows: u32,
+    /// 32-element blocks each lane of the decode mat-vec loads before
+    /// computing (1 to 4), defined into the source as `MV_UNROLL`.
+    pub mv_unroll: u32,
     /// Prefill with Q4_0/Q4_1 weights uses the 4-bit kernels
     /// (`matmul_q4_*`); `false` keeps the f16-tile kernels (`matmul_mma*`)
     /// for every type. Chosen on the host; the source is the same.
@@ -97,6 +100,7 @@ impl Default for KernelConfig {
     fn default() -> KernelConfig {
         KernelConfig {
             mv_rows: 1,
+            mv_unroll: 1,
             prefill_q4: true,
             mq_stages: 3,
             mq_narrow_min_blocks: 1,
@@ -112,8 +116,8 @@ pub fn source() -> String {
 /// The one translation unit NVRTC compiles, with `cfg` as defines.
 pub fn source_with(cfg: &KernelConfig) -> String {
     let mut s = format!(
-        "#define MV_ROWS {}\n#define MQ_STAGES {}\n#define MQ_NARROW_MINB {}\n",
-        cfg.mv_rows, cfg.mq_stages, cfg.mq_narrow_min_blocks
+        "#define MV_ROWS {}\n#define MV_UNROLL {}\n#define MQ_STAGES {}\n#define MQ_NARROW_MINB {}\n",
+        cfg.mv_rows, cfg.mv_unroll, cfg.mq_stages, cfg.mq_narrow_min_blocks
     );
     for (name, text) in SOURCES {
         s.push_str(&format!("// ---- {name} ----\n"));

@@ -125,13 +125,24 @@ impl CudaBackend {
     /// with `DeviceUnavailable` when there is no driver, no such device or
     /// no NVRTC; never panics.
     pub fn open(ordinal: usize) -> Result<CudaBackend> {
-        CudaBackend::open_with(ordinal, &kernels::KernelConfig::default())
+        let mut cfg = kernels::KernelConfig::default();
+        // Experiments: `TERN_CUDA_MV_UNROLL=1..=4` blocks in flight per lane
+        // of the decode mat-vec.
+        if let Some(u) = std::env::var("TERN_CUDA_MV_UNROLL")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|u| (1..=4).contains(u))
+        {
+            cfg.mv_unroll = u;
+        }
+        CudaBackend::open_with(ordinal, &cfg)
     }
 
     /// Like [`CudaBackend::open`], with kernels built for `cfg` (the kernel
     /// harness compares configurations this way).
     pub fn open_with(ordinal: usize, cfg: &kernels::KernelConfig) -> Result<CudaBackend> {
         if !(1..=4).contains(&cfg.mv_rows)
+            || !(1..=4).contains(&cfg.mv_unroll)
             || !(2..=4).contains(&cfg.mq_stages)
             || !(1..=3).contains(&cfg.mq_narrow_min_blocks)
         {

@@ -13,6 +13,9 @@
 #ifndef MV_ROWS
 #define MV_ROWS 1 // rows per warp; the host reads it from KernelConfig
 #endif
+#ifndef MV_UNROLL
+#define MV_UNROLL 1 // blocks in flight per lane (KernelConfig)
+#endif
 
 // One warp per 32-element block of one row: xq = round(x/d), d = amax/127.
 extern "C" __global__ void quantize_act(const float* x, long long nblocks, signed char* xq,
@@ -51,8 +54,8 @@ __device__ __forceinline__ float block_dot(int ty, int4 wa, int4 wb, float d, fl
 }
 
 // NT: most tokens this instantiation handles (registers scale with it).
-// Each lane takes two blocks per step (b and b + 32) and issues all their
-// loads before any arithmetic, so more bytes are in flight per warp.
+// Each lane takes MV_UNROLL blocks per step (b, b + 32, ...) and issues all
+// their loads before any arithmetic, so more bytes are in flight per warp.
 template <int NT>
 __device__ __forceinline__ void matvec_q_impl(const u8* w, int ty, int rows, int cols,
                                               const signed char* xq, const float2* xs, int ntok,
@@ -71,16 +74,16 @@ __device__ __forceinline__ void matvec_q_impl(const u8* w, int ty, int rows, int
 #pragma unroll
         for (int t = 0; t < NT; t++) acc[i][t] = 0.f;
 
-    for (int b0 = lane; b0 < nb; b0 += 64) {
-        int4 wa[MV_ROWS][2], wb[MV_ROWS][2];
-        float d[MV_ROWS][2], m[MV_ROWS][2];
-        bool two = b0 + 32 < nb;
+    for (int b0 = lane; b0 < nb; b0 += 32 * MV_UNROLL) {
+        int4 wa[MV_ROWS][MV_UNROLL], wb[MV_ROWS][MV_UNROLL];
+        float d[MV_ROWS][MV_UNROLL], m[MV_ROWS][MV_UNROLL];
 #pragma unroll
         for (int i = 0; i < MV_ROWS; i++) {
             int r = min(row0 + i, rows - 1);
 #pragma unroll
-            for (int u = 0; u < 2; u++) {
-                int b = u == 0 ? b0 : (two ? b0 + 32 : b0);
+            for (int u = 0; u < MV_UNROLL; u++) {
+                // Blocks past the row's end reload block b0 (unused).
+                int b = b0 + 32 * u < nb ? b0 + 32 * u : b0;
                 long long blk = (long long)r * nb + b;
                 const int4* p = (const int4*)(w + blk * qb);
                 wa[i][u] = p[0];
@@ -90,9 +93,9 @@ __device__ __forceinline__ void matvec_q_impl(const u8* w, int ty, int rows, int
             }
         }
 #pragma unroll
-        for (int u = 0; u < 2; u++) {
-            if (u == 1 && !two) break;
+        for (int u = 0; u < MV_UNROLL; u++) {
             int b = b0 + 32 * u;
+            if (b >= nb) break;
 #pragma unroll
             for (int t = 0; t < NT; t++) {
                 if (t < ntok) {
