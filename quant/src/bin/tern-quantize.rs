@@ -98,7 +98,7 @@ struct Args {
     /// the refit only for rows whose layer loss it lowers. 0: off; n > 1:
     /// n − 1 more rounds of GPTQ with the refitted scales fixed and another
     /// refit, each row keeping its best round.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=8))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=8), allow_negative_numbers = true)]
     refit: u32,
     /// Store every linear in the one --type. Without it, gptq and p-gptq into
     /// q4_0 keep the ffn_down of the first eighth of the blocks in q4_1 (the
