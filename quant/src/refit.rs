@@ -54,6 +54,62 @@ pub(crate) fn refit_scales(
     codes: &[u8],
     params: &mut [GroupParams],
 ) -> RefitStats {
+    refit_in_blocks(w, rows, cols, grid, h, codes, params, REFIT_BYTES)
+}
+
+/// [`refit_scales`] with blocks of rows sized for `bytes`.
+#[allow(clippy::too_many_arguments)]
+fn refit_in_blocks(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    grid: Grid,
+    h: &Mat<f64>,
+    codes: &[u8],
+    params: &mut [GroupParams],
+    bytes: usize,
+) -> RefitStats {
+    // Rows are independent: take them in blocks whose normal equations
+    // (np² per row) and row buffers (four rows × cols matrices) fit in
+    // REFIT_BYTES, so that a wide matrix with small groups (Q4_0 at 11008
+    // columns: 344 unknowns per row) does not need gigabytes.
+    let ng = cols / grid.group();
+    let per_row = ((2 * ng) * (2 * ng) + 4 * cols) * size_of::<f64>();
+    let block = (bytes / per_row.max(1)).clamp(16, rows.max(16));
+    let mut stats = RefitStats::default();
+    let mut r0 = 0;
+    while r0 < rows {
+        let r1 = (r0 + block).min(rows);
+        let s = refit_block(
+            &w[r0 * cols..r1 * cols],
+            r1 - r0,
+            cols,
+            grid,
+            h,
+            &codes[r0 * cols..r1 * cols],
+            &mut params[r0 * ng..r1 * ng],
+        );
+        stats.rows_changed += s.rows_changed;
+        stats.loss_before += s.loss_before;
+        stats.loss_after += s.loss_after;
+        r0 = r1;
+    }
+    stats
+}
+
+/// The memory [`refit_scales`] aims to stay within per block of rows.
+const REFIT_BYTES: usize = 64 << 20;
+
+/// [`refit_scales`] on one block of rows.
+fn refit_block(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    grid: Grid,
+    h: &Mat<f64>,
+    codes: &[u8],
+    params: &mut [GroupParams],
+) -> RefitStats {
     let gs = grid.group();
     let ng = cols / gs;
     let asym = grid.has_min() && !matches!(grid, Grid::Tern { sym: true, .. });
@@ -462,6 +518,28 @@ mod tests {
                     "{grid:?} trial {trial}: {after} vs {before}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn blocks_of_rows_give_the_same_result() {
+        let mut rng = Rng(77);
+        let (rows, cols) = (40, 96);
+        let h = hessian(&mut rng, cols);
+        for grid in [Grid::Q4_0, Grid::Q4_1] {
+            let w: Vec<f32> = (0..rows * cols).map(|_| rng.unit() as f32).collect();
+            let mut codes = vec![0u8; rows * cols];
+            let ps0: Vec<GroupParams> = w
+                .chunks_exact(32)
+                .zip(codes.chunks_exact_mut(32))
+                .map(|(xs, cs)| grid.rtn_group(xs, cs))
+                .collect();
+            let (mut whole, mut blocks) = (ps0.clone(), ps0.clone());
+            refit_in_blocks(&w, rows, cols, grid, &h, &codes, &mut whole, usize::MAX);
+            // One byte: the smallest block, 16 rows (three blocks here).
+            refit_in_blocks(&w, rows, cols, grid, &h, &codes, &mut blocks, 1);
+            assert_eq!(whole, blocks, "{grid:?}");
+            assert_ne!(whole, ps0, "{grid:?}");
         }
     }
 
