@@ -10,6 +10,7 @@ use faer::{Accum, Mat, MatMut, Par, Side};
 use rayon::prelude::*;
 
 use crate::grid::{Grid, GroupParams};
+use crate::refit::refit_scales;
 use crate::{Hessian, QuantError, QuantizedMatrix};
 
 /// How a matrix is quantized.
@@ -62,6 +63,13 @@ pub struct GptqParams {
     /// groups; RTN and act-order's static groups always use the grid's fixed
     /// rule).
     pub scale_search: ScaleSearch,
+    /// After GPTQ has chosen the codes, refit every row's group scales (and
+    /// minimums) jointly to the original weights under the full Hessian
+    /// (`refit::refit_scales`); rows keep the refit only where it lowers
+    /// the layer loss. 0: off; 1: once; n > 1: then n − 1 more rounds of
+    /// GPTQ with those parameters fixed (new codes) and another refit,
+    /// each row keeping the round with the lowest layer loss.
+    pub refit: u32,
 }
 
 impl Default for GptqParams {
@@ -72,6 +80,7 @@ impl Default for GptqParams {
             act_order: false,
             prefix_skip: 4,
             scale_search: ScaleSearch::Diag,
+            refit: 1,
         }
     }
 }
@@ -152,7 +161,31 @@ pub fn quantize(
                 ));
             };
             check_params(p)?;
-            let out = gptq(w, rows, cols, grid, hm, p)?;
+            let mut out = gptq(w, rows, cols, grid, hm, p, None)?;
+            if p.refit > 0 {
+                refit_scales(w, rows, cols, grid, hm, &out.codes, &mut out.params);
+            }
+            if p.refit > 1 {
+                // Alternate: GPTQ again with the refitted parameters fixed
+                // (new codes), refit again, and keep per row whichever of
+                // the two has the lower layer loss.
+                let mut loss = row_losses(w, rows, cols, grid, hm, &out.codes, &out.params);
+                for _ in 1..p.refit {
+                    let mut alt = gptq(w, rows, cols, grid, hm, p, Some(&out.params))?;
+                    refit_scales(w, rows, cols, grid, hm, &alt.codes, &mut alt.params);
+                    let alt_loss = row_losses(w, rows, cols, grid, hm, &alt.codes, &alt.params);
+                    let ng = cols / grid.group();
+                    for r in 0..rows {
+                        if alt_loss[r] < loss[r] {
+                            loss[r] = alt_loss[r];
+                            out.codes[r * cols..(r + 1) * cols]
+                                .copy_from_slice(&alt.codes[r * cols..(r + 1) * cols]);
+                            out.params[r * ng..(r + 1) * ng]
+                                .copy_from_slice(&alt.params[r * ng..(r + 1) * ng]);
+                        }
+                    }
+                }
+            }
             let q = QuantizedMatrix::from_parts(rows, cols, grid, out.codes, out.params);
             let errs = proxy_errors(w, &[&rtn_deq, &q.dequantize()], rows, cols, Some(hm));
             (q, out.loss, out.damp, out.dead, [errs[0], errs[1]])
@@ -335,6 +368,40 @@ fn proxy_errors(
         .collect()
 }
 
+/// `(w − ŵ)ᵀ H (w − ŵ)` of every row, `ŵ` the decoded codes.
+fn row_losses(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    grid: Grid,
+    h: &Mat<f64>,
+    codes: &[u8],
+    params: &[GroupParams],
+) -> Vec<f64> {
+    let gs = grid.group();
+    let ng = cols / gs;
+    let e = Mat::<f64>::from_fn(rows, cols, |r, k| {
+        let q = grid.decode(params[r * ng + k / gs], codes[r * cols + k]);
+        w[r * cols + k] as f64 - q as f64
+    });
+    let mut eh = Mat::<f64>::zeros(rows, cols);
+    matmul(
+        eh.as_mut(),
+        Accum::Replace,
+        e.as_ref(),
+        h.as_ref(),
+        1.0,
+        Par::rayon(0),
+    );
+    let mut out = vec![0.0f64; rows];
+    for k in 0..cols {
+        for (r, o) in out.iter_mut().enumerate() {
+            *o += e[(r, k)] * eh[(r, k)];
+        }
+    }
+    out
+}
+
 /// GPTQ's result before packing.
 struct GptqOut {
     codes: Vec<u8>,
@@ -356,6 +423,9 @@ const DAMP_RETRIES: u32 = 4;
 /// the result does not depend on the block size); act-order always uses
 /// static groups, so codes and scales stay in natural column order; and a
 /// failed Cholesky raises the damping instead of aborting.
+///
+/// With `fixed`, every group keeps the given parameters (one per row and
+/// group, row-major) and only the codes are chosen.
 fn gptq(
     w: &[f32],
     rows: usize,
@@ -363,6 +433,7 @@ fn gptq(
     grid: Grid,
     h: &Mat<f64>,
     p: &GptqParams,
+    fixed: Option<&[GroupParams]>,
 ) -> Result<GptqOut, QuantError> {
     let gs = grid.group();
     let ng = cols / gs;
@@ -419,7 +490,9 @@ fn gptq(
         }
     };
 
-    if p.act_order {
+    if let Some(f) = fixed {
+        params.copy_from_slice(f);
+    } else if p.act_order {
         // Static groups: every group's scale from its natural columns of the
         // (dead-zeroed) unmodified weights, by the grid's fixed rule. The
         // scale search is not used here: it fits the scale to weights that
@@ -438,6 +511,8 @@ fn gptq(
                 params[r * ng + g] = gp;
             }
         }
+    }
+    if p.act_order {
         let wp = perm
             .iter()
             .flat_map(|&c| wd[c * rows..(c + 1) * rows].iter().copied())
@@ -454,7 +529,7 @@ fn gptq(
     while i1 < cols {
         let i2 = (i1 + block).min(cols);
         for j in i1..i2 {
-            if !p.act_order && j % gs == 0 {
+            if fixed.is_none() && !p.act_order && j % gs == 0 {
                 // Dynamic groups: the scale of the group starting here comes
                 // from its columns as they are now, with every earlier
                 // column's error already propagated into them.

@@ -175,25 +175,27 @@ impl Grid {
     /// `[−2, +1.5]` steps of 0.1, `n` the grid's largest code magnitude;
     /// both signs for Q4_0, whose code range is lopsided), and for each a
     /// weighted least-squares refit of `d` (and `m` for asymmetric grids)
-    /// to the codes it gives. Every candidate is rounded to f16 and scored
-    /// with codes chosen against the stored values, so the result is never
-    /// worse than [`Grid::params`] on the objective. Values and weights
-    /// must be finite, weights ≥ 0.
+    /// to the codes it gives. Every candidate is rounded to f16.
+    ///
+    /// Candidates are ranked with [`GroupScorer`], an f32 pass written so
+    /// that the compiler vectorises it (multiplication by `1/d` instead of
+    /// division; it can differ from [`Grid::code`] at exact ties). The
+    /// winner is then checked against [`Grid::params`] with the exact
+    /// [`Grid::weighted_error`], so the result is never worse than the
+    /// fixed rule on the objective. Values and weights must be finite,
+    /// weights ≥ 0.
     pub fn search_params(self, xs: &[f32], ws: &[f64]) -> GroupParams {
         let base = self.params(xs);
-        let mut best = (self.weighted_error(base, xs, ws), base);
-        if xs.is_empty() || best.0 == 0.0 || !base.is_finite() {
-            return best.1;
+        let e_base = self.weighted_error(base, xs, ws);
+        if xs.is_empty() || e_base == 0.0 || !base.is_finite() {
+            return base;
         }
-        // A candidate whose weighted error `e` is known.
-        let keep = |p: GroupParams, e: f64, best: &mut (f64, GroupParams)| {
-            if p.is_finite() && p.d != f16::ZERO && e < best.0 {
-                *best = (e, p);
-            }
-        };
-        let try_p = |p: GroupParams, best: &mut (f64, GroupParams)| {
-            if p.is_finite() && p.d != f16::ZERO {
-                keep(p, self.weighted_error(p, xs, ws), best);
+        let sc = GroupScorer::new(self, xs, ws);
+        let usable = |p: GroupParams| p.is_finite() && p.d != f16::ZERO;
+        let mut best = (sc.score(base).0, base);
+        let mut keep = |p: GroupParams, e: f32| {
+            if e < best.0 {
+                best = (e, p);
             }
         };
         let steps = (0..=35).map(|i| -2.0 + 0.1 * i as f64);
@@ -207,19 +209,21 @@ impl Grid {
             Grid::Q4_1 | Grid::Tern { sym: false, .. } => {
                 let nmax = ((1u32 << self.bits()) - 1) as f64;
                 if max <= min {
-                    return best.1;
+                    return base;
                 }
                 for dl in steps {
                     let iscale = (nmax + dl) / (max - min);
                     if iscale <= 0.0 {
                         continue;
                     }
-                    let d = 1.0 / iscale;
-                    let p = self.asym(d, min);
-                    let (e, r) = self.refit_asym(p, xs, ws);
-                    keep(p, e, &mut best);
-                    if let Some(r) = r {
-                        try_p(r, &mut best);
+                    let p = self.asym(1.0 / iscale, min);
+                    if !usable(p) {
+                        continue;
+                    }
+                    let (e, r) = sc.score(p);
+                    keep(p, e);
+                    if let Some(r) = r.filter(|&r| usable(r)) {
+                        keep(r, sc.score(r).0);
                     }
                 }
             }
@@ -227,7 +231,7 @@ impl Grid {
                 // Symmetric: x ≈ d·k with k in [kmin, kmax].
                 let amax = max.abs().max(min.abs());
                 if amax == 0.0 {
-                    return best.1;
+                    return base;
                 }
                 let half = (1u32 << (self.bits() - 1)) as f64;
                 let signs: &[f64] = if self == Grid::Q4_0 {
@@ -242,16 +246,24 @@ impl Grid {
                             continue;
                         }
                         let p = self.sym(sg * amax / t);
-                        let (e, r) = self.refit_sym(p, xs, ws);
-                        keep(p, e, &mut best);
-                        if let Some(r) = r {
-                            try_p(r, &mut best);
+                        if !usable(p) {
+                            continue;
+                        }
+                        let (e, r) = sc.score(p);
+                        keep(p, e);
+                        if let Some(r) = r.filter(|&r| usable(r)) {
+                            keep(r, sc.score(r).0);
                         }
                     }
                 }
             }
         }
-        best.1
+        let found = best.1;
+        if found != base && self.weighted_error(found, xs, ws) < e_base {
+            found
+        } else {
+            base
+        }
     }
 
     /// Stored parameters of an asymmetric grid with scale `d`, minimum `m`.
@@ -271,58 +283,6 @@ impl Grid {
             _ => f16::ZERO,
         };
         GroupParams { d: d16, m }
-    }
-
-    /// The centred code magnitude of `q` on a symmetric grid (`x = d·k`).
-    fn centred(self, q: u8) -> f64 {
-        match self {
-            Grid::Q4_0 => q as f64 - 8.0,
-            Grid::Q8_0 => (q as i8) as f64,
-            _ => q as f64 - (1u32 << (self.bits() - 1)) as f64,
-        }
-    }
-
-    /// One pass over the codes `p` gives: their [`Grid::weighted_error`]
-    /// and the weighted least-squares `d` for them (`x ≈ d·k`).
-    fn refit_sym(self, p: GroupParams, xs: &[f32], ws: &[f64]) -> (f64, Option<GroupParams>) {
-        let (d, m) = (p.d.to_f32(), p.m.to_f32());
-        let (mut num, mut den, mut err) = (0.0f64, 0.0f64, 0.0f64);
-        for (&x, &w) in xs.iter().zip(ws) {
-            let q = self.code_dm(d, m, x as f64);
-            let e = x as f64 - self.decode_dm(d, m, q) as f64;
-            err += w * e * e;
-            let k = self.centred(q);
-            num += w * k * x as f64;
-            den += w * k * k;
-        }
-        (err, (den > 0.0).then(|| self.sym(num / den)))
-    }
-
-    /// One pass over the codes `p` gives: their [`Grid::weighted_error`]
-    /// and the weighted least-squares `(d, m)` for them (`x ≈ d·q + m`).
-    fn refit_asym(self, p: GroupParams, xs: &[f32], ws: &[f64]) -> (f64, Option<GroupParams>) {
-        let (mut sw, mut sq, mut sqq, mut sx, mut sqx) = (0.0f64, 0.0, 0.0, 0.0, 0.0);
-        let (dd, mm) = (p.d.to_f32(), p.m.to_f32());
-        let mut err = 0.0f64;
-        for (&x, &w) in xs.iter().zip(ws) {
-            let code = self.code_dm(dd, mm, x as f64);
-            let e = x as f64 - self.decode_dm(dd, mm, code) as f64;
-            err += w * e * e;
-            let q = code as f64;
-            let x = x as f64;
-            sw += w;
-            sq += w * q;
-            sqq += w * q * q;
-            sx += w * x;
-            sqx += w * q * x;
-        }
-        let det = sw * sqq - sq * sq;
-        if det.is_nan() || det <= 1e-12 * sw * sqq {
-            return (err, None);
-        }
-        let d = (sw * sqx - sq * sx) / det;
-        let m = (sqq * sx - sq * sqx) / det;
-        (err, (d > 0.0).then(|| self.asym(d, m)))
     }
 
     /// [`Grid::code`] with the stored scale and minimum already widened to
@@ -482,6 +442,138 @@ fn signed_absmax(xs: &[f32]) -> f32 {
         }
     }
     max
+}
+
+/// Lanes of [`GroupScorer`]'s passes: eight independent f32 accumulators,
+/// so that the loops vectorise on SSE2 and wider.
+const LANES: usize = 8;
+
+/// One group's values and weights in f32, for ranking the scale search's
+/// candidates quickly: each pass is branch-free f32 arithmetic (codes by
+/// multiplying with `1/d` and the add-and-subtract rounding of [`rne`]), so
+/// the compiler vectorises it. Its codes can differ from [`Grid::code`] at
+/// exact ties; [`Grid::search_params`] checks its winner exactly.
+struct GroupScorer {
+    grid: Grid,
+    xs: Vec<f32>,
+    ws: Vec<f32>,
+    /// `Σ w` and `Σ w·x`, for the asymmetric refit.
+    sw: f64,
+    sx: f64,
+}
+
+/// `v` rounded to the nearest integer (ties to even) in f32 for
+/// |v| < 2^22; callers clamp the result to a code range far below that.
+#[inline(always)]
+fn rne32(v: f32) -> f32 {
+    const M: f32 = 12_582_912.0; // 1.5·2^23
+    let v = clampf(v, -4.0e6, 4.0e6);
+    (v + M) - M
+}
+
+/// `v` clamped to `[lo, hi]` with plain comparisons (compiles to min/max
+/// instructions; `f32::clamp`'s NaN rules get in the way).
+#[inline(always)]
+fn clampf(v: f32, lo: f32, hi: f32) -> f32 {
+    let v = if v < lo { lo } else { v };
+    if v > hi {
+        hi
+    } else {
+        v
+    }
+}
+
+impl GroupScorer {
+    fn new(grid: Grid, xs: &[f32], ws: &[f64]) -> GroupScorer {
+        let sw = ws.iter().sum();
+        let sx = xs.iter().zip(ws).map(|(&x, &w)| w * x as f64).sum();
+        GroupScorer {
+            grid,
+            xs: xs.to_vec(),
+            ws: ws.iter().map(|&w| w as f32).collect(),
+            sw,
+            sx,
+        }
+    }
+
+    /// The weighted squared error of the stored `p` (approximately, see the
+    /// type) and the weighted least-squares refit of `p`'s parameters to the
+    /// codes `p` gives (`None` when degenerate).
+    fn score(&self, p: GroupParams) -> (f32, Option<GroupParams>) {
+        let g = self.grid;
+        let (d, m) = (p.d.to_f32(), p.m.to_f32());
+        let id = 1.0 / d;
+        match g {
+            Grid::Q4_1 | Grid::Tern { sym: false, .. } => {
+                let nmax = ((1u32 << g.bits()) - 1) as f32;
+                // x ≈ d·q + m, q in 0..=nmax.
+                let lane = |x: f32, w: f32| {
+                    let q = clampf(rne32((x - m) * id), 0.0, nmax);
+                    let e = x - (d * q + m);
+                    let wq = w * q;
+                    [w * e * e, wq, wq * q, wq * x]
+                };
+                let [err, sq, sqq, sqx] = self.sums(lane);
+                let det = self.sw * sqq - sq * sq;
+                if det.is_nan() || det <= 1e-12 * self.sw * sqq {
+                    return (err as f32, None);
+                }
+                let d = (self.sw * sqx - sq * self.sx) / det;
+                let m = (sqq * self.sx - sq * sqx) / det;
+                (err as f32, (d > 0.0).then(|| g.asym(d, m)))
+            }
+            _ => {
+                let (kmin, kmax) = match g {
+                    Grid::Q4_0 => (-8.0, 7.0),
+                    Grid::Q8_0 => (-128.0, 127.0),
+                    _ => {
+                        let half = (1u32 << (g.bits() - 1)) as f32;
+                        (-half, half - 1.0)
+                    }
+                };
+                // x ≈ d·k, k in kmin..=kmax.
+                let lane = |x: f32, w: f32| {
+                    let k = clampf(rne32(x * id), kmin, kmax);
+                    let e = x - d * k;
+                    let wk = w * k;
+                    [w * e * e, wk * x, wk * k, 0.0]
+                };
+                let [err, num, den, _] = self.sums(lane);
+                (err as f32, (den > 0.0).then(|| g.sym(num / den)))
+            }
+        }
+    }
+
+    /// The four sums of `lane(x, w)` over the group: [`LANES`] f32
+    /// accumulators per sum (kept as four separate arrays, so that each
+    /// lane's four results land in four vector registers without shuffles)
+    /// over whole chunks, the rest one by one, all added up in f64.
+    #[inline(always)]
+    fn sums(&self, lane: impl Fn(f32, f32) -> [f32; 4]) -> [f64; 4] {
+        let mut a0 = [0.0f32; LANES];
+        let mut a1 = [0.0f32; LANES];
+        let mut a2 = [0.0f32; LANES];
+        let mut a3 = [0.0f32; LANES];
+        let (xc, wc) = (self.xs.chunks_exact(LANES), self.ws.chunks_exact(LANES));
+        let (xr, wr) = (xc.remainder(), wc.remainder());
+        for (x8, w8) in xc.zip(wc) {
+            for i in 0..LANES {
+                let [v0, v1, v2, v3] = lane(x8[i], w8[i]);
+                a0[i] += v0;
+                a1[i] += v1;
+                a2[i] += v2;
+                a3[i] += v3;
+            }
+        }
+        let total = |a: [f32; LANES]| a.iter().map(|&v| v as f64).sum::<f64>();
+        let mut out = [total(a0), total(a1), total(a2), total(a3)];
+        for (&x, &w) in xr.iter().zip(wr) {
+            for (o, v) in out.iter_mut().zip(lane(x, w)) {
+                *o += v as f64;
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]

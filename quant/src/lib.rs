@@ -16,6 +16,8 @@
 //!   and GGUF bytes.
 //! - `gptq.rs`: [`quantize`] — RTN and GPTQ (lazy batches, act-order with
 //!   static groups, dampening) and the [`LayerReport`].
+//! - `refit.rs`: the joint least-squares refit of a row's group scales
+//!   under the full Hessian once GPTQ has fixed its codes.
 //! - `hf.rs`: [`hf`], Hugging Face GPTQ export (qweight, qzeros, scales,
 //!   g_idx) and a small safetensors writer.
 //!
@@ -29,6 +31,7 @@ mod grid;
 mod hessian;
 pub mod hf;
 mod matrix;
+mod refit;
 
 pub mod calib;
 pub mod pipeline;

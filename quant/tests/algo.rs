@@ -245,6 +245,7 @@ fn params(act_order: bool, block: usize) -> GptqParams {
         act_order,
         block,
         scale_search: ScaleSearch::Off,
+        refit: 0,
         ..GptqParams::default()
     }
 }
@@ -779,6 +780,7 @@ fn gptq_with_the_scale_search_lowers_its_loss() {
                 let p = GptqParams {
                     act_order,
                     scale_search: s,
+                    refit: 0,
                     ..GptqParams::default()
                 };
                 let (_, r) = quantize(&w, rows, cols, grid, Scheme::Gptq, Some(&h), &p).unwrap();
@@ -817,4 +819,43 @@ fn the_q4_0_mixture_keeps_early_ffn_down_in_q4_1() {
     // Fewer than 8 blocks: nothing changes; other grids are never mixed.
     assert_eq!(tensor_grid(Grid::Q4_0, true, "ffn_down", 0, 7), Grid::Q4_0);
     assert_eq!(tensor_grid(GRIDS[5], true, "ffn_down", 0, 30), GRIDS[5]);
+}
+
+#[test]
+fn the_scale_refit_never_raises_the_proxy_error() {
+    let mut rng = Rng(0xfeed);
+    let (rows, cols) = (32, 256);
+    let x = correlated_inputs(&mut rng, 4 * 96, cols);
+    let h = hessian_of(&x, 4, 96, cols, 0);
+    let w = random_weights(&mut rng, rows, cols);
+    for grid in GRIDS {
+        for act_order in [false, true] {
+            let err = |refit| {
+                let p = GptqParams {
+                    act_order,
+                    refit,
+                    ..GptqParams::default()
+                };
+                let (_, r) = quantize(&w, rows, cols, grid, Scheme::Gptq, Some(&h), &p).unwrap();
+                r.err
+            };
+            let (e0, e1, e3) = (err(0), err(1), err(3));
+            // The refit is kept per row only where it lowers the loss on the
+            // stored values; the f32 decoding of d·q + m may round once more.
+            assert!(
+                e1 <= e0 * (1.0 + 1e-6),
+                "{grid:?} act_order={act_order}: {e1} > {e0}"
+            );
+            // Further rounds keep each row's best.
+            assert!(
+                e3 <= e1 * (1.0 + 1e-12),
+                "{grid:?} act_order={act_order}: {e3} > {e1}"
+            );
+            // And it does something: GPTQ's scales are not the joint optimum.
+            assert!(
+                e1 < 0.999 * e0,
+                "{grid:?} act_order={act_order}: {e1} vs {e0}"
+            );
+        }
+    }
 }

@@ -284,6 +284,9 @@ fn bad_flags_are_one_line_usage_errors() {
             "--prefix-skip-on",
         ),
         (&["--scale-search", "max"], "max"),
+        (&["--refit", "9"], "refit"),
+        (&["--refit", "-1"], "refit"),
+        (&["--refit", "x"], "refit"),
         (&["--frobnicate"], "frobnicate"),
     ];
     for (extra, needle) in cases {

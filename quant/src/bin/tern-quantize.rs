@@ -93,6 +93,13 @@ struct Args {
     /// always use the fixed rule.
     #[arg(long = "scale-search", value_enum, default_value_t = ScaleArg::Diag)]
     scale_search: ScaleArg,
+    /// GPTQ: once the codes are chosen, refit each row's group scales (and
+    /// minimums) jointly by least squares under the full Hessian, keeping
+    /// the refit only for rows whose layer loss it lowers. 0: off; n > 1:
+    /// n − 1 more rounds of GPTQ with the refitted scales fixed and another
+    /// refit, each row keeping its best round.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=8), allow_negative_numbers = true)]
+    refit: u32,
     /// Store every linear in the one --type. Without it, gptq and p-gptq into
     /// q4_0 keep the ffn_down of the first eighth of the blocks in q4_1 (the
     /// mixture llama.cpp's Q4_0 uses with an importance matrix; 4.51 instead
@@ -320,6 +327,7 @@ fn run(a: &Args, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
                 ScaleArg::Diag => ScaleSearch::Diag,
                 ScaleArg::Off => ScaleSearch::Off,
             },
+            refit: a.refit,
             ..GptqParams::default()
         },
         threads,
