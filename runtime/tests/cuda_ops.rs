@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use common::*;
 use tern_runtime::backend::cpu::CpuBackend;
-use tern_runtime::backend::cuda::CudaBackend;
+use tern_runtime::backend::cuda::{kernels::KernelConfig, CudaBackend};
 use tern_runtime::backend::{AttnParams, Backend, KvSpec, KvType, Op, Rope, Visibility};
 use tern_runtime::gguf::{GgufFile, GgufWriter};
 use tern_runtime::quants::{self, GgmlType};
@@ -143,6 +143,91 @@ fn matmul_every_type_and_batch_matches_cpu() {
                     &want,
                     5e-4,
                 );
+            }
+        }
+    }
+}
+
+/// The decode mat-vec with 1, 2 and 4 warps per row (forced, whatever the
+/// per-matrix rule picks): plain products of 1 and 3 tokens, the fused
+/// launch of three weights, and the residual-add epilogue (acc = W·x, then
+/// acc += 0.75·W·x, so a lost add or scale shows), on row counts
+/// that leave blocks part-empty and row lengths that split unevenly.
+#[test]
+fn matvec_every_row_split_matches_cpu() {
+    let cpu = CpuBackend::exact(8);
+    let mut rng = Rng(0x5eed_0002);
+    for ks in [1u32, 2, 4] {
+        let cfg = KernelConfig {
+            mv_ksplit: ks,
+            ..KernelConfig::default()
+        };
+        let g = match CudaBackend::open_with(0, &cfg) {
+            Ok(b) => b,
+            Err(e) => {
+                if std::env::var_os("TERN_REQUIRE_GPU").is_some_and(|v| v == "1") {
+                    panic!("TERN_REQUIRE_GPU=1 but no GPU opened: {e}");
+                }
+                eprintln!("skipped: no GPU ({e})");
+                return;
+            }
+        };
+        for &(rows, cols) in &[(37usize, 4096usize), (130, 1056), (8, 16384)] {
+            for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+                let f = file_with(&[
+                    ("w0", ty, rows, cols, rng.vec(rows * cols)),
+                    ("w1", ty, rows + 3, cols, rng.vec((rows + 3) * cols)),
+                    ("w2", ty, 5, cols, rng.vec(5 * cols)),
+                    ("x", GgmlType::F32, 3, cols, rng.vec(3 * cols)),
+                ]);
+                fn all<B: Backend>(
+                    b: &B,
+                    f: &Arc<GgufFile>,
+                    rows: usize,
+                    cols: usize,
+                ) -> Vec<Vec<f32>> {
+                    let w: Vec<B::Weight> = ["w0", "w1", "w2"]
+                        .iter()
+                        .map(|n| b.load_weight(f, f.tensor(n).unwrap(), Op::MatMul).unwrap())
+                        .collect();
+                    let mut res = Vec::new();
+                    for ntok in [1, 3] {
+                        let x = input(b, f, "x", ntok, cols);
+                        let mut o = b.alloc(ntok, rows).unwrap();
+                        b.matmul(&x, &w[0], &mut o).unwrap();
+                        res.push(read(b, &o));
+                    }
+                    let x = input(b, f, "x", 1, cols);
+                    let mut outs: Vec<B::Tensor> = [rows, rows + 3, 5]
+                        .iter()
+                        .map(|&r| b.alloc(1, r).unwrap())
+                        .collect();
+                    let wr: Vec<&B::Weight> = w.iter().collect();
+                    let mut or: Vec<&mut B::Tensor> = outs.iter_mut().collect();
+                    b.matmul_many(&x, &wr, &mut or).unwrap();
+                    res.extend(outs.iter().map(|o| read(b, o)));
+                    // The residual starts as the product itself (loading a
+                    // 37-wide f32 row is not supported on the GPU).
+                    let mut acc = b.alloc(1, rows).unwrap();
+                    b.matmul(&x, &w[0], &mut acc).unwrap();
+                    let mut tmp = b.alloc(1, rows).unwrap();
+                    b.matmul_add(&x, &w[0], &mut tmp, &mut acc, 0.75).unwrap();
+                    res.push(read(b, &acc));
+                    res
+                }
+                let want = all(&cpu, &f, rows, cols);
+                let got = all(&g, &f, rows, cols);
+                let what = [
+                    "1 token", "3 tokens", "fused #0", "fused #1", "fused #2", "add",
+                ];
+                for ((gv, wv), w) in got.iter().zip(&want).zip(what) {
+                    check(
+                        &format!("matvec ks={ks} {ty} [{rows}x{cols}] {w}"),
+                        gv,
+                        wv,
+                        5e-4,
+                    );
+                }
             }
         }
     }

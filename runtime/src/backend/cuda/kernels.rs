@@ -84,6 +84,10 @@ pub struct KernelConfig {
     /// 32-element blocks each lane of the decode mat-vec loads before
     /// computing (1 to 4), defined into the source as `MV_UNROLL`.
     pub mv_unroll: u32,
+    /// Warps of the decode mat-vec's 4-warp block that share one row (1,
+    /// 2 or 4), or 0 to choose per matrix ([`mv_ksplit_auto`]). Chosen on
+    /// the host; the source is the same.
+    pub mv_ksplit: u32,
     /// Prefill with Q4_0/Q4_1 weights uses the 4-bit kernels
     /// (`matmul_q4_*`); `false` keeps the f16-tile kernels (`matmul_mma*`)
     /// for every type. Chosen on the host; the source is the same.
@@ -101,11 +105,38 @@ impl Default for KernelConfig {
         KernelConfig {
             mv_rows: 1,
             mv_unroll: 1,
+            mv_ksplit: 0,
             prefill_q4: true,
             mq_stages: 3,
             mq_narrow_min_blocks: 1,
         }
     }
+}
+
+/// Warps per row for a decode mat-vec of `rows` × `cols` on `sms`
+/// multiprocessors. One warp per row walks a 4096-column row in 4 steps of
+/// one 16-byte load per lane; a 16384-column row takes 16 serial steps, and
+/// a grid of only 4096 such rows leaves the memory system idle (measured
+/// on the H200, docs/cuda-kernel-notes.md: the 8B's 4096×16384 down
+/// projection 14.9 → 13.7 µs at 4 warps per row, while the 4096-column
+/// products got slower split). So split a row while each warp keeps ≥ 128
+/// of its 32-element blocks and the grid stays within ~4 waves, or — for
+/// grids far under one wave (the 0.5B's 1024-row down projection) — while
+/// each warp keeps ≥ 64.
+pub fn mv_ksplit_auto(rows: usize, cols: usize, sms: usize) -> u32 {
+    let nb = cols / 32;
+    let mut ks = 1;
+    while ks < 4 {
+        let per_warp = nb / (2 * ks);
+        let warps = rows * 2 * ks;
+        let long = per_warp >= 128 && warps <= 4 * 48 * sms;
+        let sparse = per_warp >= 64 && warps <= 24 * sms;
+        if !(long || sparse) {
+            break;
+        }
+        ks *= 2;
+    }
+    ks as u32
 }
 
 /// The translation unit for the default configuration.

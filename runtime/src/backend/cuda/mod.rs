@@ -135,6 +135,14 @@ impl CudaBackend {
         {
             cfg.mv_unroll = u;
         }
+        // `TERN_CUDA_MV_KSPLIT=1|2|4`: warps per mat-vec row, fixed.
+        if let Some(k) = std::env::var("TERN_CUDA_MV_KSPLIT")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|k| [1, 2, 4].contains(k))
+        {
+            cfg.mv_ksplit = k;
+        }
         CudaBackend::open_with(ordinal, &cfg)
     }
 
@@ -143,6 +151,7 @@ impl CudaBackend {
     pub fn open_with(ordinal: usize, cfg: &kernels::KernelConfig) -> Result<CudaBackend> {
         if !(1..=4).contains(&cfg.mv_rows)
             || !(1..=4).contains(&cfg.mv_unroll)
+            || ![0, 1, 2, 4].contains(&cfg.mv_ksplit)
             || !(2..=4).contains(&cfg.mq_stages)
             || !(1..=3).contains(&cfg.mq_narrow_min_blocks)
         {
@@ -188,6 +197,11 @@ impl CudaBackend {
     /// The device's name ("NVIDIA H200").
     pub fn device_name(&self) -> &str {
         &self.sh.gpu.name
+    }
+
+    /// Multiprocessors on the device.
+    pub fn sm_count(&self) -> usize {
+        self.sh.gpu.sm_count
     }
 
     /// Compute capability (major, minor).
@@ -686,12 +700,13 @@ impl CudaBackend {
     ) -> Result<()> {
         let g = self.gpu()?;
         let kernel = if ntok == 1 { "matvec_q1" } else { "matvec_q" };
-        // 4 warps per block, mv_rows rows per warp.
+        // 4 warps per block, ks of them per row, mv_rows rows per warp.
+        let ks = self.mv_ksplit(w.rows, w.cols);
         launch(
             g,
             self.f(kernel),
             "matvec",
-            (blocks(w.rows, 4 * self.sh.mv_rows), 1, 1),
+            (blocks(w.rows, (4 / ks) * self.sh.mv_rows), 1, 1),
             128,
             &mut [
                 Arg::Ptr(w.buf.ptr),
@@ -704,8 +719,18 @@ impl CudaBackend {
                 Arg::Ptr(out.buf.ptr),
                 Arg::I32(add.is_some() as i32),
                 Arg::F32(add.unwrap_or(0.0)),
+                Arg::I32(ks as i32),
             ],
         )
+    }
+
+    /// Warps per row of the decode mat-vec for this matrix (the
+    /// configuration's fixed choice, or [`kernels::mv_ksplit_auto`]).
+    fn mv_ksplit(&self, rows: usize, cols: usize) -> usize {
+        match self.sh.cfg.mv_ksplit {
+            0 => kernels::mv_ksplit_auto(rows, cols, self.sh.gpu.sm_count) as usize,
+            k => k as usize,
+        }
     }
 
     fn elementwise(&self, name: &str, args: &mut [Arg], n: usize) -> Result<()> {
@@ -1013,9 +1038,11 @@ impl Backend for CudaBackend {
         let (xq, xs) = self.quantize_x(x)?;
         if x.rows == 1 && (2..=3).contains(&ws.len()) {
             // One launch for all of them.
-            let per = 4 * self.sh.mv_rows;
+            let total: usize = ws.iter().map(|w| w.rows).sum();
+            let ks = self.mv_ksplit(total, x.cols);
+            let per = (4 / ks) * self.sh.mv_rows;
             let nb: Vec<usize> = ws.iter().map(|w| w.rows.div_ceil(per)).collect();
-            let mut args = Vec::with_capacity(17);
+            let mut args = Vec::with_capacity(18);
             for i in 0..3 {
                 let k = i.min(ws.len() - 1);
                 let (w, o) = (ws[k], &outs[k]);
@@ -1035,6 +1062,7 @@ impl Backend for CudaBackend {
                 Arg::I32(x.cols as i32),
                 Arg::Ptr(xq),
                 Arg::Ptr(xs),
+                Arg::I32(ks as i32),
             ]);
             let g = self.gpu()?;
             return launch(

@@ -6,7 +6,8 @@
 // offset terms), with __dp4a doing four int8 products per instruction. Each
 // warp owns MV_ROWS rows; each lane walks the row's 32-element blocks with a
 // stride of 32, reading 16 (Q4) or 32 (Q8) quant bytes with aligned 16-byte
-// loads, so a warp's loads of one row are contiguous. F16 and F32 weights
+// loads, so a warp's loads of one row are contiguous; for long rows in short
+// grids several warps share a row (`ks`). F16 and F32 weights
 // use plain f32 arithmetic.
 
 #define MV_MAXT 4
@@ -54,15 +55,22 @@ __device__ __forceinline__ float block_dot(int ty, int4 wa, int4 wb, float d, fl
 }
 
 // NT: most tokens this instantiation handles (registers scale with it).
-// Each lane takes MV_UNROLL blocks per step (b, b + 32, ...) and issues all
-// their loads before any arithmetic, so more bytes are in flight per warp.
+// KS warps of the 4-warp block share one row (split over its blocks: warp
+// part p takes blocks p·32 + lane, stepping 32·KS) and their sums meet in
+// shared memory in a fixed order, so short grids of long rows still have
+// enough loads in flight; KS = 1 keeps one warp per row. Each lane takes
+// MV_UNROLL blocks per step and issues all their loads before any
+// arithmetic, so more bytes are in flight per warp.
 template <int NT>
 __device__ __forceinline__ void matvec_q_impl(const u8* w, int ty, int rows, int cols,
                                               const signed char* xq, const float2* xs, int ntok,
-                                              float* out, int block, int add, float res) {
+                                              float* out, int block, int add, float res, int ks) {
+    __shared__ float red[4][MV_ROWS][NT];
     int lane = threadIdx.x % 32;
-    int row0 = (block * (blockDim.x / 32) + threadIdx.x / 32) * MV_ROWS;
-    if (row0 >= rows) return;
+    int warp = threadIdx.x / 32;
+    int part = warp % ks;
+    int row0 = (block * (4 / ks) + warp / ks) * MV_ROWS;
+    bool live = row0 < rows;
     int nb = cols / 32;
     long long nrow_blocks = (long long)rows * nb;
     int qb = ty == TY_Q8_0 ? 32 : 16;
@@ -74,7 +82,8 @@ __device__ __forceinline__ void matvec_q_impl(const u8* w, int ty, int rows, int
 #pragma unroll
         for (int t = 0; t < NT; t++) acc[i][t] = 0.f;
 
-    for (int b0 = lane; b0 < nb; b0 += 32 * MV_UNROLL) {
+    int step = 32 * ks;
+    for (int b0 = live ? lane + 32 * part : nb; b0 < nb; b0 += step * MV_UNROLL) {
         int4 wa[MV_ROWS][MV_UNROLL], wb[MV_ROWS][MV_UNROLL];
         float d[MV_ROWS][MV_UNROLL], m[MV_ROWS][MV_UNROLL];
 #pragma unroll
@@ -83,7 +92,7 @@ __device__ __forceinline__ void matvec_q_impl(const u8* w, int ty, int rows, int
 #pragma unroll
             for (int u = 0; u < MV_UNROLL; u++) {
                 // Blocks past the row's end reload block b0 (unused).
-                int b = b0 + 32 * u < nb ? b0 + 32 * u : b0;
+                int b = b0 + step * u < nb ? b0 + step * u : b0;
                 long long blk = (long long)r * nb + b;
                 const int4* p = (const int4*)(w + blk * qb);
                 wa[i][u] = p[0];
@@ -94,7 +103,7 @@ __device__ __forceinline__ void matvec_q_impl(const u8* w, int ty, int rows, int
         }
 #pragma unroll
         for (int u = 0; u < MV_UNROLL; u++) {
-            int b = b0 + 32 * u;
+            int b = b0 + step * u;
             if (b >= nb) break;
 #pragma unroll
             for (int t = 0; t < NT; t++) {
@@ -110,26 +119,48 @@ __device__ __forceinline__ void matvec_q_impl(const u8* w, int ty, int rows, int
         }
     }
 #pragma unroll
+    for (int i = 0; i < MV_ROWS; i++)
+#pragma unroll
+        for (int t = 0; t < NT; t++) acc[i][t] = warp_sum(acc[i][t]);
+    if (ks > 1) {
+        if (lane == 0) {
+#pragma unroll
+            for (int i = 0; i < MV_ROWS; i++)
+#pragma unroll
+                for (int t = 0; t < NT; t++) red[warp][i][t] = acc[i][t];
+        }
+        __syncthreads();
+        if (part != 0) return;
+#pragma unroll
+        for (int i = 0; i < MV_ROWS; i++)
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                float v = red[warp][i][t];
+                for (int p = 1; p < ks; p++) v += red[warp + p][i][t];
+                acc[i][t] = v;
+            }
+    }
+#pragma unroll
     for (int i = 0; i < MV_ROWS; i++) {
 #pragma unroll
         for (int t = 0; t < NT; t++) {
-            float v = warp_sum(acc[i][t]);
             int r = row0 + i;
             if (lane == 0 && t < ntok && r < rows) {
                 float* o = out + (long long)t * rows + r;
-                *o = add ? *o + res * v : v;
+                *o = add ? *o + res * acc[i][t] : acc[i][t];
             }
         }
     }
 }
 
 // One token (decode). With add != 0 the product is added, × res, to what
-// `out` holds (the residual update fused into the projection).
+// `out` holds (the residual update fused into the projection). ks: warps
+// per row (1, 2 or 4); the grid has ceil(rows / (4 / ks · MV_ROWS)) blocks.
 extern "C" __global__ void matvec_q1(const u8* w, int ty, int rows, int cols,
                                      const signed char* xq, const float2* xs, int ntok,
-                                     float* out, int add, float res) {
+                                     float* out, int add, float res, int ks) {
     pdl_entry();
-    matvec_q_impl<1>(w, ty, rows, cols, xq, xs, 1, out, blockIdx.x, add, res);
+    matvec_q_impl<1>(w, ty, rows, cols, xq, xs, 1, out, blockIdx.x, add, res, ks);
 }
 
 // One token against up to three weights that share the input (q/k/v,
@@ -139,24 +170,25 @@ extern "C" __global__ void matvec_q1_multi(const u8* w0, int ty0, int rows0, flo
                                            const u8* w1, int ty1, int rows1, float* out1,
                                            const u8* w2, int ty2, int rows2, float* out2,
                                            int nb0, int nb1, int cols, const signed char* xq,
-                                           const float2* xs) {
+                                           const float2* xs, int ks) {
     pdl_entry();
     int b = blockIdx.x;
     if (b < nb0) {
-        matvec_q_impl<1>(w0, ty0, rows0, cols, xq, xs, 1, out0, b, 0, 0.f);
+        matvec_q_impl<1>(w0, ty0, rows0, cols, xq, xs, 1, out0, b, 0, 0.f, ks);
     } else if (b < nb0 + nb1) {
-        matvec_q_impl<1>(w1, ty1, rows1, cols, xq, xs, 1, out1, b - nb0, 0, 0.f);
+        matvec_q_impl<1>(w1, ty1, rows1, cols, xq, xs, 1, out1, b - nb0, 0, 0.f, ks);
     } else {
-        matvec_q_impl<1>(w2, ty2, rows2, cols, xq, xs, 1, out2, b - nb0 - nb1, 0, 0.f);
+        matvec_q_impl<1>(w2, ty2, rows2, cols, xq, xs, 1, out2, b - nb0 - nb1, 0, 0.f, ks);
     }
 }
 
-// Up to MV_MAXT tokens (short batches, speculative verification); add and
-// res as for matvec_q1.
+// Up to MV_MAXT tokens (short batches, speculative verification); add,
+// res and ks as for matvec_q1.
 extern "C" __global__ void matvec_q(const u8* w, int ty, int rows, int cols, const signed char* xq,
-                                    const float2* xs, int ntok, float* out, int add, float res) {
+                                    const float2* xs, int ntok, float* out, int add, float res,
+                                    int ks) {
     pdl_entry();
-    matvec_q_impl<MV_MAXT>(w, ty, rows, cols, xq, xs, ntok, out, blockIdx.x, add, res);
+    matvec_q_impl<MV_MAXT>(w, ty, rows, cols, xq, xs, ntok, out, blockIdx.x, add, res, ks);
 }
 
 // F16 / F32 weights: one warp per row, 8 columns per lane per step.
