@@ -233,19 +233,122 @@ fn matvec_every_row_split_matches_cpu() {
     }
 }
 
+/// Decode's attention input side in one launch on the GPU
+/// (`qkv_rope_kv_write`: the q/k/v mat-vecs with RoPE and the cache write
+/// in their epilogue) against the CPU's separate steps: the rotated q and
+/// k, v, and attention over the cache the fused step wrote (3 older keys
+/// and the new one, so a wrong stored key or value moves the output by about
+/// a quarter), for partial and full rotation, both
+/// cache types and mixed weight types.
+#[test]
+fn fused_qkv_rope_kv_write_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend::exact(2);
+    let mut rng = Rng(0x5eed_0003);
+    let (nh, nkv, hd, prefix, cols) = (9usize, 3usize, 64usize, 3usize, 256usize);
+    let width = nkv * hd;
+    for n_rot in [64usize, 32] {
+        for kv_ty in [KvType::F16, KvType::F32] {
+            for (tq, tk) in [
+                (GgmlType::Q4_0, GgmlType::Q8_0),
+                (GgmlType::Q4_1, GgmlType::Q4_1),
+            ] {
+                let f = file_with(&[
+                    ("k0", GgmlType::F32, prefix, width, rng.vec(prefix * width)),
+                    ("v0", GgmlType::F32, prefix, width, rng.vec(prefix * width)),
+                    ("x", GgmlType::F32, 1, cols, rng.vec(cols)),
+                    ("wq", tq, nh * hd, cols, rng.vec(nh * hd * cols)),
+                    ("wk", tk, width, cols, rng.vec(width * cols)),
+                    ("wv", tq, width, cols, rng.vec(width * cols)),
+                ]);
+                let d = (n_rot, kv_ty);
+                fn run<B: Backend>(b: &B, f: &Arc<GgufFile>, d: (usize, KvType)) -> Vec<Vec<f32>> {
+                    let (n_rot, ty) = d;
+                    let (nh, nkv, hd, prefix, cols) = (9usize, 3usize, 64usize, 3usize, 256usize);
+                    let mut kv = b
+                        .alloc_kv(&KvSpec {
+                            n_layer: 2,
+                            n_ctx: 300,
+                            n_head_kv: nkv,
+                            head_dim: hd,
+                            ty,
+                        })
+                        .unwrap();
+                    let k0 = input(b, f, "k0", prefix, nkv * hd);
+                    let v0 = input(b, f, "v0", prefix, nkv * hd);
+                    b.kv_write(&mut kv, 1, 0, &k0, &v0).unwrap();
+                    let w: Vec<B::Weight> = ["wq", "wk", "wv"]
+                        .iter()
+                        .map(|n| b.load_weight(f, f.tensor(n).unwrap(), Op::MatMul).unwrap())
+                        .collect();
+                    let x = input(b, f, "x", 1, cols);
+                    let mut q = b.alloc(1, nh * hd).unwrap();
+                    let mut k = b.alloc(1, nkv * hd).unwrap();
+                    let mut v = b.alloc(1, nkv * hd).unwrap();
+                    let inv_freq: Vec<f64> = (0..n_rot / 2)
+                        .map(|i| 10000f64.powf(-2.0 * i as f64 / n_rot as f64))
+                        .collect();
+                    let rope = |n_head| Rope {
+                        n_head,
+                        head_dim: hd,
+                        n_rot,
+                        inv_freq: inv_freq.clone(),
+                    };
+                    b.qkv_rope_kv_write(
+                        &x,
+                        [&w[0], &w[1], &w[2]],
+                        &mut q,
+                        &mut k,
+                        &mut v,
+                        &[1234],
+                        &rope(nh),
+                        &rope(nkv),
+                        &mut kv,
+                        1,
+                        prefix,
+                    )
+                    .unwrap();
+                    let p = AttnParams {
+                        n_head: nh,
+                        n_head_kv: nkv,
+                        head_dim: hd,
+                        scale: 1.0 / (hd as f32).sqrt(),
+                        visibility: Visibility::Causal,
+                    };
+                    let mut att = b.alloc(1, nh * hd).unwrap();
+                    b.attention(&q, &kv, 1, prefix, &p, &mut att).unwrap();
+                    vec![read(b, &q), read(b, &k), read(b, &v), read(b, &att)]
+                }
+                let want = run(&cpu, &f, d);
+                let got = run(&g, &f, d);
+                for (name, (gv, wv)) in ["q", "k", "v", "attention over the written cache"]
+                    .iter()
+                    .zip(got.iter().zip(&want))
+                {
+                    check(&format!("qkv+rope {d:?} {tq}/{tk}: {name}"), gv, wv, 5e-4);
+                }
+            }
+        }
+    }
+}
+
 /// Prefill products of one input with several 4-bit weights (q/k/v,
 /// gate/up) run as one launch on the GPU: every output must match, in both
-/// tile widths (the 1030-token case fills the GPU with 128-token tiles).
+/// tile widths (the 1030-token case fills the GPU with 128-token tiles) and
+/// in the 3-blocks-per-SM build of the narrow one.
 #[test]
 fn matmul_many_prefill_matches_cpu() {
     let Some(g) = gpu() else { return };
     let cpu = CpuBackend::exact(8);
     let mut rng = Rng(0x5eed_0001);
-    let cases: [(&[usize], usize, usize); 4] = [
+    // The 512-token case is the 8B's q/k/v grid (288 narrow blocks): on a
+    // 132-SM GPU it takes the 3-blocks-per-SM build (`matmul_q4_64_3`).
+    let cases: [(&[usize], usize, usize); 5] = [
         (&[300, 64, 40], 640, 70),
         (&[96, 160], 128, 5),
         (&[130], 64, 200),
         (&[4096, 256, 256], 256, 1030),
+        (&[4096, 256, 256], 128, 512),
     ];
     for (rows, cols, ntok) in cases {
         for ty in [GgmlType::Q4_0, GgmlType::Q4_1] {

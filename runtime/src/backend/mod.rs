@@ -248,6 +248,30 @@ pub trait Backend: Send + Sync + Sized + 'static {
         self.kv_write(kv, layer, first_slot, k, v)
     }
 
+    /// The attention block's input side in one call: `q`, `k`, `v` = the
+    /// products of `x` with `wq`, `wk`, `wv`, then [`Backend::rope_kv_write`]
+    /// — which is what the default does. A backend may fuse the rotation
+    /// and the cache write into the products' epilogue (the CUDA decode
+    /// step does).
+    #[allow(clippy::too_many_arguments)]
+    fn qkv_rope_kv_write(
+        &self,
+        x: &Self::Tensor,
+        w: [&Self::Weight; 3],
+        q: &mut Self::Tensor,
+        k: &mut Self::Tensor,
+        v: &mut Self::Tensor,
+        positions: &[u32],
+        rope_q: &Rope,
+        rope_k: &Rope,
+        kv: &mut Self::KvCache,
+        layer: usize,
+        first_slot: usize,
+    ) -> Result<()> {
+        self.matmul_many(x, &w, &mut [&mut *q, &mut *k, &mut *v])?;
+        self.rope_kv_write(q, k, v, positions, rope_q, rope_k, kv, layer, first_slot)
+    }
+
     /// Store this batch's keys and values of `layer` in slots `first_slot..first_slot + rows`.
     fn kv_write(
         &self,

@@ -253,13 +253,18 @@ impl<B: Backend> LlamaModel<B> {
         if seen(LinearInput::AttnQkv, &st.xb)?.is_break() {
             return Ok(ControlFlow::Break(()));
         }
-        b.matmul_many(
+        b.qkv_rope_kv_write(
             &st.xb,
-            &[&l.attn_q, &l.attn_k, &l.attn_v],
-            &mut [&mut st.q, &mut st.k, &mut st.v],
-        )?;
-        b.rope_kv_write(
-            &mut st.q, &mut st.k, &st.v, positions, &rope.q, &rope.k, kv, kv_layer, first_slot,
+            [&l.attn_q, &l.attn_k, &l.attn_v],
+            &mut st.q,
+            &mut st.k,
+            &mut st.v,
+            positions,
+            &rope.q,
+            &rope.k,
+            kv,
+            kv_layer,
+            first_slot,
         )?;
         b.attention(&st.q, kv, kv_layer, first_slot, attn, &mut st.att)?;
         if seen(LinearInput::AttnOutput, &st.att)?.is_break() {

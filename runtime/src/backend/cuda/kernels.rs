@@ -29,13 +29,14 @@ pub const SOURCES: [(&str, &str); 5] = [
 ];
 
 /// Every kernel entry point the backend launches.
-pub const KERNEL_NAMES: [&str; 27] = [
+pub const KERNEL_NAMES: [&str; 29] = [
     "embed",
     "rope_kv",
     "rms_norm",
     "rms_norm_q",
     "silu_mul_q",
     "matvec_q1_multi",
+    "matvec_qkv_rope",
     "rope",
     "silu_mul",
     "add_scaled",
@@ -51,6 +52,7 @@ pub const KERNEL_NAMES: [&str; 27] = [
     "matmul_mma_big",
     "matmul_q4_128",
     "matmul_q4_64",
+    "matmul_q4_64_3",
     "to_f16",
     "attn_partial",
     "attn_combine",
@@ -68,7 +70,9 @@ pub fn dynamic_smem(cfg: &KernelConfig, name: &str) -> u32 {
     match name {
         // The SwiGLU epilogue reuses it for a [tokens][132] f32 tile.
         "matmul_q4_128" => (cfg.mq_stages * (128 * 144 + 128 * 48 + 1024)).max(128 * 132 * 4),
-        "matmul_q4_64" => (cfg.mq_stages * (64 * 144 + 128 * 48 + 1024)).max(64 * 132 * 4),
+        "matmul_q4_64" | "matmul_q4_64_3" => {
+            (cfg.mq_stages * (64 * 144 + 128 * 48 + 1024)).max(64 * 132 * 4)
+        }
         "attn_prefill_64" => 5 * 64 * (64 + 8) * 2,
         "attn_prefill_128" => 5 * 64 * (128 + 8) * 2,
         _ => 0,
@@ -323,6 +327,9 @@ pub(super) struct Kernels {
     funcs: Vec<sys::CUfunction>,
     /// Blocks of `matmul_q4_128` one SM runs at once.
     pub mq_slots: usize,
+    /// The same for `matmul_q4_64` and `matmul_q4_64_3`.
+    pub mq64_slots: usize,
+    pub mq64_3_slots: usize,
 }
 
 // SAFETY: CUfunction handles are immutable once loaded and usable from any
@@ -372,11 +379,12 @@ impl Kernels {
             }
             .map_or(1, |n| n.max(1) as usize)
         };
-        let mq_slots = slots("matmul_q4_128", 256);
         Ok(Kernels {
+            mq_slots: slots("matmul_q4_128", 256),
+            mq64_slots: slots("matmul_q4_64", 128),
+            mq64_3_slots: slots("matmul_q4_64_3", 128),
             _module: module,
             funcs,
-            mq_slots,
         })
     }
 

@@ -587,11 +587,22 @@ impl CudaBackend {
             ws.iter().map(|w| w.rows.div_ceil(128)).sum()
         };
         let wide = rows128 * x.rows.div_ceil(128) >= 2 * self.sh.k.mq_slots * g.sm_count;
-        let (kernel, bm, bn, threads) = if wide {
+        let (mut kernel, bm, bn, threads) = if wide {
             ("matmul_q4_128", 128, 128, 256)
         } else {
             ("matmul_q4_64", 128, 64, 128)
         };
+        if !wide && x.cols <= 4096 {
+            // A grid just over one wave of 2 blocks per SM (the 8B's q/k/v:
+            // 288 blocks, 264 slots) runs as one wave of the 3-per-SM
+            // build: 174 → 144 µs measured. Its spills cost more than a
+            // wave on long rows (4096×16384: 382 → 552 µs), hence the cap.
+            let blocks = rows128 * x.rows.div_ceil(64);
+            let waves = |slots: usize| blocks.div_ceil(slots.max(1) * g.sm_count);
+            if waves(self.sh.k.mq64_3_slots) < waves(self.sh.k.mq64_slots) {
+                kernel = "matmul_q4_64_3";
+            }
+        }
         // GLU: one block takes bm/2 rows of the gate and the same of up.
         let tiles: Vec<usize> = if glu {
             vec![ws[0].rows.div_ceil(bm / 2)]
@@ -1134,6 +1145,103 @@ impl Backend for CudaBackend {
     }
 
     /// One kernel turns the queries and keys and stores keys and values.
+    /// Decode (one token): the q/k/v mat-vecs, RoPE and the cache write in
+    /// one launch (`matvec_qkv_rope`); anything else takes the default's
+    /// separate steps.
+    fn qkv_rope_kv_write(
+        &self,
+        x: &CudaTensor,
+        w: [&CudaWeight; 3],
+        q: &mut CudaTensor,
+        k: &mut CudaTensor,
+        v: &mut CudaTensor,
+        positions: &[u32],
+        rope_q: &Rope,
+        rope_k: &Rope,
+        kv: &mut CudaKvCache,
+        layer: usize,
+        first_slot: usize,
+    ) -> Result<()> {
+        let spec = kv.spec;
+        let width = spec.n_head_kv * spec.head_dim;
+        let [wq, wk, wv] = w;
+        let fits = x.rows == 1
+            && w.iter()
+                .all(|w| !matches!(w.ty, GgmlType::F32 | GgmlType::F16) && w.cols == x.cols)
+            && x.cols.is_multiple_of(32)
+            && (q.rows, q.cols) == (1, wq.rows)
+            && (k.rows, k.cols) == (1, width)
+            && (v.rows, v.cols) == (1, width)
+            && wk.rows == width
+            && wv.rows == width
+            && self.mv_ksplit(wq.rows + 2 * width, x.cols) == 1
+            && rope_q.inv_freq == rope_k.inv_freq
+            && rope_q.n_rot == rope_k.n_rot
+            && rope_q.head_dim == spec.head_dim
+            && rope_k.head_dim == spec.head_dim
+            && rope_k.n_head == spec.n_head_kv
+            && rope_q.n_rot <= rope_q.head_dim
+            && rope_q.inv_freq.len() == rope_q.n_rot / 2
+            && spec.head_dim.is_multiple_of(2)
+            && positions.len() == 1
+            && q.cols == rope_q.n_head * spec.head_dim
+            && layer < spec.n_layer
+            && first_slot < spec.n_ctx;
+        if !fits {
+            self.matmul_many(x, &w, &mut [&mut *q, &mut *k, &mut *v])?;
+            return self.rope_kv_write(q, k, v, positions, rope_q, rope_k, kv, layer, first_slot);
+        }
+        for o in [&*q, &*k, &*v] {
+            self.wrote(o);
+        }
+        let (xq, xs) = self.quantize_x(x)?;
+        let freq = freq_words(&rope_q.inv_freq);
+        let mut m = self.lock();
+        let pos = self.stage(&mut m, Staged::Positions, positions)?;
+        let fr = self.stage(
+            &mut m,
+            Staged::Const,
+            if freq.is_empty() { &[0, 0] } else { &freq },
+        )?;
+        let fs = self.stage(&mut m, Staged::FirstSlot, &[first_slot as u32])?;
+        drop(m);
+        let per = 4 * self.sh.mv_rows;
+        let nblocks = wq.rows.div_ceil(per) + 2 * width.div_ceil(per);
+        let (kc, vc) = &kv.layers[layer];
+        let g = self.gpu()?;
+        launch(
+            g,
+            self.f("matvec_qkv_rope"),
+            "matvec",
+            (nblocks as u32, 1, 1),
+            128,
+            &mut [
+                Arg::Ptr(wq.buf.ptr),
+                Arg::I32(ty_code(wq.ty)),
+                Arg::I32(wq.rows as i32),
+                Arg::Ptr(q.buf.ptr),
+                Arg::Ptr(wk.buf.ptr),
+                Arg::I32(ty_code(wk.ty)),
+                Arg::Ptr(k.buf.ptr),
+                Arg::Ptr(wv.buf.ptr),
+                Arg::I32(ty_code(wv.ty)),
+                Arg::Ptr(v.buf.ptr),
+                Arg::I32(width as i32),
+                Arg::I32(x.cols as i32),
+                Arg::Ptr(xq),
+                Arg::Ptr(xs),
+                Arg::Ptr(pos),
+                Arg::Ptr(fr),
+                Arg::I32(spec.head_dim as i32),
+                Arg::I32(rope_q.n_rot as i32),
+                Arg::Ptr(kc.ptr),
+                Arg::Ptr(vc.ptr),
+                Arg::Ptr(fs),
+                Arg::I32((spec.ty == KvType::F16) as i32),
+            ],
+        )
+    }
+
     fn rope_kv_write(
         &self,
         q: &mut CudaTensor,

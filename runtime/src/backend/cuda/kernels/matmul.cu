@@ -575,6 +575,18 @@ extern "C" __global__ void __launch_bounds__(128, MQ_NARROW_MINB)
                         cols, xh, ntok, add, scale, glu);
 }
 
+// The narrow kernel bounded to 3 blocks per SM (≤ 168 registers, some
+// spilled). The host takes it only where 3 slots per SM save a whole wave
+// over 2 (the 8B's 288-block q/k/v grid on 132 SMs) and the rows are short.
+extern "C" __global__ void __launch_bounds__(128, 3)
+    matmul_q4_64_3(const u8* w0, int rows0, float* out0, const u8* w1, int rows1, float* out1,
+                   const u8* w2, int rows2, float* out2, int tiles0, int tiles1, int ty, int cols,
+                   const u16* xh, int ntok, int add, float scale, int glu) {
+    pdl_entry();
+    matmul_q4_entry<128, 64>(w0, rows0, out0, w1, rows1, out1, w2, rows2, out2, tiles0, tiles1, ty,
+                        cols, xh, ntok, add, scale, glu);
+}
+
 // f32 → f16 (round to nearest), eight values per thread; n % 8 == 0.
 extern "C" __global__ void to_f16(const float* x, long long n, u16* out) {
     pdl_entry();

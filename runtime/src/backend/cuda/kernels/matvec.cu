@@ -182,6 +182,66 @@ extern "C" __global__ void matvec_q1_multi(const u8* w0, int ty0, int rows0, flo
     }
 }
 
+// One token's q/k/v products with RoPE and the cache write in the
+// epilogue (what matvec_q1_multi followed by rope_kv computes, in one
+// launch): blocks [0, nbq) take q's rows, the next nbk k's, the rest v's,
+// 4·MV_ROWS rows per block (one warp per row, so a rotated pair (2p, 2p+1)
+// is always in one block). After the products, each row's thread reads its
+// pair from the output, rotates (q, k) with the same double-precision
+// angle as rope_kv, writes it back and stores k and v in the cache at slot
+// first_slot[0]. Rows of k and v number the cache's width.
+extern "C" __global__ void matvec_qkv_rope(const u8* wq, int tyq, int rows_q, float* q,
+                                           const u8* wk, int tyk, float* k, const u8* wv, int tyv,
+                                           float* v, int rows_kv, int cols, const signed char* xq,
+                                           const float2* xs, const u32* pos, const double* inv_freq,
+                                           int head_dim, int n_rot, u8* kc, u8* vc,
+                                           const u32* first_slot, int f16) {
+    pdl_entry();
+    int per = 4 * MV_ROWS;
+    int nbq = (rows_q + per - 1) / per, nbk = (rows_kv + per - 1) / per;
+    int b = blockIdx.x, which = 0, rows = rows_q, ty = tyq;
+    const u8* w = wq;
+    float* out = q;
+    if (b >= nbq + nbk) {
+        which = 2, b -= nbq + nbk, rows = rows_kv, ty = tyv, w = wv, out = v;
+    } else if (b >= nbq) {
+        which = 1, b -= nbq, rows = rows_kv, ty = tyk, w = wk, out = k;
+    }
+    matvec_q_impl<1>(w, ty, rows, cols, xq, xs, 1, out, b, 0, 0.f, 1);
+    __syncthreads();
+    int r = b * per + threadIdx.x;
+    bool act = threadIdx.x < per && r < rows;
+    float x0 = 0.f, x1 = 0.f;
+    if (act && which < 2) {
+        x0 = out[r & ~1];
+        x1 = out[r | 1];
+    }
+    __syncthreads();
+    if (!act) return;
+    float y;
+    if (which < 2) {
+        y = (r & 1) ? x1 : x0;
+        int p = (r % head_dim) / 2;
+        if (p < n_rot / 2) {
+            double theta = (double)pos[0] * inv_freq[p];
+            double sn, cs;
+            sincos(theta, &sn, &cs);
+            float c = (float)cs, s = (float)sn;
+            y = (r & 1) ? x0 * s + x1 * c : x0 * c - x1 * s;
+            out[r] = y;
+        }
+        if (which == 0) return;
+    } else {
+        y = out[r];
+    }
+    long long dst = (long long)first_slot[0] * rows_kv + r;
+    u8* cache = which == 1 ? kc : vc;
+    if (f16)
+        ((u16*)cache)[dst] = f2h(y);
+    else
+        ((float*)cache)[dst] = y;
+}
+
 // Up to MV_MAXT tokens (short batches, speculative verification); add,
 // res and ks as for matvec_q1.
 extern "C" __global__ void matvec_q(const u8* w, int ty, int rows, int cols, const signed char* xq,
