@@ -778,16 +778,19 @@ fn smollm2_greedy_text_on_gpu_matches_cpu() {
     );
 }
 
-/// The decode fusions: RMSNorm and SwiGLU leave an 8-bit quantization that
-/// the following mat-vecs reuse, and q/k/v or gate/up run in one launch.
-/// Checked as whole chains against the CPU, for 1 and 3 tokens.
+/// The fusions that hand activations between ops: in decode, RMSNorm and
+/// SwiGLU leave an 8-bit quantization that the following mat-vecs reuse,
+/// and q/k/v or gate/up run in one launch; in prefill (70 tokens), RMSNorm
+/// and the SwiGLU epilogue leave f16 copies that the 4-bit mat-muls reuse.
+/// Checked as whole chains against the CPU, including a second norm into
+/// the same buffer (a stale copy would show there).
 #[test]
-fn fused_decode_chains_match_cpu() {
+fn fused_chains_match_cpu() {
     let Some(g) = gpu() else { return };
     let cpu = CpuBackend::exact(2);
     let mut rng = Rng(99);
     let cols = 576;
-    for ntok in [1usize, 3] {
+    for ntok in [1usize, 3, 70] {
         for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
             let f = file_with(&[
                 ("x", GgmlType::F32, ntok, cols, rng.vec(ntok * cols)),
@@ -797,6 +800,7 @@ fn fused_decode_chains_match_cpu() {
                 ("wk", ty, 192, cols, rng.vec(192 * cols)),
                 ("wv", GgmlType::Q8_0, 192, cols, rng.vec(192 * cols)),
                 ("wg", ty, 1536, cols, rng.vec(1536 * cols)),
+                ("wu", ty, 1536, cols, rng.vec(1536 * cols)),
                 ("wd", ty, cols, 1536, rng.vec(cols * 1536)),
             ]);
             fn chain<B: Backend>(
@@ -835,6 +839,14 @@ fn fused_decode_chains_match_cpu() {
                 b.rms_norm(&down, &nw, 1e-5, &mut xb).unwrap();
                 let mut q2 = b.alloc(ntok, 576).unwrap();
                 b.matmul(&xb, &wq, &mut q2).unwrap();
+                // SwiGLU in one call, then the down projection added into
+                // a residual.
+                let wu = w("wu", Op::MatMul);
+                let (mut g2, mut u2) = (b.alloc(ntok, 1536).unwrap(), b.alloc(ntok, 1536).unwrap());
+                b.matmul_glu(&xb, &wg, &wu, &mut g2, &mut u2).unwrap();
+                let mut acc = input(b, f, "x", ntok, cols);
+                let mut tmp = b.alloc(ntok, cols).unwrap();
+                b.matmul_add(&g2, &wd, &mut tmp, &mut acc, 0.5).unwrap();
                 vec![
                     read(b, &q),
                     read(b, &k),
@@ -842,13 +854,24 @@ fn fused_decode_chains_match_cpu() {
                     read(b, &gate),
                     read(b, &down),
                     read(b, &q2),
+                    read(b, &g2),
+                    read(b, &acc),
                 ]
             }
             let want = chain(&cpu, &f, ntok, cols);
             let got = chain(&g, &f, ntok, cols);
-            for (name, (gv, wv)) in ["q", "k", "v", "swiglu", "down", "q after renorm"]
-                .iter()
-                .zip(got.iter().zip(&want))
+            for (name, (gv, wv)) in [
+                "q",
+                "k",
+                "v",
+                "swiglu",
+                "down",
+                "q after renorm",
+                "glu",
+                "residual += down(glu)",
+            ]
+            .iter()
+            .zip(got.iter().zip(&want))
             {
                 check(&format!("fused {ty} x{ntok}: {name}"), gv, wv, 5e-4);
             }

@@ -118,26 +118,16 @@ impl Default for KernelConfig {
 }
 
 /// Warps per row for a decode mat-vec of `rows` × `cols` on `sms`
-/// multiprocessors. One warp per row walks a 4096-column row in 4 steps of
-/// one 16-byte load per lane; a 16384-column row takes 16 serial steps, and
-/// a grid of only 4096 such rows leaves the memory system idle (measured
-/// on the H200, docs/cuda-kernel-notes.md: the 8B's 4096×16384 down
-/// projection 14.9 → 13.7 µs at 4 warps per row, while the 4096-column
-/// products got slower split). So split a row while each warp keeps ≥ 128
-/// of its 32-element blocks and the grid stays within ~4 waves, or — for
-/// grids far under one wave (the 0.5B's 1024-row down projection) — while
-/// each warp keeps ≥ 64.
+/// multiprocessors: split a row over 2 or 4 warps only when the grid is far
+/// under one wave (≤ 24 warps per multiprocessor after the split) and each
+/// warp keeps ≥ 64 of the row's 32-element blocks. Measured on the H200
+/// (docs/cuda-kernel-notes.md): the 0.5B's 1024-row down projection split
+/// in two took its tg128 from 1,344 to 1,451 t/s, while splitting the 8B's
+/// 4096-row products (4096 or 16384 columns) gained nothing in the model.
 pub fn mv_ksplit_auto(rows: usize, cols: usize, sms: usize) -> u32 {
     let nb = cols / 32;
     let mut ks = 1;
-    while ks < 4 {
-        let per_warp = nb / (2 * ks);
-        let warps = rows * 2 * ks;
-        let long = per_warp >= 128 && warps <= 4 * 48 * sms;
-        let sparse = per_warp >= 64 && warps <= 24 * sms;
-        if !(long || sparse) {
-            break;
-        }
+    while ks < 4 && nb / (2 * ks) >= 64 && rows * 2 * ks <= 24 * sms {
         ks *= 2;
     }
     ks as u32

@@ -73,6 +73,9 @@ struct Shared {
     mv_rows: usize,
     /// What the kernels were built with ([`kernels::KernelConfig`]).
     cfg: kernels::KernelConfig,
+    /// Prefill producers leave f16 copies for the 4-bit mat-muls (`hmemo`);
+    /// `TERN_CUDA_F16_COPY=0` turns it off, for measuring.
+    f16_copy: bool,
 }
 
 /// Scratch and staging, touched under the lock.
@@ -92,8 +95,14 @@ struct Mutable {
     qmemo: Option<(u64, usize, usize)>,
     xq: Option<DevBuf>,
     xs: Option<DevBuf>,
-    /// f16 copy of a prefill activation for `matmul_q4_*`.
-    xh: Option<DevBuf>,
+    /// f16 copies of prefill activations for `matmul_q4_*`, two so a
+    /// producer can write the next one while its input is still read.
+    xh: [Option<DevBuf>; 2],
+    /// The activation (device address, rows, cols) each `xh` buffer holds
+    /// the f16 copy of, if still current: prefill's RMSNorm, attention and
+    /// SwiGLU write it beside their f32 output, so the mat-mul that follows
+    /// skips `to_f16`. Cleared like `qmemo`.
+    hmemo: [Option<(u64, usize, usize)>; 2],
     part_o: Option<DevBuf>,
     part_ml: Option<DevBuf>,
 }
@@ -183,13 +192,15 @@ impl CudaBackend {
                     qmemo: None,
                     xq: None,
                     xs: None,
-                    xh: None,
+                    xh: [None, None],
+                    hmemo: [None, None],
                     part_o: None,
                     part_ml: None,
                 }),
                 step: Mutex::new(()),
                 mv_rows: cfg.mv_rows as usize,
                 cfg: *cfg,
+                f16_copy: std::env::var("TERN_CUDA_F16_COPY").map_or(true, |v| v != "0"),
             }),
         })
     }
@@ -265,7 +276,9 @@ impl CudaBackend {
     /// A new device allocation may reuse a freed tensor's address: the
     /// quantization memo must not match it.
     fn forget_memo(&self) {
-        self.lock().qmemo = None;
+        let mut m = self.lock();
+        m.qmemo = None;
+        m.hmemo = [None, None];
     }
 
     fn bump(&self) {
@@ -560,27 +573,40 @@ impl CudaBackend {
     ) -> Result<()> {
         let g = self.gpu()?;
         let n = x.rows * x.cols;
-        let xh = {
+        let key = Some((x.buf.ptr, x.rows, x.cols));
+        let (xh, fresh) = {
             let mut m = self.lock();
-            let mut slot = m.xh.take();
-            let p = self.ensure(&mut slot, n * 2, "f16 activations");
-            m.xh = slot;
-            p?
+            match m.hmemo.iter().position(|h| *h == key) {
+                Some(i) => (m.xh[i].as_ref().map_or(0, |b| b.ptr), false),
+                None => {
+                    let p = self.f16_slot(&mut m, 0, n)?;
+                    m.hmemo[0] = key;
+                    (p, true)
+                }
+            }
         };
-        launch(
-            g,
-            self.f("to_f16"),
-            "to_f16",
-            (blocks(n / 8, 256), 1, 1),
-            256,
-            &mut [Arg::Ptr(x.buf.ptr), Arg::I64(n as i64), Arg::Ptr(xh)],
-        )?;
+        if fresh {
+            launch(
+                g,
+                self.f("to_f16"),
+                "to_f16",
+                (blocks(n / 8, 256), 1, 1),
+                256,
+                &mut [Arg::Ptr(x.buf.ptr), Arg::I64(n as i64), Arg::Ptr(xh)],
+            )?;
+        }
         // 128-token tiles reuse each weight tile more, but only pay when
         // they fill the GPU at least twice over: measured on the 8B shapes
         // (docs/cuda-kernel-notes.md), the 4096- and 4608-row products ran
         // faster as 64-token tiles (several blocks per SM, one wave) and
         // only the 32768-row gate/up as 128.
         let glu = matches!(epi, Epilogue::Glu);
+        // SwiGLU's output also goes to f16 for the down projection.
+        let outh = if glu {
+            self.f16_out(outs[0], Some(xh))?
+        } else {
+            0
+        };
         let rows128: usize = if glu {
             2 * ws[0].rows.div_ceil(128)
         } else {
@@ -635,6 +661,7 @@ impl CudaBackend {
                 _ => 1.0,
             }),
             Arg::I32(glu as i32),
+            Arg::Ptr(outh),
         ]);
         launch_smem(
             g,
@@ -645,6 +672,38 @@ impl CudaBackend {
             smem,
             &mut args,
         )
+    }
+
+    /// f16 buffer `i` grown to `n` values; a new allocation forgets what
+    /// it held.
+    fn f16_slot(&self, m: &mut Mutable, i: usize, n: usize) -> Result<u64> {
+        let before = m.xh[i].as_ref().map(|b| b.ptr);
+        let mut slot = m.xh[i].take();
+        let p = self.ensure(&mut slot, n * 2, "f16 activations");
+        m.xh[i] = slot;
+        if before != m.xh[i].as_ref().map(|b| b.ptr) {
+            m.hmemo[i] = None;
+        }
+        p
+    }
+
+    /// Where a prefill producer writing `out` should leave its f16 copy
+    /// (the buffer not holding `avoid`, the producer's own input), and
+    /// records it there; 0 (no copy) when f16 copies are off
+    /// (`TERN_CUDA_F16_COPY=0`) or `out` is too narrow for the 4-bit
+    /// mat-mul.
+    fn f16_out(&self, out: &CudaTensor, avoid: Option<u64>) -> Result<u64> {
+        if !self.sh.f16_copy || out.rows <= MATVEC_MAX_ROWS || !out.cols.is_multiple_of(64) {
+            return Ok(0);
+        }
+        let mut m = self.lock();
+        let i = match avoid {
+            Some(p) if m.xh[0].as_ref().is_some_and(|b| b.ptr == p) => 1,
+            _ => 0,
+        };
+        let p = self.f16_slot(&mut m, i, out.rows * out.cols)?;
+        m.hmemo[i] = Some((out.buf.ptr, out.rows, out.cols));
+        Ok(p)
     }
 
     /// The quantization scratch, grown to `nblk` blocks; returns (xq, xs).
@@ -665,6 +724,11 @@ impl CudaBackend {
     /// `t` is about to be overwritten: its quantization is stale.
     fn wrote(&self, t: &CudaTensor) {
         let mut m = self.lock();
+        for h in m.hmemo.iter_mut() {
+            if h.is_some_and(|(p, _, _)| p == t.buf.ptr) {
+                *h = None;
+            }
+        }
         if m.qmemo.is_some_and(|(p, _, _)| p == t.buf.ptr) {
             m.qmemo = None;
         }
@@ -984,6 +1048,8 @@ impl Backend for CudaBackend {
                 ],
             );
         }
+        // Prefill: the f16 copy for the 4-bit mat-mul that follows.
+        let outh = self.f16_out(out, None)?;
         launch(
             g,
             self.f("rms_norm"),
@@ -996,6 +1062,7 @@ impl Backend for CudaBackend {
                 Arg::F32(eps),
                 Arg::I32(x.cols as i32),
                 Arg::Ptr(out.buf.ptr),
+                Arg::Ptr(outh),
             ],
         )
     }
@@ -1440,6 +1507,7 @@ impl Backend for CudaBackend {
                 let mut m = self.lock();
                 self.stage(&mut m, Staged::FirstSlot, &[first_slot as u32])?
             };
+            let outh = self.f16_out(out, None)?;
             let g = self.gpu()?;
             let (kc, vc) = &kv.layers[layer];
             return launch_smem(
@@ -1459,6 +1527,7 @@ impl Backend for CudaBackend {
                     Arg::F32(p.scale),
                     Arg::I32(q.rows as i32),
                     Arg::Ptr(out.buf.ptr),
+                    Arg::Ptr(outh),
                 ],
             );
         }
@@ -1719,6 +1788,7 @@ impl CudaBackend {
         m.staging.cursor = 0;
         m.step = None;
         m.qmemo = None;
+        m.hmemo = [None, None];
         let total = 16 + inputs.tokens.len() + inputs.positions.len() + outputs.len();
         if !m.staging.fits(total) {
             return Ok(()); // a huge batch: ops stage their own values

@@ -410,7 +410,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_decode_gqa(
 #define AP_K 64
 
 template <int HD>
-__device__ __forceinline__ void attn_prefill_body(const float* q, const u16* kc, const u16* vc,
+__device__ __forceinline__ void attn_prefill_body(u16* outh, const float* q, const u16* kc, const u16* vc,
                                                   const u32* first_slot, int n_head, int n_head_kv,
                                                   float scale, int ntok, float* out, u16* smem) {
     constexpr int LD = HD + 8;  // halves per shared row: 16-byte aligned, ldmatrix conflict-free
@@ -561,25 +561,31 @@ __device__ __forceinline__ void attn_prefill_body(const float* q, const u16* kc,
         int t = t0 + warp * 16 + g + r * 8;
         if (t >= ntok) continue;
         float inv = sum[r] > 0.f ? 1.f / sum[r] : 0.f;
-        float* orow = out + ((long long)t * n_head + h) * HD;
+        long long at = ((long long)t * n_head + h) * HD;
+        float* orow = out + at;
 #pragma unroll
-        for (int i = 0; i < HD / 8; i++)
-            *(float2*)(orow + i * 8 + q4 * 2) = make_float2(o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
+        for (int i = 0; i < HD / 8; i++) {
+            float a = o[i][2 * r] * inv, b = o[i][2 * r + 1] * inv;
+            *(float2*)(orow + i * 8 + q4 * 2) = make_float2(a, b);
+            if (outh) *(u32*)(outh + at + i * 8 + q4 * 2) = (u32)f2h(a) | ((u32)f2h(b) << 16);
+        }
     }
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_prefill_64(
     const float* q, const u16* kc, const u16* vc, const u32* first_slot, int n_head,
-    int n_head_kv, float scale, int ntok, float* out) {
+    int n_head_kv, float scale, int ntok, float* out, u16* outh) {
     pdl_entry();
     extern __shared__ __align__(16) u16 ap_smem[];
-    attn_prefill_body<64>(q, kc, vc, first_slot, n_head, n_head_kv, scale, ntok, out, ap_smem);
+    attn_prefill_body<64>(outh, q, kc, vc, first_slot, n_head, n_head_kv, scale, ntok, out,
+                          ap_smem);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_prefill_128(
     const float* q, const u16* kc, const u16* vc, const u32* first_slot, int n_head,
-    int n_head_kv, float scale, int ntok, float* out) {
+    int n_head_kv, float scale, int ntok, float* out, u16* outh) {
     pdl_entry();
     extern __shared__ __align__(16) u16 ap_smem[];
-    attn_prefill_body<128>(q, kc, vc, first_slot, n_head, n_head_kv, scale, ntok, out, ap_smem);
+    attn_prefill_body<128>(outh, q, kc, vc, first_slot, n_head, n_head_kv, scale, ntok, out,
+                          ap_smem);
 }

@@ -15,7 +15,7 @@ extern "C" __global__ void embed(const u8* w, int ty, long long rows, long long 
 
 // One block per row; the sum of squares in f32 per thread, then a tree.
 extern "C" __global__ void rms_norm(const float* x, const float* w, float eps, int cols,
-                                    float* out) {
+                                    float* out, u16* outh) {
     pdl_entry();
     __shared__ float part[32];
     const float* xr = x + (long long)blockIdx.x * cols;
@@ -34,7 +34,12 @@ extern "C" __global__ void rms_norm(const float* x, const float* w, float eps, i
     }
     __syncthreads();
     float s = rsqrtf(part[0] / (float)cols + eps);
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = xr[c] * s * w[c];
+    u16* oh = outh ? outh + (long long)blockIdx.x * cols : nullptr;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float y = xr[c] * s * w[c];
+        o[c] = y;
+        if (oh) oh[c] = f2h(y);
+    }
 }
 
 // RMSNorm that also leaves its 8-bit quantization for the decode

@@ -346,7 +346,7 @@ struct MqMat {
 template <int BM, int BN, bool Q41, bool GLU>
 __device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int tile, int cols,
                                                const u16* xh, int ntok, int add, float scale,
-                                               u8* smem) {
+                                               u8* smem, u16* outh) {
     constexpr int WM = BM / 32;               // warps along the rows
     constexpr int NT = WM * (BN / 64) * 32;  // threads
     constexpr int HALF = BM / 2;              // GLU: gate rows per block
@@ -489,7 +489,9 @@ __device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int ti
             int row = r0 + r, tok = t0 + t;
             if (row < rows && tok < ntok) {
                 float gv = sa[t * LDA + r], uv = sa[t * LDA + HALF + r];
-                mat.out[(long long)tok * rows + row] = gv / (1.f + expf(-gv)) * uv;
+                float hv = gv / (1.f + expf(-gv)) * uv;
+                mat.out[(long long)tok * rows + row] = hv;
+                if (outh) outh[(long long)tok * rows + row] = f2h(hv);
             }
         }
     } else {
@@ -532,16 +534,16 @@ __device__ __forceinline__ void matmul_q4_entry(const u8* w0, int rows0, float* 
                                                 const u8* w2, int rows2, float* out2,
                                                 int tiles0, int tiles1, int ty, int cols,
                                                 const u16* xh, int ntok, int add, float scale,
-                                                int glu) {
+                                                int glu, u16* outh) {
     extern __shared__ __align__(16) u8 mq_smem[];
     int tile = blockIdx.x;
     MqMat m = {w0, rows0, out0};
     if (glu) {
         // w0 = gate, w1 = up (same shape); tiles0 tiles of BM/2 rows.
         if (ty == TY_Q4_1)
-            matmul_q4_body<BM, BN, true, true>(m, w1, tile, cols, xh, ntok, 0, 1.f, mq_smem);
+            matmul_q4_body<BM, BN, true, true>(m, w1, tile, cols, xh, ntok, 0, 1.f, mq_smem, outh);
         else
-            matmul_q4_body<BM, BN, false, true>(m, w1, tile, cols, xh, ntok, 0, 1.f, mq_smem);
+            matmul_q4_body<BM, BN, false, true>(m, w1, tile, cols, xh, ntok, 0, 1.f, mq_smem, outh);
         return;
     }
     if (tile >= tiles0 + tiles1) {
@@ -552,27 +554,29 @@ __device__ __forceinline__ void matmul_q4_entry(const u8* w0, int rows0, float* 
         tile -= tiles0;
     }
     if (ty == TY_Q4_1)
-        matmul_q4_body<BM, BN, true, false>(m, w0, tile, cols, xh, ntok, add, scale, mq_smem);
+        matmul_q4_body<BM, BN, true, false>(m, w0, tile, cols, xh, ntok, add, scale, mq_smem,
+                                            nullptr);
     else
-        matmul_q4_body<BM, BN, false, false>(m, w0, tile, cols, xh, ntok, add, scale, mq_smem);
+        matmul_q4_body<BM, BN, false, false>(m, w0, tile, cols, xh, ntok, add, scale, mq_smem,
+                                             nullptr);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
     matmul_q4_128(const u8* w0, int rows0, float* out0, const u8* w1, int rows1, float* out1,
                   const u8* w2, int rows2, float* out2, int tiles0, int tiles1, int ty, int cols,
-                  const u16* xh, int ntok, int add, float scale, int glu) {
+                  const u16* xh, int ntok, int add, float scale, int glu, u16* outh) {
     pdl_entry();
     matmul_q4_entry<128, 128>(w0, rows0, out0, w1, rows1, out1, w2, rows2, out2, tiles0, tiles1, ty,
-                         cols, xh, ntok, add, scale, glu);
+                         cols, xh, ntok, add, scale, glu, outh);
 }
 
 extern "C" __global__ void __launch_bounds__(128, MQ_NARROW_MINB)
     matmul_q4_64(const u8* w0, int rows0, float* out0, const u8* w1, int rows1, float* out1,
                  const u8* w2, int rows2, float* out2, int tiles0, int tiles1, int ty, int cols,
-                 const u16* xh, int ntok, int add, float scale, int glu) {
+                 const u16* xh, int ntok, int add, float scale, int glu, u16* outh) {
     pdl_entry();
     matmul_q4_entry<128, 64>(w0, rows0, out0, w1, rows1, out1, w2, rows2, out2, tiles0, tiles1, ty,
-                        cols, xh, ntok, add, scale, glu);
+                        cols, xh, ntok, add, scale, glu, outh);
 }
 
 // The narrow kernel bounded to 3 blocks per SM (≤ 168 registers, some
@@ -581,10 +585,10 @@ extern "C" __global__ void __launch_bounds__(128, MQ_NARROW_MINB)
 extern "C" __global__ void __launch_bounds__(128, 3)
     matmul_q4_64_3(const u8* w0, int rows0, float* out0, const u8* w1, int rows1, float* out1,
                    const u8* w2, int rows2, float* out2, int tiles0, int tiles1, int ty, int cols,
-                   const u16* xh, int ntok, int add, float scale, int glu) {
+                   const u16* xh, int ntok, int add, float scale, int glu, u16* outh) {
     pdl_entry();
     matmul_q4_entry<128, 64>(w0, rows0, out0, w1, rows1, out1, w2, rows2, out2, tiles0, tiles1, ty,
-                        cols, xh, ntok, add, scale, glu);
+                        cols, xh, ntok, add, scale, glu, outh);
 }
 
 // f32 → f16 (round to nearest), eight values per thread; n % 8 == 0.
