@@ -209,6 +209,14 @@ fn main() {
         },
     )
     .expect("GPU");
+    let q4_mi1 = CudaBackend::open_with(
+        0,
+        &KernelConfig {
+            mq_wide_mi: 1,
+            ..KernelConfig::default()
+        },
+    )
+    .expect("GPU");
     let q4_tiles = &gpus[0].1;
     for &(rows, cols) in [(4608usize, 4096usize)].iter().chain(&shapes[..4]) {
         for ty in [GgmlType::Q4_0, GgmlType::Q4_1] {
@@ -220,6 +228,10 @@ fn main() {
                 (
                     "4-bit tiles, narrow kernel capped at 168 registers (3 blocks/SM)",
                     &q4_narrow3,
+                ),
+                (
+                    "4-bit tiles, wide kernel warps of 16 rows × 128 tokens",
+                    &q4_mi1,
                 ),
             ] {
                 let (got, t) = run(g, &f, 512, 10, &|| g.synchronize().unwrap());

@@ -102,6 +102,10 @@ pub struct KernelConfig {
     /// Blocks per SM `matmul_q4_64` is compiled to fit (1 to 3): above 1
     /// it caps the registers (65536 / (128 · n)), which may spill.
     pub mq_narrow_min_blocks: u32,
+    /// m16 row tiles per warp in `matmul_q4_128` (1 or 2), defined into the
+    /// source as `MQ_WIDE_MI`: 2 gives warp tiles of 32 rows × 64 tokens,
+    /// 1 of 16 rows × 128 tokens (half the dequantization per mma).
+    pub mq_wide_mi: u32,
 }
 
 impl Default for KernelConfig {
@@ -113,6 +117,7 @@ impl Default for KernelConfig {
             prefill_q4: true,
             mq_stages: 3,
             mq_narrow_min_blocks: 1,
+            mq_wide_mi: 2,
         }
     }
 }
@@ -141,8 +146,9 @@ pub fn source() -> String {
 /// The one translation unit NVRTC compiles, with `cfg` as defines.
 pub fn source_with(cfg: &KernelConfig) -> String {
     let mut s = format!(
-        "#define MV_ROWS {}\n#define MV_UNROLL {}\n#define MQ_STAGES {}\n#define MQ_NARROW_MINB {}\n",
-        cfg.mv_rows, cfg.mv_unroll, cfg.mq_stages, cfg.mq_narrow_min_blocks
+        "#define MV_ROWS {}\n#define MV_UNROLL {}\n#define MQ_STAGES {}\n#define MQ_NARROW_MINB {}\n\
+         #define MQ_WIDE_MI {}\n",
+        cfg.mv_rows, cfg.mv_unroll, cfg.mq_stages, cfg.mq_narrow_min_blocks, cfg.mq_wide_mi
     );
     for (name, text) in SOURCES {
         s.push_str(&format!("// ---- {name} ----\n"));

@@ -144,6 +144,15 @@ impl CudaBackend {
         {
             cfg.mv_unroll = u;
         }
+        // `TERN_CUDA_MQ_WIDE_MI=1|2`: row tiles per warp of the 128-token
+        // prefill kernel.
+        if let Some(k) = std::env::var("TERN_CUDA_MQ_WIDE_MI")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|k| [1, 2].contains(k))
+        {
+            cfg.mq_wide_mi = k;
+        }
         // `TERN_CUDA_MV_KSPLIT=1|2|4`: warps per mat-vec row, fixed.
         if let Some(k) = std::env::var("TERN_CUDA_MV_KSPLIT")
             .ok()
@@ -161,6 +170,7 @@ impl CudaBackend {
         if !(1..=4).contains(&cfg.mv_rows)
             || !(1..=4).contains(&cfg.mv_unroll)
             || ![0, 1, 2, 4].contains(&cfg.mv_ksplit)
+            || ![1, 2].contains(&cfg.mq_wide_mi)
             || !(2..=4).contains(&cfg.mq_stages)
             || !(1..=3).contains(&cfg.mq_narrow_min_blocks)
         {

@@ -251,9 +251,10 @@ extern "C" __global__ void __launch_bounds__(256) matmul_mma_big(const u8* w, in
 
 #define MQ_XLD 72
 #define MQ_WLD 48
-// MQ_STAGES (pipeline depth) and MQ_NARROW_MINB (blocks per SM the narrow
-// kernel's registers are bounded for) are defined by the host (kernels.rs,
-// KernelConfig), which also sizes the dynamic shared memory.
+// MQ_STAGES (pipeline depth), MQ_NARROW_MINB (blocks per SM the narrow
+// kernel's registers are bounded for) and MQ_WIDE_MI (m16 tiles per warp in
+// the 128-token kernel, see matmul_q4_body) are defined by the host
+// (kernels.rs, KernelConfig), which also sizes the dynamic shared memory.
 //
 // With `add` set the epilogue accumulates, out += scale · product (the
 // residual update of the output and down projections); with `glu` set it
@@ -343,12 +344,21 @@ struct MqMat {
 // of the gate matrix (`mat`) and the same BM/2 rows of the up matrix
 // (`up_w`); the epilogue stages both products in shared memory and writes
 // silu(gate) · up into `mat.out`.
-template <int BM, int BN, bool Q41, bool GLU>
+// MI: m16 tiles per warp (warp tile 16·MI rows × 8·NJ tokens, NJ = 16 / MI
+// n8 tiles): MI = 2 dequantizes two row tiles per warp and reuses each over
+// 8 token tiles; MI = 1 dequantizes one and reuses it over 16, half the
+// dequantization instructions per mma for twice the activation reads from
+// shared memory (MQ_WIDE_MI picks it for the 128-token kernel; 2 by default:
+// 1 was faster on plain products but slower in the whole model, see
+// docs/cuda-kernel-notes.md).
+template <int BM, int BN, int MI, bool Q41, bool GLU>
 __device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int tile, int cols,
                                                const u16* xh, int ntok, int add, float scale,
                                                u8* smem, u16* outh) {
-    constexpr int WM = BM / 32;               // warps along the rows
-    constexpr int NT = WM * (BN / 64) * 32;  // threads
+    constexpr int NJ = 16 / MI;               // n8 tiles per warp
+    constexpr int WR = 16 * MI, WT = 8 * NJ;  // rows, tokens per warp
+    constexpr int WM = BM / WR;               // warps along the rows
+    constexpr int NT = WM * (BN / WT) * 32;   // threads
     constexpr int HALF = BM / 2;              // GLU: gate rows per block
     constexpr int X_BYTES = BN * MQ_XLD * 2;
     constexpr int W_BYTES = BM * MQ_WLD;
@@ -396,11 +406,11 @@ __device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int ti
         }
     };
 
-    float acc[2][8][4];
+    float acc[MI][NJ][4];
 #pragma unroll
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < MI; i++)
 #pragma unroll
-        for (int j = 0; j < 8; j++)
+        for (int j = 0; j < NJ; j++)
 #pragma unroll
             for (int k = 0; k < 4; k++) acc[i][j][k] = 0.f;
 
@@ -424,12 +434,12 @@ __device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int ti
         for (int qb = 0; qb < 2; qb++) {
             // This lane's quant bytes for rows g and g + 8 of each m16
             // tile: columns 2·q4, 2·q4+1 (fragment regs 0, 1) and +8 (2, 3).
-            u32 raw[2][4], d2[2][2], m2[2][2];
+            u32 raw[MI][4], d2[MI][2], m2[MI][2];
 #pragma unroll
-            for (int i = 0; i < 2; i++) {
+            for (int i = 0; i < MI; i++) {
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
-                    int r = wm * 32 + i * 16 + g + h * 8;
+                    int r = wm * WR + i * 16 + g + h * 8;
                     const u8* p = sw + r * MQ_WLD + qb * 16 + 2 * q4;
                     raw[i][h] = *(const u16*)p;
                     raw[i][h + 2] = *(const u16*)(p + 8);
@@ -441,9 +451,9 @@ __device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int ti
             }
 #pragma unroll
             for (int hi = 0; hi < 2; hi++) {
-                u32 a[2][4];
+                u32 a[MI][4];
 #pragma unroll
-                for (int i = 0; i < 2; i++) {
+                for (int i = 0; i < MI; i++) {
 #pragma unroll
                     for (int k = 0; k < 4; k++)
                         a[i][k] = hi ? dq4x2<Q41, true>(raw[i][k], d2[i][k % 2], m2[i][k % 2])
@@ -451,12 +461,12 @@ __device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int ti
                 }
                 int kofs = qb * 32 + hi * 16;
 #pragma unroll
-                for (int jp = 0; jp < 4; jp++) {
+                for (int jp = 0; jp < NJ / 2; jp++) {
                     u32 b[4];
-                    int t = wn * 64 + jp * 16 + (lane / 16) * 8 + lane % 8;
+                    int t = wn * WT + jp * 16 + (lane / 16) * 8 + lane % 8;
                     ldsm_x4(b, sx + t * MQ_XLD + kofs + ((lane / 8) % 2) * 8);
 #pragma unroll
-                    for (int i = 0; i < 2; i++) {
+                    for (int i = 0; i < MI; i++) {
                         mma_16816(acc[i][2 * jp], a[i], b);
                         mma_16816(acc[i][2 * jp + 1], a[i], b + 2);
                     }
@@ -474,13 +484,13 @@ __device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int ti
         float* sa = (float*)smem;
         __syncthreads();
 #pragma unroll
-        for (int i = 0; i < 2; i++)
+        for (int i = 0; i < MI; i++)
 #pragma unroll
-            for (int j = 0; j < 8; j++)
+            for (int j = 0; j < NJ; j++)
 #pragma unroll
                 for (int k = 0; k < 4; k++) {
-                    int r = wm * 32 + i * 16 + g + (k >= 2 ? 8 : 0);
-                    int t = wn * 64 + j * 8 + q4 * 2 + (k % 2);
+                    int r = wm * WR + i * 16 + g + (k >= 2 ? 8 : 0);
+                    int t = wn * WT + j * 8 + q4 * 2 + (k % 2);
                     sa[t * LDA + r] = acc[i][j][k];
                 }
         __syncthreads();
@@ -501,23 +511,23 @@ __device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int ti
         // prove the addresses distinct), measured +30 µs per 8B layer.
         if (add) {
 #pragma unroll
-            for (int i = 0; i < 2; i++)
+            for (int i = 0; i < MI; i++)
 #pragma unroll
-                for (int j = 0; j < 8; j++)
+                for (int j = 0; j < NJ; j++)
 #pragma unroll
                     for (int k = 0; k < 4; k++) {
-                        int rr = r0 + wm * 32 + i * 16 + g + (k >= 2 ? 8 : 0);
-                        int tt = t0 + wn * 64 + j * 8 + q4 * 2 + (k % 2);
+                        int rr = r0 + wm * WR + i * 16 + g + (k >= 2 ? 8 : 0);
+                        int tt = t0 + wn * WT + j * 8 + q4 * 2 + (k % 2);
                         float old = rr < rows && tt < ntok ? mat.out[(long long)tt * rows + rr] : 0.f;
                         acc[i][j][k] = old + scale * acc[i][j][k];
                     }
         }
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
+        for (int i = 0; i < MI; i++) {
 #pragma unroll
-            for (int j = 0; j < 8; j++) {
-                int r = r0 + wm * 32 + i * 16 + g;
-                int t = t0 + wn * 64 + j * 8 + q4 * 2;
+            for (int j = 0; j < NJ; j++) {
+                int r = r0 + wm * WR + i * 16 + g;
+                int t = t0 + wn * WT + j * 8 + q4 * 2;
 #pragma unroll
                 for (int k = 0; k < 4; k++) {
                     int rr = r + (k >= 2 ? 8 : 0), tt = t + (k % 2);
@@ -528,7 +538,7 @@ __device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int ti
     }
 }
 
-template <int BM, int BN>
+template <int BM, int BN, int MI>
 __device__ __forceinline__ void matmul_q4_entry(const u8* w0, int rows0, float* out0,
                                                 const u8* w1, int rows1, float* out1,
                                                 const u8* w2, int rows2, float* out2,
@@ -541,9 +551,9 @@ __device__ __forceinline__ void matmul_q4_entry(const u8* w0, int rows0, float* 
     if (glu) {
         // w0 = gate, w1 = up (same shape); tiles0 tiles of BM/2 rows.
         if (ty == TY_Q4_1)
-            matmul_q4_body<BM, BN, true, true>(m, w1, tile, cols, xh, ntok, 0, 1.f, mq_smem, outh);
+            matmul_q4_body<BM, BN, MI, true, true>(m, w1, tile, cols, xh, ntok, 0, 1.f, mq_smem, outh);
         else
-            matmul_q4_body<BM, BN, false, true>(m, w1, tile, cols, xh, ntok, 0, 1.f, mq_smem, outh);
+            matmul_q4_body<BM, BN, MI, false, true>(m, w1, tile, cols, xh, ntok, 0, 1.f, mq_smem, outh);
         return;
     }
     if (tile >= tiles0 + tiles1) {
@@ -554,10 +564,10 @@ __device__ __forceinline__ void matmul_q4_entry(const u8* w0, int rows0, float* 
         tile -= tiles0;
     }
     if (ty == TY_Q4_1)
-        matmul_q4_body<BM, BN, true, false>(m, w0, tile, cols, xh, ntok, add, scale, mq_smem,
+        matmul_q4_body<BM, BN, MI, true, false>(m, w0, tile, cols, xh, ntok, add, scale, mq_smem,
                                             nullptr);
     else
-        matmul_q4_body<BM, BN, false, false>(m, w0, tile, cols, xh, ntok, add, scale, mq_smem,
+        matmul_q4_body<BM, BN, MI, false, false>(m, w0, tile, cols, xh, ntok, add, scale, mq_smem,
                                              nullptr);
 }
 
@@ -566,7 +576,7 @@ extern "C" __global__ void __launch_bounds__(256)
                   const u8* w2, int rows2, float* out2, int tiles0, int tiles1, int ty, int cols,
                   const u16* xh, int ntok, int add, float scale, int glu, u16* outh) {
     pdl_entry();
-    matmul_q4_entry<128, 128>(w0, rows0, out0, w1, rows1, out1, w2, rows2, out2, tiles0, tiles1, ty,
+    matmul_q4_entry<128, 128, MQ_WIDE_MI>(w0, rows0, out0, w1, rows1, out1, w2, rows2, out2, tiles0, tiles1, ty,
                          cols, xh, ntok, add, scale, glu, outh);
 }
 
@@ -575,7 +585,7 @@ extern "C" __global__ void __launch_bounds__(128, MQ_NARROW_MINB)
                  const u8* w2, int rows2, float* out2, int tiles0, int tiles1, int ty, int cols,
                  const u16* xh, int ntok, int add, float scale, int glu, u16* outh) {
     pdl_entry();
-    matmul_q4_entry<128, 64>(w0, rows0, out0, w1, rows1, out1, w2, rows2, out2, tiles0, tiles1, ty,
+    matmul_q4_entry<128, 64, 2>(w0, rows0, out0, w1, rows1, out1, w2, rows2, out2, tiles0, tiles1, ty,
                         cols, xh, ntok, add, scale, glu, outh);
 }
 
@@ -587,7 +597,7 @@ extern "C" __global__ void __launch_bounds__(128, 3)
                    const u8* w2, int rows2, float* out2, int tiles0, int tiles1, int ty, int cols,
                    const u16* xh, int ntok, int add, float scale, int glu, u16* outh) {
     pdl_entry();
-    matmul_q4_entry<128, 64>(w0, rows0, out0, w1, rows1, out1, w2, rows2, out2, tiles0, tiles1, ty,
+    matmul_q4_entry<128, 64, 2>(w0, rows0, out0, w1, rows1, out1, w2, rows2, out2, tiles0, tiles1, ty,
                         cols, xh, ntok, add, scale, glu, outh);
 }
 
