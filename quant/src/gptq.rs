@@ -9,7 +9,7 @@ use faer::linalg::triangular_inverse::invert_upper_triangular;
 use faer::{Accum, Mat, MatMut, Par, Side};
 use rayon::prelude::*;
 
-use crate::grid::{Grid, GroupParams};
+use crate::grid::{ggml_importance, Grid, GroupParams};
 use crate::refit::refit_scales;
 use crate::{Hessian, QuantError, QuantizedMatrix};
 
@@ -26,6 +26,13 @@ pub enum Scheme {
     /// Hessian is accumulated ([`Hessian::add_sequence`]'s `skip`); here it
     /// runs exactly as [`Scheme::Gptq`].
     PGptq,
+    /// Importance-weighted round-to-nearest, llama.cpp's `--imatrix` rule:
+    /// each group's scale and codes from [`Grid::ggml_weighted_group`] with
+    /// the weights of [`crate::grid::ggml_importance`] over the Hessian's
+    /// diagonal (for grids with a minimum, [`Grid::search_params`] with the
+    /// same weights and nearest codes). Needs the Hessian; no error
+    /// feedback.
+    WeightedRtn,
 }
 
 /// How GPTQ chooses each group's scale (and minimum).
@@ -41,6 +48,17 @@ pub enum ScaleSearch {
     /// [`Grid::search_params`] with the Hessian's diagonal `H[k,k]` as the
     /// column weights.
     Diag,
+    /// llama.cpp's imatrix rule ([`Grid::ggml_weighted_group`]: candidate
+    /// inverse scales `−(n + 0.1·i)/max`, each scored with its f32 weighted
+    /// least-squares scale) with per-element weights `H[k,k]·sqrt(σ² +
+    /// x_k²)` ([`crate::grid::ggml_importance`]; `σ²` the row's mean square
+    /// and `x` the group's current values). Only the scale is kept: GPTQ
+    /// still picks each code against the stored scale after feedback. Grids
+    /// with a minimum use [`Grid::search_params`] with the same weights.
+    Ggml,
+    /// As [`ScaleSearch::Ggml`] without the `sqrt(σ² + x²)` factor: the
+    /// weights are the Hessian's diagonal alone.
+    GgmlDiag,
 }
 
 /// GPTQ's parameters.
@@ -153,6 +171,18 @@ pub fn quantize(
         Scheme::Rtn => {
             let errs = proxy_errors(w, &[&rtn_deq], rows, cols, hm.as_ref());
             (rtn_q, 0.0, 0.0, 0, [errs[0], errs[0]])
+        }
+        Scheme::WeightedRtn => {
+            let Some(hm) = hm.as_ref() else {
+                return Err(QuantError::BadHessian(
+                    "importance-weighted RTN needs the layer input's Hessian".into(),
+                ));
+            };
+            let imp: Vec<f32> = (0..cols).map(|i| hm[(i, i)] as f32).collect();
+            let (codes, params) = weighted_rtn(w, rows, cols, grid, &imp)?;
+            let q = QuantizedMatrix::from_parts(rows, cols, grid, codes, params);
+            let errs = proxy_errors(w, &[&rtn_deq, &q.dequantize()], rows, cols, Some(hm));
+            (q, 0.0, 0.0, 0, [errs[0], errs[1]])
         }
         Scheme::Gptq | Scheme::PGptq => {
             let Some(hm) = hm.as_ref() else {
@@ -293,6 +323,62 @@ fn rtn(
         let p = grid.rtn_group(xs, cs);
         check_group(p, i / (cols / gs), i % (cols / gs))?;
         params.push(p);
+    }
+    Ok((codes, params))
+}
+
+/// Importance-weighted round-to-nearest ([`Scheme::WeightedRtn`]): every
+/// group by [`Grid::ggml_weighted_group`] with the per-element weights
+/// [`ggml_importance`] of its row and the column importance `imp` (one per
+/// column, ≥ 0); on grids with a minimum, [`Grid::search_params`] with the
+/// same weights and nearest codes.
+///
+/// Public for the comparison with llama.cpp's own files
+/// (`examples/imatrix_check.rs`), which passes llama.cpp's imatrix as `imp`.
+pub fn weighted_rtn(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    grid: Grid,
+    imp: &[f32],
+) -> Result<(Vec<u8>, Vec<GroupParams>), QuantError> {
+    grid.validate()?;
+    check_shape(w, rows, cols, grid)?;
+    if imp.len() != cols || imp.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
+        return Err(QuantError::BadParams(format!(
+            "importance needs {cols} finite values ≥ 0, got {}",
+            imp.len()
+        )));
+    }
+    let gs = grid.group();
+    let ng = cols / gs;
+    let mut codes = vec![0u8; rows * cols];
+    let mut params = vec![GroupParams::default(); rows * ng];
+    codes
+        .par_chunks_mut(cols)
+        .zip(params.par_chunks_mut(ng))
+        .zip(w.par_chunks(cols))
+        .for_each(|((cs, ps), row)| {
+            let mut qw = vec![0.0f32; cols];
+            ggml_importance(row, imp, &mut qw);
+            for (g, p) in ps.iter_mut().enumerate() {
+                let r = g * gs..(g + 1) * gs;
+                let (xs, ws, cg) = (&row[r.clone()], &qw[r.clone()], &mut cs[r]);
+                *p = match grid.ggml_weighted_group(xs, ws, cg) {
+                    Some(p) => p,
+                    None => {
+                        let wd: Vec<f64> = ws.iter().map(|&v| v as f64).collect();
+                        let p = grid.search_params(xs, &wd);
+                        for (c, &x) in cg.iter_mut().zip(xs) {
+                            *c = grid.code(p, x as f64);
+                        }
+                        p
+                    }
+                };
+            }
+        });
+    for (i, &p) in params.iter().enumerate() {
+        check_group(p, i / ng, i % ng)?;
     }
     Ok((codes, params))
 }
@@ -470,10 +556,11 @@ fn gptq(
     };
 
     let (u, damp) = inverse_cholesky_upper(&h, p.damp)?;
+    let ggml = matches!(p.scale_search, ScaleSearch::Ggml | ScaleSearch::GgmlDiag);
     let weights: Vec<f64> = match p.scale_search {
         _ if p.act_order => Vec::new(),
         ScaleSearch::Off => Vec::new(),
-        ScaleSearch::Diag => diag,
+        ScaleSearch::Diag | ScaleSearch::Ggml | ScaleSearch::GgmlDiag => diag,
         ScaleSearch::Loss => {
             let mut w = vec![0.0; cols];
             for (j, &c) in perm.iter().enumerate() {
@@ -482,11 +569,38 @@ fn gptq(
             w
         }
     };
-    let pick = |xs: &[f32], first_col: usize| -> GroupParams {
+    // llama.cpp's σ²: each row's mean square, of the original weights.
+    let row_ms: Vec<f32> = if p.scale_search == ScaleSearch::Ggml {
+        w.chunks_exact(cols)
+            .map(|r| r.iter().map(|&x| x * x).sum::<f32>() / cols as f32)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let pick = |xs: &[f32], first_col: usize, row: usize| -> GroupParams {
         if weights.is_empty() {
-            grid.params(xs)
-        } else {
-            grid.search_params(xs, &weights[first_col..first_col + xs.len()])
+            return grid.params(xs);
+        }
+        let ws = &weights[first_col..first_col + xs.len()];
+        if !ggml {
+            return grid.search_params(xs, ws);
+        }
+        let qw: Vec<f32> = xs
+            .iter()
+            .zip(ws)
+            .map(|(&x, &w)| match row_ms.get(row) {
+                Some(&s2) => w as f32 * (s2 + x * x).sqrt(),
+                None => w as f32,
+            })
+            .collect();
+        let mut scratch = vec![0u8; xs.len()];
+        match grid.ggml_weighted_group(xs, &qw, &mut scratch) {
+            Some(gp) if gp.d != half::f16::ZERO => gp,
+            Some(_) => grid.params(xs),
+            None => {
+                let wd: Vec<f64> = qw.iter().map(|&v| v as f64).collect();
+                grid.search_params(xs, &wd)
+            }
         }
     };
 
@@ -552,7 +666,7 @@ fn gptq(
                         .map(|r| {
                             let xs: Vec<f32> =
                                 (0..gs).map(|k| wd[(j + k) * rows + r] as f32).collect();
-                            pick(&xs, j)
+                            pick(&xs, j, r)
                         })
                         .collect();
                     for (r, gp) in found.into_iter().enumerate() {

@@ -38,8 +38,8 @@ pub mod pipeline;
 pub mod pipeline_output;
 pub mod report;
 
-pub use gptq::{quantize, GptqParams, LayerReport, ScaleSearch, Scheme};
-pub use grid::{Grid, GroupParams};
+pub use gptq::{quantize, weighted_rtn, GptqParams, LayerReport, ScaleSearch, Scheme};
+pub use grid::{ggml_importance, Grid, GroupParams};
 pub use hessian::Hessian;
 pub use matrix::QuantizedMatrix;
 

@@ -41,7 +41,9 @@ struct Args {
     /// Output GGUF file (written atomically; never the input).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     output: PathBuf,
-    /// Quantization scheme.
+    /// Quantization scheme. wrtn: round-to-nearest with llama.cpp's
+    /// importance-weighted scale choice (`llama-quantize --imatrix`), the
+    /// importance being the calibration Hessian's diagonal (needs --calib).
     #[arg(long, value_enum, default_value_t = SchemeArg::PGptq)]
     scheme: SchemeArg,
     /// Stored type: GGML's q4_0 / q4_1 / q8_0 (llama.cpp loads them; groups of
@@ -89,10 +91,13 @@ struct Args {
     /// scales around the fixed rule's and their least-squares refits, the one
     /// with the least error weighted by the Hessian's diagonal; loss: the
     /// same weighted by GPTQ's column loss weights 1/U_kk²; off: the grid's
-    /// fixed rule (absmax or min/max). rtn and --act-order's static groups
-    /// always use the fixed rule.
-    #[arg(long = "scale-search", value_enum, default_value_t = ScaleArg::Diag)]
-    scale_search: ScaleArg,
+    /// fixed rule (absmax or min/max); ggml: llama.cpp's imatrix rule
+    /// (candidates -(n + 0.1 i)/max scored with their f32 least-squares scale,
+    /// weights diag H * sqrt(sigma^2 + x^2)); ggml-diag: the same with weights
+    /// diag H alone. Default diag. --act-order's static groups always use the
+    /// fixed rule.
+    #[arg(long = "scale-search", value_enum)]
+    scale_search: Option<ScaleArg>,
     /// GPTQ: once the codes are chosen, refit each row's group scales (and
     /// minimums) jointly by least squares under the full Hessian, keeping
     /// the refit only for rows whose layer loss it lowers. 0: off; n > 1:
@@ -126,6 +131,7 @@ struct Args {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum SchemeArg {
     Rtn,
+    Wrtn,
     Gptq,
     #[value(name = "p-gptq")]
     PGptq,
@@ -143,6 +149,8 @@ enum ScaleArg {
     Diag,
     Loss,
     Off,
+    Ggml,
+    GgmlDiag,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -217,6 +225,7 @@ fn grid(a: &Args) -> Result<Grid> {
 fn scheme_name(s: Scheme) -> &'static str {
     match s {
         Scheme::Rtn => "rtn",
+        Scheme::WeightedRtn => "wrtn",
         Scheme::Gptq => "gptq",
         Scheme::PGptq => "p-gptq",
     }
@@ -233,15 +242,22 @@ fn run(a: &Args, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
     let grid = grid(a)?;
     let scheme = match a.scheme {
         SchemeArg::Rtn => Scheme::Rtn,
+        SchemeArg::Wrtn => Scheme::WeightedRtn,
         SchemeArg::Gptq => Scheme::Gptq,
         SchemeArg::PGptq => Scheme::PGptq,
     };
     if scheme != Scheme::PGptq && a.prefix_skip.is_some() {
         return Err(usage("--prefix-skip applies to --scheme p-gptq only"));
     }
-    if scheme == Scheme::Rtn && a.act_order {
+    let gptq_like = matches!(scheme, Scheme::Gptq | Scheme::PGptq);
+    if !gptq_like && a.act_order {
         return Err(usage(
             "--act-order applies to --scheme gptq and p-gptq only",
+        ));
+    }
+    if !gptq_like && a.scale_search.is_some() {
+        return Err(usage(
+            "--scale-search applies to --scheme gptq and p-gptq only",
         ));
     }
     if scheme != Scheme::PGptq && a.prefix_skip_on.is_some() {
@@ -322,10 +338,12 @@ fn run(a: &Args, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
             damp: a.damp,
             act_order: a.act_order,
             prefix_skip,
-            scale_search: match a.scale_search {
+            scale_search: match a.scale_search.unwrap_or(ScaleArg::Diag) {
                 ScaleArg::Loss => ScaleSearch::Loss,
                 ScaleArg::Diag => ScaleSearch::Diag,
                 ScaleArg::Off => ScaleSearch::Off,
+                ScaleArg::Ggml => ScaleSearch::Ggml,
+                ScaleArg::GgmlDiag => ScaleSearch::GgmlDiag,
             },
             refit: a.refit,
             ..GptqParams::default()
