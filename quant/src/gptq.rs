@@ -59,6 +59,12 @@ pub enum ScaleSearch {
     /// As [`ScaleSearch::Ggml`] without the `sqrt(σ² + x²)` factor: the
     /// weights are the Hessian's diagonal alone.
     GgmlDiag,
+    /// Static scales: every group's scale is chosen once, before GPTQ runs,
+    /// exactly as [`Scheme::WeightedRtn`] chooses it from the unmodified
+    /// weights (llama.cpp's imatrix rule with the Hessian's diagonal); GPTQ
+    /// then only picks the codes, with its error feedback. Also with
+    /// act-order (its static groups then take these scales).
+    GgmlStatic,
 }
 
 /// GPTQ's parameters.
@@ -559,8 +565,8 @@ fn gptq(
     let ggml = matches!(p.scale_search, ScaleSearch::Ggml | ScaleSearch::GgmlDiag);
     let weights: Vec<f64> = match p.scale_search {
         _ if p.act_order => Vec::new(),
-        ScaleSearch::Off => Vec::new(),
-        ScaleSearch::Diag | ScaleSearch::Ggml | ScaleSearch::GgmlDiag => diag,
+        ScaleSearch::Off | ScaleSearch::GgmlStatic => Vec::new(),
+        ScaleSearch::Diag | ScaleSearch::Ggml | ScaleSearch::GgmlDiag => diag.clone(),
         ScaleSearch::Loss => {
             let mut w = vec![0.0; cols];
             for (j, &c) in perm.iter().enumerate() {
@@ -606,6 +612,16 @@ fn gptq(
 
     if let Some(f) = fixed {
         params.copy_from_slice(f);
+    } else if p.scale_search == ScaleSearch::GgmlStatic {
+        // The (dead-zeroed) unmodified weights, row-major.
+        let mut w0 = vec![0.0f32; rows * cols];
+        for (c, col) in wd.chunks_exact(rows).enumerate() {
+            for (r, &v) in col.iter().enumerate() {
+                w0[r * cols + c] = v as f32;
+            }
+        }
+        let imp: Vec<f32> = diag.iter().map(|&v| v as f32).collect();
+        params = weighted_rtn(&w0, rows, cols, grid, &imp)?.1;
     } else if p.act_order {
         // Static groups: every group's scale from its natural columns of the
         // (dead-zeroed) unmodified weights, by the grid's fixed rule. The
@@ -643,7 +659,11 @@ fn gptq(
     while i1 < cols {
         let i2 = (i1 + block).min(cols);
         for j in i1..i2 {
-            if fixed.is_none() && !p.act_order && j % gs == 0 {
+            if fixed.is_none()
+                && !p.act_order
+                && p.scale_search != ScaleSearch::GgmlStatic
+                && j % gs == 0
+            {
                 // Dynamic groups: the scale of the group starting here comes
                 // from its columns as they are now, with every earlier
                 // column's error already propagated into them.

@@ -171,3 +171,36 @@ fn gptq_with_the_ggml_rule_takes_its_scales() {
         assert_eq!(q2.scales()[r], g.d, "row {r}");
     }
 }
+
+#[test]
+fn static_ggml_scales_are_weighted_rtns_and_gptq_picks_the_codes() {
+    let (rows, cols) = (16, 128);
+    let h = hessian(cols);
+    let w = weights(rows, cols);
+    let base = GptqParams {
+        scale_search: ScaleSearch::GgmlStatic,
+        refit: 0,
+        ..GptqParams::default()
+    };
+    let (wr, wrep) = quantize(
+        &w,
+        rows,
+        cols,
+        Grid::Q4_0,
+        Scheme::WeightedRtn,
+        Some(&h),
+        &base,
+    )
+    .unwrap();
+    for act_order in [false, true] {
+        let p = GptqParams { act_order, ..base };
+        let (q, rep) = quantize(&w, rows, cols, Grid::Q4_0, Scheme::Gptq, Some(&h), &p).unwrap();
+        // The same scales as weighted RTN, other codes, a lower layer loss.
+        assert_eq!(q.scales(), wr.scales(), "act_order {act_order}");
+        assert_ne!(q.codes(), wr.codes(), "act_order {act_order}");
+        assert!(
+            rep.err < wrep.err,
+            "act_order {act_order}: {rep:?} vs {wrep:?}"
+        );
+    }
+}

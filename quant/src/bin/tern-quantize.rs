@@ -94,8 +94,10 @@ struct Args {
     /// fixed rule (absmax or min/max); ggml: llama.cpp's imatrix rule
     /// (candidates -(n + 0.1 i)/max scored with their f32 least-squares scale,
     /// weights diag H * sqrt(sigma^2 + x^2)); ggml-diag: the same with weights
-    /// diag H alone. Default diag. --act-order's static groups always use the
-    /// fixed rule.
+    /// diag H alone; ggml-static: every scale chosen once from the original
+    /// weights by that rule (as --scheme wrtn), GPTQ then picks the codes.
+    /// Default diag. --act-order's static groups use the fixed rule, except
+    /// with ggml-static.
     #[arg(long = "scale-search", value_enum)]
     scale_search: Option<ScaleArg>,
     /// GPTQ: once the codes are chosen, refit each row's group scales (and
@@ -151,6 +153,7 @@ enum ScaleArg {
     Off,
     Ggml,
     GgmlDiag,
+    GgmlStatic,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -344,6 +347,7 @@ fn run(a: &Args, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
                 ScaleArg::Off => ScaleSearch::Off,
                 ScaleArg::Ggml => ScaleSearch::Ggml,
                 ScaleArg::GgmlDiag => ScaleSearch::GgmlDiag,
+                ScaleArg::GgmlStatic => ScaleSearch::GgmlStatic,
             },
             refit: a.refit,
             ..GptqParams::default()
