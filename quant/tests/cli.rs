@@ -275,6 +275,9 @@ fn bad_flags_are_one_line_usage_errors() {
         (&["--scheme", "gptq", "--prefix-skip", "2"], "--prefix-skip"),
         (&["--scheme", "rtn", "--act-order"], "--act-order"),
         (&["--scheme", "wrtn", "--act-order"], "--act-order"),
+        (&["--scheme", "rtn", "--no-act-order"], "--no-act-order"),
+        (&["--act-order", "--no-act-order"], "--no-act-order"),
+        (&["--act-order", "--scale-search", "diag"], "ggml-static"),
         (
             &["--scheme", "rtn", "--scale-search", "off"],
             "--scale-search",
@@ -584,4 +587,68 @@ fn scale_search_changes_gptq_only_and_act_stats_are_written() {
         let share: f64 = f[f.len() - 1].parse().unwrap();
         assert!(share > 0.0 && share < 1.0, "{l}");
     }
+}
+
+#[test]
+fn q4_0_defaults_to_act_order_with_static_ggml_scales_and_no_refit() {
+    let d = tmp("q4_0-defaults");
+    let calib = calib_file(&d);
+    let model = tiny("tiny-llama-f32.gguf");
+    let make = |name: &str, args: &[&str]| -> Vec<u8> {
+        let out = d.join(name);
+        let mut cmd = quantize();
+        cmd.arg("-m")
+            .arg(&model)
+            .arg("-o")
+            .arg(&out)
+            .args(["--scheme", "gptq"])
+            .args(args);
+        small_calib(&mut cmd, &calib);
+        let o = run(&mut cmd);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        std::fs::read(&out).unwrap()
+    };
+    let q = make("q.gguf", &["--type", "q4_0"]);
+    let explicit = make(
+        "e.gguf",
+        &[
+            "--type",
+            "q4_0",
+            "--act-order",
+            "--scale-search",
+            "ggml-static",
+        ],
+    );
+    assert!(
+        q == explicit,
+        "q4_0's default is not act-order + ggml-static"
+    );
+    // ggml-static defaults to no refit.
+    let r0 = make("r0.gguf", &["--type", "q4_0", "--refit", "0"]);
+    let r1 = make("r1.gguf", &["--type", "q4_0", "--refit", "1"]);
+    assert!(q == r0 && q != r1);
+    let natural = make("n.gguf", &["--type", "q4_0", "--no-act-order"]);
+    let old = make(
+        "o.gguf",
+        &["--type", "q4_0", "--no-act-order", "--scale-search", "diag"],
+    );
+    assert!(natural == old && natural != q);
+    // A dynamic search given alone turns the act-order default off.
+    let diag = make("d.gguf", &["--type", "q4_0", "--scale-search", "diag"]);
+    assert!(diag == old);
+    // Other types keep natural order and the diag search.
+    let t = make("t.gguf", &["--bits", "4", "--group", "64"]);
+    let t_old = make(
+        "t2.gguf",
+        &[
+            "--bits",
+            "4",
+            "--group",
+            "64",
+            "--no-act-order",
+            "--scale-search",
+            "diag",
+        ],
+    );
+    assert!(t == t_old);
 }
