@@ -1,5 +1,6 @@
-//! [`quantize`]: round-to-nearest and GPTQ / P-GPTQ for one weight matrix,
-//! with the per-layer [`LayerReport`].
+//! [`quantize`]: round-to-nearest, importance-weighted round-to-nearest
+//! and GPTQ / P-GPTQ for one weight matrix, with the per-layer
+//! [`LayerReport`].
 
 use std::time::Instant;
 
@@ -84,8 +85,8 @@ pub struct GptqParams {
     /// P-GPTQ (4); used by the caller when accumulating the Hessian.
     pub prefix_skip: usize,
     /// How each group's scale is chosen (GPTQ and P-GPTQ with dynamic
-    /// groups; RTN and act-order's static groups always use the grid's fixed
-    /// rule).
+    /// groups; RTN always, and act-order's static groups unless this is
+    /// [`ScaleSearch::GgmlStatic`], use the grid's fixed rule).
     pub scale_search: ScaleSearch,
     /// After GPTQ has chosen the codes, refit every row's group scales (and
     /// minimums) jointly to the original weights under the full Hessian
@@ -629,7 +630,9 @@ fn gptq(
         // GPTQ's error feedback changes before they are rounded, and on
         // correlated test inputs that made the proxy error 1% (loss
         // weights) to 19% (diag H) worse than the fixed rule, whose range
-        // leaves room for the updates.
+        // leaves room for the updates. (`GgmlStatic`, above, is the
+        // exception asked for explicitly: on SmolLM2's Q4_0 it gave the
+        // best perplexity, docs/quant-quality-notes.md §8.)
         let mut xs = vec![0.0f32; gs];
         for r in 0..rows {
             for g in 0..ng {
