@@ -1,5 +1,6 @@
-//! [`quantize`]: round-to-nearest and GPTQ / P-GPTQ for one weight matrix,
-//! with the per-layer [`LayerReport`].
+//! [`quantize`]: round-to-nearest, importance-weighted round-to-nearest
+//! and GPTQ / P-GPTQ for one weight matrix, with the per-layer
+//! [`LayerReport`].
 
 use std::time::Instant;
 
@@ -9,7 +10,7 @@ use faer::linalg::triangular_inverse::invert_upper_triangular;
 use faer::{Accum, Mat, MatMut, Par, Side};
 use rayon::prelude::*;
 
-use crate::grid::{Grid, GroupParams};
+use crate::grid::{ggml_importance, Grid, GroupParams};
 use crate::refit::refit_scales;
 use crate::{Hessian, QuantError, QuantizedMatrix};
 
@@ -26,6 +27,13 @@ pub enum Scheme {
     /// Hessian is accumulated ([`Hessian::add_sequence`]'s `skip`); here it
     /// runs exactly as [`Scheme::Gptq`].
     PGptq,
+    /// Importance-weighted round-to-nearest, llama.cpp's `--imatrix` rule:
+    /// each group's scale and codes from [`Grid::ggml_weighted_group`] with
+    /// the weights of [`crate::grid::ggml_importance`] over the Hessian's
+    /// diagonal (for grids with a minimum, [`Grid::search_params`] with the
+    /// same weights and nearest codes). Needs the Hessian; no error
+    /// feedback.
+    WeightedRtn,
 }
 
 /// How GPTQ chooses each group's scale (and minimum).
@@ -41,6 +49,23 @@ pub enum ScaleSearch {
     /// [`Grid::search_params`] with the Hessian's diagonal `H[k,k]` as the
     /// column weights.
     Diag,
+    /// llama.cpp's imatrix rule ([`Grid::ggml_weighted_group`]: candidate
+    /// inverse scales `−(n + 0.1·i)/max`, each scored with its f32 weighted
+    /// least-squares scale) with per-element weights `H[k,k]·sqrt(σ² +
+    /// x_k²)` ([`crate::grid::ggml_importance`]; `σ²` the row's mean square
+    /// and `x` the group's current values). Only the scale is kept: GPTQ
+    /// still picks each code against the stored scale after feedback. Grids
+    /// with a minimum use [`Grid::search_params`] with the same weights.
+    Ggml,
+    /// As [`ScaleSearch::Ggml`] without the `sqrt(σ² + x²)` factor: the
+    /// weights are the Hessian's diagonal alone.
+    GgmlDiag,
+    /// Static scales: every group's scale is chosen once, before GPTQ runs,
+    /// exactly as [`Scheme::WeightedRtn`] chooses it from the unmodified
+    /// weights (llama.cpp's imatrix rule with the Hessian's diagonal); GPTQ
+    /// then only picks the codes, with its error feedback. Also with
+    /// act-order (its static groups then take these scales).
+    GgmlStatic,
 }
 
 /// GPTQ's parameters.
@@ -60,8 +85,8 @@ pub struct GptqParams {
     /// P-GPTQ (4); used by the caller when accumulating the Hessian.
     pub prefix_skip: usize,
     /// How each group's scale is chosen (GPTQ and P-GPTQ with dynamic
-    /// groups; RTN and act-order's static groups always use the grid's fixed
-    /// rule).
+    /// groups; RTN always, and act-order's static groups unless this is
+    /// [`ScaleSearch::GgmlStatic`], use the grid's fixed rule).
     pub scale_search: ScaleSearch,
     /// After GPTQ has chosen the codes, refit every row's group scales (and
     /// minimums) jointly to the original weights under the full Hessian
@@ -153,6 +178,18 @@ pub fn quantize(
         Scheme::Rtn => {
             let errs = proxy_errors(w, &[&rtn_deq], rows, cols, hm.as_ref());
             (rtn_q, 0.0, 0.0, 0, [errs[0], errs[0]])
+        }
+        Scheme::WeightedRtn => {
+            let Some(hm) = hm.as_ref() else {
+                return Err(QuantError::BadHessian(
+                    "importance-weighted RTN needs the layer input's Hessian".into(),
+                ));
+            };
+            let imp: Vec<f32> = (0..cols).map(|i| hm[(i, i)] as f32).collect();
+            let (codes, params) = weighted_rtn(w, rows, cols, grid, &imp)?;
+            let q = QuantizedMatrix::from_parts(rows, cols, grid, codes, params);
+            let errs = proxy_errors(w, &[&rtn_deq, &q.dequantize()], rows, cols, Some(hm));
+            (q, 0.0, 0.0, 0, [errs[0], errs[1]])
         }
         Scheme::Gptq | Scheme::PGptq => {
             let Some(hm) = hm.as_ref() else {
@@ -293,6 +330,62 @@ fn rtn(
         let p = grid.rtn_group(xs, cs);
         check_group(p, i / (cols / gs), i % (cols / gs))?;
         params.push(p);
+    }
+    Ok((codes, params))
+}
+
+/// Importance-weighted round-to-nearest ([`Scheme::WeightedRtn`]): every
+/// group by [`Grid::ggml_weighted_group`] with the per-element weights
+/// [`ggml_importance`] of its row and the column importance `imp` (one per
+/// column, ≥ 0); on grids with a minimum, [`Grid::search_params`] with the
+/// same weights and nearest codes.
+///
+/// Public for the comparison with llama.cpp's own files
+/// (`examples/imatrix_check.rs`), which passes llama.cpp's imatrix as `imp`.
+pub fn weighted_rtn(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    grid: Grid,
+    imp: &[f32],
+) -> Result<(Vec<u8>, Vec<GroupParams>), QuantError> {
+    grid.validate()?;
+    check_shape(w, rows, cols, grid)?;
+    if imp.len() != cols || imp.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
+        return Err(QuantError::BadParams(format!(
+            "importance needs {cols} finite values ≥ 0, got {}",
+            imp.len()
+        )));
+    }
+    let gs = grid.group();
+    let ng = cols / gs;
+    let mut codes = vec![0u8; rows * cols];
+    let mut params = vec![GroupParams::default(); rows * ng];
+    codes
+        .par_chunks_mut(cols)
+        .zip(params.par_chunks_mut(ng))
+        .zip(w.par_chunks(cols))
+        .for_each(|((cs, ps), row)| {
+            let mut qw = vec![0.0f32; cols];
+            ggml_importance(row, imp, &mut qw);
+            for (g, p) in ps.iter_mut().enumerate() {
+                let r = g * gs..(g + 1) * gs;
+                let (xs, ws, cg) = (&row[r.clone()], &qw[r.clone()], &mut cs[r]);
+                *p = match grid.ggml_weighted_group(xs, ws, cg) {
+                    Some(p) => p,
+                    None => {
+                        let wd: Vec<f64> = ws.iter().map(|&v| v as f64).collect();
+                        let p = grid.search_params(xs, &wd);
+                        for (c, &x) in cg.iter_mut().zip(xs) {
+                            *c = grid.code(p, x as f64);
+                        }
+                        p
+                    }
+                };
+            }
+        });
+    for (i, &p) in params.iter().enumerate() {
+        check_group(p, i / ng, i % ng)?;
     }
     Ok((codes, params))
 }
@@ -470,10 +563,11 @@ fn gptq(
     };
 
     let (u, damp) = inverse_cholesky_upper(&h, p.damp)?;
+    let ggml = matches!(p.scale_search, ScaleSearch::Ggml | ScaleSearch::GgmlDiag);
     let weights: Vec<f64> = match p.scale_search {
         _ if p.act_order => Vec::new(),
-        ScaleSearch::Off => Vec::new(),
-        ScaleSearch::Diag => diag,
+        ScaleSearch::Off | ScaleSearch::GgmlStatic => Vec::new(),
+        ScaleSearch::Diag | ScaleSearch::Ggml | ScaleSearch::GgmlDiag => diag.clone(),
         ScaleSearch::Loss => {
             let mut w = vec![0.0; cols];
             for (j, &c) in perm.iter().enumerate() {
@@ -482,16 +576,53 @@ fn gptq(
             w
         }
     };
-    let pick = |xs: &[f32], first_col: usize| -> GroupParams {
+    // llama.cpp's σ²: each row's mean square, of the original weights.
+    let row_ms: Vec<f32> = if p.scale_search == ScaleSearch::Ggml {
+        w.chunks_exact(cols)
+            .map(|r| r.iter().map(|&x| x * x).sum::<f32>() / cols as f32)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let pick = |xs: &[f32], first_col: usize, row: usize| -> GroupParams {
         if weights.is_empty() {
-            grid.params(xs)
-        } else {
-            grid.search_params(xs, &weights[first_col..first_col + xs.len()])
+            return grid.params(xs);
+        }
+        let ws = &weights[first_col..first_col + xs.len()];
+        if !ggml {
+            return grid.search_params(xs, ws);
+        }
+        let qw: Vec<f32> = xs
+            .iter()
+            .zip(ws)
+            .map(|(&x, &w)| match row_ms.get(row) {
+                Some(&s2) => w as f32 * (s2 + x * x).sqrt(),
+                None => w as f32,
+            })
+            .collect();
+        let mut scratch = vec![0u8; xs.len()];
+        match grid.ggml_weighted_group(xs, &qw, &mut scratch) {
+            Some(gp) if gp.d != half::f16::ZERO => gp,
+            Some(_) => grid.params(xs),
+            None => {
+                let wd: Vec<f64> = qw.iter().map(|&v| v as f64).collect();
+                grid.search_params(xs, &wd)
+            }
         }
     };
 
     if let Some(f) = fixed {
         params.copy_from_slice(f);
+    } else if p.scale_search == ScaleSearch::GgmlStatic {
+        // The (dead-zeroed) unmodified weights, row-major.
+        let mut w0 = vec![0.0f32; rows * cols];
+        for (c, col) in wd.chunks_exact(rows).enumerate() {
+            for (r, &v) in col.iter().enumerate() {
+                w0[r * cols + c] = v as f32;
+            }
+        }
+        let imp: Vec<f32> = diag.iter().map(|&v| v as f32).collect();
+        params = weighted_rtn(&w0, rows, cols, grid, &imp)?.1;
     } else if p.act_order {
         // Static groups: every group's scale from its natural columns of the
         // (dead-zeroed) unmodified weights, by the grid's fixed rule. The
@@ -499,7 +630,9 @@ fn gptq(
         // GPTQ's error feedback changes before they are rounded, and on
         // correlated test inputs that made the proxy error 1% (loss
         // weights) to 19% (diag H) worse than the fixed rule, whose range
-        // leaves room for the updates.
+        // leaves room for the updates. (`GgmlStatic`, above, is the
+        // exception asked for explicitly: on SmolLM2's Q4_0 it gave the
+        // best perplexity, docs/quant-quality-notes.md §8.)
         let mut xs = vec![0.0f32; gs];
         for r in 0..rows {
             for g in 0..ng {
@@ -529,7 +662,11 @@ fn gptq(
     while i1 < cols {
         let i2 = (i1 + block).min(cols);
         for j in i1..i2 {
-            if fixed.is_none() && !p.act_order && j % gs == 0 {
+            if fixed.is_none()
+                && !p.act_order
+                && p.scale_search != ScaleSearch::GgmlStatic
+                && j % gs == 0
+            {
                 // Dynamic groups: the scale of the group starting here comes
                 // from its columns as they are now, with every earlier
                 // column's error already propagated into them.
@@ -552,7 +689,7 @@ fn gptq(
                         .map(|r| {
                             let xs: Vec<f32> =
                                 (0..gs).map(|k| wd[(j + k) * rows + r] as f32).collect();
-                            pick(&xs, j)
+                            pick(&xs, j, r)
                         })
                         .collect();
                     for (r, gp) in found.into_iter().enumerate() {

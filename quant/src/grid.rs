@@ -266,6 +266,87 @@ impl Grid {
         }
     }
 
+    /// llama.cpp's importance-weighted choice of a symmetric group's scale
+    /// and codes (ggml's `make_qx_quants` with `rmse_type = 1` and per-element
+    /// weights `qw`, as `quantize_q4_0` calls it with an importance matrix),
+    /// reproduced in its own f32 arithmetic so that the stored bytes match:
+    ///
+    /// * `max` is the element of largest magnitude (sign kept, the first one
+    ///   on ties) and `n` the grid's largest negative code magnitude (8 for
+    ///   Q4_0); a group with `|max| < 1e-15` stores `d = 0` and code 0;
+    /// * candidate inverse scales `−(n + 0.1·i)/max` for `i` in −9..=9; each
+    ///   gives codes `l = clamp(round(iscale·x), −n, n−1)` (ties to even);
+    /// * each candidate is scored by `(Σ w x l)² / Σ w l²`, i.e. with its
+    ///   f32 weighted least-squares scale `Σ w x l / Σ w l²`; the first
+    ///   candidate (`i = 0`) and then any strictly better one wins;
+    /// * the winner's codes are kept and its least-squares scale is rounded
+    ///   to f16. The codes are *not* re-chosen against the f16 scale.
+    ///
+    /// Returns `None` for grids with a minimum (Q4_1, asymmetric tern),
+    /// which llama.cpp quantizes with another rule. `codes` receives one
+    /// code per element (stored form, as [`Grid::code`] returns); `qw` has
+    /// one weight per element (≥ 0, finite).
+    pub fn ggml_weighted_group(
+        self,
+        xs: &[f32],
+        qw: &[f32],
+        codes: &mut [u8],
+    ) -> Option<GroupParams> {
+        let nmax: i32 = match self {
+            Grid::Q4_0 => 8,
+            Grid::Q8_0 => 128,
+            Grid::Tern {
+                bits, sym: true, ..
+            } => 1 << (bits - 1),
+            Grid::Q4_1 | Grid::Tern { sym: false, .. } => return None,
+        };
+        let store = |l: i32| -> u8 {
+            match self {
+                Grid::Q8_0 => (l as i8) as u8,
+                _ => (l + nmax) as u8,
+            }
+        };
+        let mut max = 0.0f32;
+        let mut amax = 0.0f32;
+        for &x in xs {
+            if x.abs() > amax {
+                amax = x.abs();
+                max = x;
+            }
+        }
+        if amax < 1e-15 {
+            codes.iter_mut().take(xs.len()).for_each(|c| *c = 0);
+            return Some(self.sym(0.0));
+        }
+        let code = |iscale: f32, x: f32| -> i32 { nearest_i32(iscale * x).clamp(-nmax, nmax - 1) };
+        let sums = |iscale: f32| -> (f32, f32) {
+            let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
+            for (&x, &w) in xs.iter().zip(qw) {
+                let l = code(iscale, x) as f32;
+                sumlx += w * x * l;
+                suml2 += w * l * l;
+            }
+            (sumlx, suml2)
+        };
+        let mut best_iscale = -(nmax as f32) / max;
+        let (sumlx, suml2) = sums(best_iscale);
+        let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+        let mut best = scale * sumlx;
+        for is in (-9..=9).filter(|&i| i != 0) {
+            let iscale = -(nmax as f32 + 0.1f32 * is as f32) / max;
+            let (sumlx, suml2) = sums(iscale);
+            if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+                best_iscale = iscale;
+                scale = sumlx / suml2;
+                best = scale * sumlx;
+            }
+        }
+        for (c, &x) in codes.iter_mut().zip(xs) {
+            *c = store(code(best_iscale, x));
+        }
+        Some(self.sym(scale as f64))
+    }
+
     /// Stored parameters of an asymmetric grid with scale `d`, minimum `m`.
     fn asym(self, d: f64, m: f64) -> GroupParams {
         GroupParams {
@@ -430,6 +511,31 @@ fn rne(v: f64) -> f64 {
     const M: f64 = 6_755_399_441_055_744.0;
     let v = v.clamp(-1e15, 1e15);
     (v + M) - M
+}
+
+/// ggml's `nearest_int`: `v` rounded to the nearest integer, ties to even,
+/// by adding 1.5·2^23 in f32 (exact for |v| ≤ 2^22 − 1; larger values are
+/// clamped there first, far outside any code range).
+#[inline(always)]
+fn nearest_i32(v: f32) -> i32 {
+    rne32(v) as i32
+}
+
+/// llama.cpp's per-element importance for one row (`quantize_row_q4_0_impl`
+/// and its siblings): `imp[k] · sqrt(σ² + x_k²)` with `σ² = Σ x²/n` the
+/// row's mean square, summed in f32 in order as ggml does. `imp` is the
+/// row's column importance (the imatrix, or the Hessian's diagonal); the
+/// factor makes large weights count more than their input alone says.
+/// `out` gets one weight per element of `row`.
+pub fn ggml_importance(row: &[f32], imp: &[f32], out: &mut [f32]) {
+    let mut sum_x2 = 0.0f32;
+    for &x in row {
+        sum_x2 += x * x;
+    }
+    let sigma2 = sum_x2 / row.len().max(1) as f32;
+    for ((o, &x), &q) in out.iter_mut().zip(row).zip(imp) {
+        *o = q * (sigma2 + x * x).sqrt();
+    }
 }
 
 /// The element of largest magnitude, sign kept, the first one on ties

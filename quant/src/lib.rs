@@ -9,13 +9,15 @@
 //!
 //! # Layout
 //! - `grid.rs`: [`Grid`], the target formats and their exact arithmetic
-//!   (scale choice, nearest code, decoded value) and the Hessian-weighted
-//!   scale search GPTQ uses.
+//!   (scale choice, nearest code, decoded value), the Hessian-weighted
+//!   scale search GPTQ uses, and llama.cpp's importance-weighted Q4_0 rule
+//!   (`make_qx_quants`) reproduced bit for bit.
 //! - `hessian.rs`: [`Hessian`], `H = 2/N Σ x xᵀ` accumulated in f64.
 //! - `matrix.rs`: [`QuantizedMatrix`], codes and per-group scales, decoding
 //!   and GGUF bytes.
-//! - `gptq.rs`: [`quantize`] — RTN and GPTQ (lazy batches, act-order with
-//!   static groups, dampening) and the [`LayerReport`].
+//! - `gptq.rs`: [`quantize`] — RTN, importance-weighted RTN
+//!   ([`weighted_rtn`]) and GPTQ (lazy batches, act-order with static
+//!   groups, dampening) and the [`LayerReport`].
 //! - `refit.rs`: the joint least-squares refit of a row's group scales
 //!   under the full Hessian once GPTQ has fixed its codes.
 //! - `hf.rs`: [`hf`], Hugging Face GPTQ export (qweight, qzeros, scales,
@@ -38,8 +40,8 @@ pub mod pipeline;
 pub mod pipeline_output;
 pub mod report;
 
-pub use gptq::{quantize, GptqParams, LayerReport, ScaleSearch, Scheme};
-pub use grid::{Grid, GroupParams};
+pub use gptq::{quantize, weighted_rtn, GptqParams, LayerReport, ScaleSearch, Scheme};
+pub use grid::{ggml_importance, Grid, GroupParams};
 pub use hessian::Hessian;
 pub use matrix::QuantizedMatrix;
 

@@ -131,6 +131,8 @@ fn every_scheme_into_ggml_and_tern_types_loads_and_runs() {
     let model = tiny("tiny-llama-f32.gguf");
     let cases: &[(&str, &[&str], &str)] = &[
         ("rtn", &["--type", "q4_0"], "Q4_0"),
+        ("wrtn", &["--type", "q4_0"], "Q4_0"),
+        ("wrtn", &["--bits", "3", "--sym"], "TERN_Q3_G128"),
         ("gptq", &["--type", "q4_0"], "Q4_0"),
         ("p-gptq", &["--type", "q4_0"], "Q4_0"),
         ("gptq", &["--type", "q8_0"], "Q8_0"),
@@ -272,6 +274,18 @@ fn bad_flags_are_one_line_usage_errors() {
         (&["--scheme", "awq"], "awq"),
         (&["--scheme", "gptq", "--prefix-skip", "2"], "--prefix-skip"),
         (&["--scheme", "rtn", "--act-order"], "--act-order"),
+        (&["--scheme", "wrtn", "--act-order"], "--act-order"),
+        (&["--scheme", "rtn", "--no-act-order"], "--no-act-order"),
+        (&["--act-order", "--no-act-order"], "--no-act-order"),
+        (&["--act-order", "--scale-search", "diag"], "ggml-static"),
+        (
+            &["--scheme", "rtn", "--scale-search", "off"],
+            "--scale-search",
+        ),
+        (
+            &["--scheme", "wrtn", "--scale-search", "ggml"],
+            "--scale-search",
+        ),
         (&["--damp", "2"], "damp"),
         (&["--damp", "-0.1"], "damp"),
         (&["--samples", "0"], "samples"),
@@ -309,6 +323,13 @@ fn bad_flags_are_one_line_usage_errors() {
         .arg("-o")
         .arg(&out)
         .args(["--scheme", "gptq"]));
+    assert_error(&o, 2, "--calib");
+    let o = run(quantize()
+        .arg("-m")
+        .arg(&model)
+        .arg("-o")
+        .arg(&out)
+        .args(["--scheme", "wrtn"]));
     assert_error(&o, 2, "--calib");
     // Missing -o.
     let o = run(quantize().arg("-m").arg(&model));
@@ -519,13 +540,10 @@ fn scale_search_changes_gptq_only_and_act_stats_are_written() {
         assert!(o.status.success(), "{args:?}: {}", stderr(&o));
         std::fs::read(&out).unwrap()
     };
-    // RTN is ggml's RTN whatever the search flag says.
+    // RTN ignores calibration; importance-weighted RTN does not.
     let r1 = make("r1.gguf", &["--scheme", "rtn", "--type", "q4_0"]);
-    let r2 = make(
-        "r2.gguf",
-        &["--scheme", "rtn", "--type", "q4_0", "--scale-search", "off"],
-    );
-    assert!(r1 == r2, "RTN depends on --scale-search");
+    let r2 = make("r2.gguf", &["--scheme", "wrtn", "--type", "q4_0"]);
+    assert!(r1 != r2, "wrtn gave plain RTN");
     // GPTQ: the search picks other scales than the fixed rule.
     let g1 = make("g1.gguf", &["--scheme", "gptq", "--type", "q4_0"]);
     let g2 = make(
@@ -540,6 +558,18 @@ fn scale_search_changes_gptq_only_and_act_stats_are_written() {
         ],
     );
     assert!(g1 != g2, "the scale search changed nothing");
+    let g4 = make(
+        "g4.gguf",
+        &[
+            "--scheme",
+            "gptq",
+            "--type",
+            "q4_0",
+            "--scale-search",
+            "ggml",
+        ],
+    );
+    assert!(g4 != g1 && g4 != g2, "--scale-search ggml changed nothing");
     // Per-position statistics: a header and one line per block and input.
     let stats = d.join("stats.tsv");
     let st = stats.to_str().unwrap();
@@ -557,4 +587,68 @@ fn scale_search_changes_gptq_only_and_act_stats_are_written() {
         let share: f64 = f[f.len() - 1].parse().unwrap();
         assert!(share > 0.0 && share < 1.0, "{l}");
     }
+}
+
+#[test]
+fn q4_0_defaults_to_act_order_with_static_ggml_scales_and_no_refit() {
+    let d = tmp("q4_0-defaults");
+    let calib = calib_file(&d);
+    let model = tiny("tiny-llama-f32.gguf");
+    let make = |name: &str, args: &[&str]| -> Vec<u8> {
+        let out = d.join(name);
+        let mut cmd = quantize();
+        cmd.arg("-m")
+            .arg(&model)
+            .arg("-o")
+            .arg(&out)
+            .args(["--scheme", "gptq"])
+            .args(args);
+        small_calib(&mut cmd, &calib);
+        let o = run(&mut cmd);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        std::fs::read(&out).unwrap()
+    };
+    let q = make("q.gguf", &["--type", "q4_0"]);
+    let explicit = make(
+        "e.gguf",
+        &[
+            "--type",
+            "q4_0",
+            "--act-order",
+            "--scale-search",
+            "ggml-static",
+        ],
+    );
+    assert!(
+        q == explicit,
+        "q4_0's default is not act-order + ggml-static"
+    );
+    // ggml-static defaults to no refit.
+    let r0 = make("r0.gguf", &["--type", "q4_0", "--refit", "0"]);
+    let r1 = make("r1.gguf", &["--type", "q4_0", "--refit", "1"]);
+    assert!(q == r0 && q != r1);
+    let natural = make("n.gguf", &["--type", "q4_0", "--no-act-order"]);
+    let old = make(
+        "o.gguf",
+        &["--type", "q4_0", "--no-act-order", "--scale-search", "diag"],
+    );
+    assert!(natural == old && natural != q);
+    // A dynamic search given alone turns the act-order default off.
+    let diag = make("d.gguf", &["--type", "q4_0", "--scale-search", "diag"]);
+    assert!(diag == old);
+    // Other types keep natural order and the diag search.
+    let t = make("t.gguf", &["--bits", "4", "--group", "64"]);
+    let t_old = make(
+        "t2.gguf",
+        &[
+            "--bits",
+            "4",
+            "--group",
+            "64",
+            "--no-act-order",
+            "--scale-search",
+            "diag",
+        ],
+    );
+    assert!(t == t_old);
 }

@@ -41,7 +41,9 @@ struct Args {
     /// Output GGUF file (written atomically; never the input).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     output: PathBuf,
-    /// Quantization scheme.
+    /// Quantization scheme. wrtn: round-to-nearest with llama.cpp's
+    /// importance-weighted scale choice (`llama-quantize --imatrix`), the
+    /// importance being the calibration Hessian's diagonal (needs --calib).
     #[arg(long, value_enum, default_value_t = SchemeArg::PGptq)]
     scheme: SchemeArg,
     /// Stored type: GGML's q4_0 / q4_1 / q8_0 (llama.cpp loads them; groups of
@@ -57,9 +59,15 @@ struct Args {
     /// Symmetric grid (tern type; q4_0 and q8_0 are symmetric anyway).
     #[arg(long)]
     sym: bool,
-    /// GPTQ: quantize columns in order of decreasing Hessian diagonal.
-    #[arg(long = "act-order")]
+    /// GPTQ: quantize columns in order of decreasing Hessian diagonal, with
+    /// static groups (scales chosen before GPTQ runs). Default for gptq and
+    /// p-gptq into q4_0 (unless a dynamic --scale-search is given), off
+    /// otherwise.
+    #[arg(long = "act-order", conflicts_with = "no_act_order")]
     act_order: bool,
+    /// GPTQ: quantize columns in their natural order (dynamic groups).
+    #[arg(long = "no-act-order")]
+    no_act_order: bool,
     /// Calibration text (UTF-8), needed by gptq and p-gptq; with rtn it only
     /// makes the report's errors output errors.
     #[arg(long, value_name = "FILE")]
@@ -89,17 +97,25 @@ struct Args {
     /// scales around the fixed rule's and their least-squares refits, the one
     /// with the least error weighted by the Hessian's diagonal; loss: the
     /// same weighted by GPTQ's column loss weights 1/U_kk²; off: the grid's
-    /// fixed rule (absmax or min/max). rtn and --act-order's static groups
-    /// always use the fixed rule.
-    #[arg(long = "scale-search", value_enum, default_value_t = ScaleArg::Diag)]
-    scale_search: ScaleArg,
+    /// fixed rule (absmax or min/max); ggml: llama.cpp's imatrix rule
+    /// (candidates -(n + 0.1 i)/max scored with their f32 least-squares scale,
+    /// weights diag H * sqrt(sigma^2 + x^2)); ggml-diag: the same with weights
+    /// diag H alone; ggml-static: every scale chosen once from the original
+    /// weights by that rule (as --scheme wrtn), GPTQ then picks the codes.
+    /// Default: ggml-static for gptq and p-gptq into q4_0 with act-order (their
+    /// default), diag otherwise. With --act-order only ggml-static and off
+    /// can be given; its static groups otherwise use the fixed rule.
+    #[arg(long = "scale-search", value_enum)]
+    scale_search: Option<ScaleArg>,
     /// GPTQ: once the codes are chosen, refit each row's group scales (and
     /// minimums) jointly by least squares under the full Hessian, keeping
     /// the refit only for rows whose layer loss it lowers. 0: off; n > 1:
     /// n − 1 more rounds of GPTQ with the refitted scales fixed and another
-    /// refit, each row keeping its best round.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=8), allow_negative_numbers = true)]
-    refit: u32,
+    /// refit, each row keeping its best round. Default 1, except 0 with
+    /// --scale-search ggml-static, whose scales the refit would move off
+    /// the rule chosen for them.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=8), allow_negative_numbers = true)]
+    refit: Option<u32>,
     /// Store every linear in the one --type. Without it, gptq and p-gptq into
     /// q4_0 keep the ffn_down of the first eighth of the blocks in q4_1 (the
     /// mixture llama.cpp's Q4_0 uses with an importance matrix; 4.51 instead
@@ -126,6 +142,7 @@ struct Args {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum SchemeArg {
     Rtn,
+    Wrtn,
     Gptq,
     #[value(name = "p-gptq")]
     PGptq,
@@ -143,6 +160,9 @@ enum ScaleArg {
     Diag,
     Loss,
     Off,
+    Ggml,
+    GgmlDiag,
+    GgmlStatic,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -217,6 +237,7 @@ fn grid(a: &Args) -> Result<Grid> {
 fn scheme_name(s: Scheme) -> &'static str {
     match s {
         Scheme::Rtn => "rtn",
+        Scheme::WeightedRtn => "wrtn",
         Scheme::Gptq => "gptq",
         Scheme::PGptq => "p-gptq",
     }
@@ -233,15 +254,40 @@ fn run(a: &Args, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
     let grid = grid(a)?;
     let scheme = match a.scheme {
         SchemeArg::Rtn => Scheme::Rtn,
+        SchemeArg::Wrtn => Scheme::WeightedRtn,
         SchemeArg::Gptq => Scheme::Gptq,
         SchemeArg::PGptq => Scheme::PGptq,
     };
     if scheme != Scheme::PGptq && a.prefix_skip.is_some() {
         return Err(usage("--prefix-skip applies to --scheme p-gptq only"));
     }
-    if scheme == Scheme::Rtn && a.act_order {
+    let gptq_like = matches!(scheme, Scheme::Gptq | Scheme::PGptq);
+    if !gptq_like && (a.act_order || a.no_act_order) {
         return Err(usage(
-            "--act-order applies to --scheme gptq and p-gptq only",
+            "--act-order and --no-act-order apply to --scheme gptq and p-gptq only",
+        ));
+    }
+    let dynamic_search = matches!(
+        a.scale_search,
+        Some(ScaleArg::Diag | ScaleArg::Loss | ScaleArg::Ggml | ScaleArg::GgmlDiag)
+    );
+    if a.act_order && dynamic_search {
+        return Err(usage(
+            "--act-order uses static groups: --scale-search must be ggml-static or off",
+        ));
+    }
+    // Q4_0's defaults (docs/quant-quality-notes.md §8): act-order with the
+    // scales llama.cpp's imatrix rule picks from the original weights.
+    let q4_0_defaults = gptq_like && grid == Grid::Q4_0;
+    let act_order = a.act_order || (q4_0_defaults && !a.no_act_order && !dynamic_search);
+    let scale_search = a.scale_search.unwrap_or(if q4_0_defaults && act_order {
+        ScaleArg::GgmlStatic
+    } else {
+        ScaleArg::Diag
+    });
+    if !gptq_like && a.scale_search.is_some() {
+        return Err(usage(
+            "--scale-search applies to --scheme gptq and p-gptq only",
         ));
     }
     if scheme != Scheme::PGptq && a.prefix_skip_on.is_some() {
@@ -320,14 +366,19 @@ fn run(a: &Args, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
         scheme,
         params: GptqParams {
             damp: a.damp,
-            act_order: a.act_order,
+            act_order,
             prefix_skip,
-            scale_search: match a.scale_search {
+            scale_search: match scale_search {
                 ScaleArg::Loss => ScaleSearch::Loss,
                 ScaleArg::Diag => ScaleSearch::Diag,
                 ScaleArg::Off => ScaleSearch::Off,
+                ScaleArg::Ggml => ScaleSearch::Ggml,
+                ScaleArg::GgmlDiag => ScaleSearch::GgmlDiag,
+                ScaleArg::GgmlStatic => ScaleSearch::GgmlStatic,
             },
-            refit: a.refit,
+            refit: a
+                .refit
+                .unwrap_or(u32::from(scale_search != ScaleArg::GgmlStatic)),
             ..GptqParams::default()
         },
         threads,
@@ -382,7 +433,7 @@ fn run(a: &Args, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
         bits: grid.bits(),
         group: grid.group(),
         sym: matches!(grid, Grid::Q4_0 | Grid::Q8_0 | Grid::Tern { sym: true, .. }),
-        act_order: a.act_order,
+        act_order,
         damp: a.damp,
         prefix_skip,
         calib: calib
@@ -405,7 +456,7 @@ fn run(a: &Args, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
         bits: meta.bits,
         group: meta.group,
         sym: meta.sym,
-        act_order: a.act_order,
+        act_order,
         damp: a.damp,
         prefix_skip,
         calib: calib.as_ref().zip(a.calib.as_ref()).map(|(c, p)| {
