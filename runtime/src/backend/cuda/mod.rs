@@ -425,6 +425,39 @@ fn ty_code(ty: GgmlType) -> i32 {
 
 /// RoPE frequencies as the staging arena's u32 words (each f64 low word
 /// first), which the kernels read back as a `double` table.
+/// Whether the fused RoPE + KV-write kernels take these shapes (the same
+/// frequencies and rotated width for q and k, whole pairs, one position
+/// per row, slots inside the cache); otherwise the separate ops run and
+/// explain any error.
+#[allow(clippy::too_many_arguments)]
+fn rope_kv_fits(
+    spec: &KvSpec,
+    q: &CudaTensor,
+    k: &CudaTensor,
+    v: &CudaTensor,
+    positions: &[u32],
+    rope_q: &Rope,
+    rope_k: &Rope,
+    layer: usize,
+    first_slot: usize,
+) -> bool {
+    let width = spec.n_head_kv * spec.head_dim;
+    rope_q.inv_freq == rope_k.inv_freq
+        && rope_q.n_rot == rope_k.n_rot
+        && rope_q.head_dim == spec.head_dim
+        && rope_k.head_dim == spec.head_dim
+        && rope_k.n_head == spec.n_head_kv
+        && rope_q.n_rot <= rope_q.head_dim
+        && rope_q.inv_freq.len() == rope_q.n_rot / 2
+        && spec.head_dim.is_multiple_of(2)
+        && positions.len() == q.rows
+        && q.cols == rope_q.n_head * spec.head_dim
+        && (k.rows, k.cols) == (q.rows, width)
+        && (v.rows, v.cols) == (q.rows, width)
+        && layer < spec.n_layer
+        && first_slot + q.rows <= spec.n_ctx
+}
+
 fn freq_words(inv_freq: &[f64]) -> Vec<u32> {
     inv_freq
         .iter()
@@ -714,6 +747,27 @@ impl CudaBackend {
         let p = self.f16_slot(&mut m, i, out.rows * out.cols)?;
         m.hmemo[i] = Some((out.buf.ptr, out.rows, out.cols));
         Ok(p)
+    }
+
+    /// Device addresses of a rotation's inputs: the positions, the
+    /// frequency table and the first KV slot.
+    fn stage_rope(
+        &self,
+        positions: &[u32],
+        rope: &Rope,
+        first_slot: usize,
+    ) -> Result<(u64, u64, u64)> {
+        let freq = freq_words(&rope.inv_freq);
+        let mut m = self.lock();
+        let pos = self.stage(&mut m, Staged::Positions, positions)?;
+        // An empty table (n_rot 0) still needs a valid address.
+        let fr = self.stage(
+            &mut m,
+            Staged::Const,
+            if freq.is_empty() { &[0, 0] } else { &freq },
+        )?;
+        let fs = self.stage(&mut m, Staged::FirstSlot, &[first_slot as u32])?;
+        Ok((pos, fr, fs))
     }
 
     /// The quantization scratch, grown to `nblk` blocks; returns (xq, xs).
@@ -1247,23 +1301,10 @@ impl Backend for CudaBackend {
                 .all(|w| !matches!(w.ty, GgmlType::F32 | GgmlType::F16) && w.cols == x.cols)
             && x.cols.is_multiple_of(32)
             && (q.rows, q.cols) == (1, wq.rows)
-            && (k.rows, k.cols) == (1, width)
-            && (v.rows, v.cols) == (1, width)
             && wk.rows == width
             && wv.rows == width
             && self.mv_ksplit(wq.rows + 2 * width, x.cols) == 1
-            && rope_q.inv_freq == rope_k.inv_freq
-            && rope_q.n_rot == rope_k.n_rot
-            && rope_q.head_dim == spec.head_dim
-            && rope_k.head_dim == spec.head_dim
-            && rope_k.n_head == spec.n_head_kv
-            && rope_q.n_rot <= rope_q.head_dim
-            && rope_q.inv_freq.len() == rope_q.n_rot / 2
-            && spec.head_dim.is_multiple_of(2)
-            && positions.len() == 1
-            && q.cols == rope_q.n_head * spec.head_dim
-            && layer < spec.n_layer
-            && first_slot < spec.n_ctx;
+            && rope_kv_fits(&spec, q, k, v, positions, rope_q, rope_k, layer, first_slot);
         if !fits {
             self.matmul_many(x, &w, &mut [&mut *q, &mut *k, &mut *v])?;
             return self.rope_kv_write(q, k, v, positions, rope_q, rope_k, kv, layer, first_slot);
@@ -1272,16 +1313,7 @@ impl Backend for CudaBackend {
             self.wrote(o);
         }
         let (xq, xs) = self.quantize_x(x)?;
-        let freq = freq_words(&rope_q.inv_freq);
-        let mut m = self.lock();
-        let pos = self.stage(&mut m, Staged::Positions, positions)?;
-        let fr = self.stage(
-            &mut m,
-            Staged::Const,
-            if freq.is_empty() { &[0, 0] } else { &freq },
-        )?;
-        let fs = self.stage(&mut m, Staged::FirstSlot, &[first_slot as u32])?;
-        drop(m);
+        let (pos, fr, fs) = self.stage_rope(positions, rope_q, first_slot)?;
         let per = 4 * self.sh.mv_rows;
         let nblocks = wq.rows.div_ceil(per) + 2 * width.div_ceil(per);
         let (kc, vc) = &kv.layers[layer];
@@ -1333,20 +1365,7 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let spec = kv.spec;
         let width = spec.n_head_kv * spec.head_dim;
-        let fits = rope_q.inv_freq == rope_k.inv_freq
-            && rope_q.n_rot == rope_k.n_rot
-            && rope_q.head_dim == spec.head_dim
-            && rope_k.head_dim == spec.head_dim
-            && rope_k.n_head == spec.n_head_kv
-            && rope_q.n_rot <= rope_q.head_dim
-            && rope_q.inv_freq.len() == rope_q.n_rot / 2
-            && spec.head_dim.is_multiple_of(2)
-            && positions.len() == q.rows
-            && q.cols == rope_q.n_head * spec.head_dim
-            && (k.rows, k.cols) == (q.rows, width)
-            && (v.rows, v.cols) == (q.rows, width)
-            && layer < spec.n_layer
-            && first_slot + q.rows <= spec.n_ctx;
+        let fits = rope_kv_fits(&spec, q, k, v, positions, rope_q, rope_k, layer, first_slot);
         if !fits || q.rows == 0 {
             // The separate ops check (and explain) every shape themselves.
             self.rope(q, positions, rope_q)?;
@@ -1355,17 +1374,7 @@ impl Backend for CudaBackend {
         }
         self.wrote(q);
         self.wrote(k);
-        let freq = freq_words(&rope_q.inv_freq);
-        let mut m = self.lock();
-        let pos = self.stage(&mut m, Staged::Positions, positions)?;
-        // An empty table (n_rot 0) still needs a valid address.
-        let fr = self.stage(
-            &mut m,
-            Staged::Const,
-            if freq.is_empty() { &[0, 0] } else { &freq },
-        )?;
-        let fs = self.stage(&mut m, Staged::FirstSlot, &[first_slot as u32])?;
-        drop(m);
+        let (pos, fr, fs) = self.stage_rope(positions, rope_q, first_slot)?;
         let hp = spec.head_dim / 2;
         let n = q.rows * (rope_q.n_head + spec.n_head_kv) * hp + q.rows * width / 2;
         let (kc, vc) = &kv.layers[layer];
