@@ -20,7 +20,18 @@ use tern_runtime::gguf::{GgufFile, GgufWriter};
 use tern_runtime::quants::{self, GgmlType};
 
 fn gpu() -> Option<CudaBackend> {
-    match CudaBackend::open(0) {
+    opened(CudaBackend::open(0))
+}
+
+/// The GPU with kernels built for `cfg`, on the same terms as [`gpu`].
+fn gpu_with(cfg: &KernelConfig) -> Option<CudaBackend> {
+    opened(CudaBackend::open_with(0, cfg))
+}
+
+/// `Some` backend, or `None` with a note when no GPU opened — a failure
+/// instead under `TERN_REQUIRE_GPU=1`.
+fn opened(r: tern_runtime::Result<CudaBackend>) -> Option<CudaBackend> {
+    match r {
         Ok(b) => Some(b),
         Err(e) => {
             if std::env::var_os("TERN_REQUIRE_GPU").is_some_and(|v| v == "1") {
@@ -162,16 +173,7 @@ fn matvec_every_row_split_matches_cpu() {
             mv_ksplit: ks,
             ..KernelConfig::default()
         };
-        let g = match CudaBackend::open_with(0, &cfg) {
-            Ok(b) => b,
-            Err(e) => {
-                if std::env::var_os("TERN_REQUIRE_GPU").is_some_and(|v| v == "1") {
-                    panic!("TERN_REQUIRE_GPU=1 but no GPU opened: {e}");
-                }
-                eprintln!("skipped: no GPU ({e})");
-                return;
-            }
-        };
+        let Some(g) = gpu_with(&cfg) else { return };
         for &(rows, cols) in &[(37usize, 4096usize), (130, 1056), (8, 16384)] {
             for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
                 let f = file_with(&[
