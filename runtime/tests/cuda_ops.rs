@@ -163,14 +163,22 @@ fn matmul_every_type_and_batch_matches_cpu() {
 /// per-matrix rule picks): plain products of 1 and 3 tokens, the fused
 /// launch of three weights, and the residual-add epilogue (acc = W·x, then
 /// acc += 0.75·W·x, so a lost add or scale shows), on row counts
-/// that leave blocks part-empty and row lengths that split unevenly.
+/// that leave blocks part-empty and row lengths that split unevenly. Each
+/// split also runs with the weights read before the dependent-launch wait
+/// off (`mv_prefetch` 0), as an L2 prefetch (1), as the first step loaded
+/// into registers (2) and both (3).
 #[test]
 fn matvec_every_row_split_matches_cpu() {
     let cpu = CpuBackend::exact(8);
     let mut rng = Rng(0x5eed_0002);
-    for ks in [1u32, 2, 4] {
+    for (ks, pf) in [1u32, 2, 4]
+        .into_iter()
+        .flat_map(|k| [0u32, 1, 2, 3].map(|p| (k, p)))
+    {
         let cfg = KernelConfig {
             mv_ksplit: ks,
+            mv_prefetch: pf,
+            mv_prefetch_max_kib: u32::MAX,
             ..KernelConfig::default()
         };
         let Some(g) = gpu_with(&cfg) else { return };
@@ -224,7 +232,7 @@ fn matvec_every_row_split_matches_cpu() {
                 ];
                 for ((gv, wv), w) in got.iter().zip(&want).zip(what) {
                     check(
-                        &format!("matvec ks={ks} {ty} [{rows}x{cols}] {w}"),
+                        &format!("matvec ks={ks} pf={pf} {ty} [{rows}x{cols}] {w}"),
                         gv,
                         wv,
                         5e-4,

@@ -106,6 +106,20 @@ pub struct KernelConfig {
     /// source as `MQ_WIDE_MI`: 2 gives warp tiles of 32 rows × 64 tokens,
     /// 1 of 16 rows × 128 tokens (half the dequantization per mma).
     pub mq_wide_mi: u32,
+    /// Weight reads the quantized decode mat-vecs issue before waiting for
+    /// the previous kernel, defined into the source as `MV_PREFETCH`: bit 0
+    /// an L2 prefetch of the block's slice of the matrix, bit 1 each lane's
+    /// first step of loads into registers (0 to 3).
+    pub mv_prefetch: u32,
+    /// The L2 prefetch (bit 0 of `mv_prefetch`) applies to launches whose
+    /// weights come to at most this many KiB (chosen on the host, per
+    /// launch); the register loads (bit 1) to all. Measured on the H200
+    /// (docs/cuda-kernel-notes.md, tg128 against no early reads): the
+    /// register loads alone gave SmolLM2 +8 %, the 8B +3.5 %, the 0.5B
+    /// +1.5 %; the prefetch alone gave the 0.5B +6 % and SmolLM2 +4 %
+    /// but cost the 8B's 10–75 MB launches 1.5–4 % (hence the bound);
+    /// both together did worse than the register loads alone.
+    pub mv_prefetch_max_kib: u32,
 }
 
 impl Default for KernelConfig {
@@ -118,6 +132,8 @@ impl Default for KernelConfig {
             mq_stages: 3,
             mq_narrow_min_blocks: 1,
             mq_wide_mi: 2,
+            mv_prefetch: 2,
+            mv_prefetch_max_kib: 8192,
         }
     }
 }
@@ -147,8 +163,13 @@ pub fn source() -> String {
 pub fn source_with(cfg: &KernelConfig) -> String {
     let mut s = format!(
         "#define MV_ROWS {}\n#define MV_UNROLL {}\n#define MQ_STAGES {}\n#define MQ_NARROW_MINB {}\n\
-         #define MQ_WIDE_MI {}\n",
-        cfg.mv_rows, cfg.mv_unroll, cfg.mq_stages, cfg.mq_narrow_min_blocks, cfg.mq_wide_mi
+         #define MQ_WIDE_MI {}\n#define MV_PREFETCH {}\n",
+        cfg.mv_rows,
+        cfg.mv_unroll,
+        cfg.mq_stages,
+        cfg.mq_narrow_min_blocks,
+        cfg.mq_wide_mi,
+        cfg.mv_prefetch
     );
     for (name, text) in SOURCES {
         s.push_str(&format!("// ---- {name} ----\n"));

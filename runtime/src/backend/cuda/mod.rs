@@ -153,6 +153,23 @@ impl CudaBackend {
         {
             cfg.mq_wide_mi = k;
         }
+        // `TERN_CUDA_MV_PREFETCH=0..=3`: weight reads of the decode
+        // mat-vecs before the dependent-launch wait, and
+        // `TERN_CUDA_MV_PREFETCH_MAX_KIB=N` the largest launch (weights in
+        // KiB) that makes them.
+        if let Some(k) = std::env::var("TERN_CUDA_MV_PREFETCH")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|k| *k <= 3)
+        {
+            cfg.mv_prefetch = k;
+        }
+        if let Some(k) = std::env::var("TERN_CUDA_MV_PREFETCH_MAX_KIB")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+        {
+            cfg.mv_prefetch_max_kib = k;
+        }
         // `TERN_CUDA_MV_KSPLIT=1|2|4`: warps per mat-vec row, fixed.
         if let Some(k) = std::env::var("TERN_CUDA_MV_KSPLIT")
             .ok()
@@ -171,6 +188,7 @@ impl CudaBackend {
             || !(1..=4).contains(&cfg.mv_unroll)
             || ![0, 1, 2, 4].contains(&cfg.mv_ksplit)
             || ![1, 2].contains(&cfg.mq_wide_mi)
+            || cfg.mv_prefetch > 3
             || !(2..=4).contains(&cfg.mq_stages)
             || !(1..=3).contains(&cfg.mq_narrow_min_blocks)
         {
@@ -859,8 +877,19 @@ impl CudaBackend {
                 Arg::I32(add.is_some() as i32),
                 Arg::F32(add.unwrap_or(0.0)),
                 Arg::I32(ks as i32),
+                self.prefetch_arg(w.buf.bytes),
             ],
         )
+    }
+
+    /// The mat-vecs' `pf` argument for weights of `bytes` in all: which
+    /// reads happen before the wait for the previous kernel
+    /// (`KernelConfig::mv_prefetch`), the L2 prefetch only up to
+    /// `KernelConfig::mv_prefetch_max_kib`.
+    fn prefetch_arg(&self, bytes: usize) -> Arg {
+        let cfg = &self.sh.cfg;
+        let small = bytes <= cfg.mv_prefetch_max_kib as usize * 1024;
+        Arg::I32((cfg.mv_prefetch & if small { 3 } else { 2 }) as i32)
     }
 
     /// Warps per row of the decode mat-vec for this matrix (the
@@ -1205,6 +1234,7 @@ impl Backend for CudaBackend {
                 Arg::Ptr(xq),
                 Arg::Ptr(xs),
                 Arg::I32(ks as i32),
+                self.prefetch_arg(ws.iter().map(|w| w.buf.bytes).sum()),
             ]);
             let g = self.gpu()?;
             return launch(
@@ -1347,6 +1377,7 @@ impl Backend for CudaBackend {
                 Arg::Ptr(vc.ptr),
                 Arg::Ptr(fs),
                 Arg::I32((spec.ty == KvType::F16) as i32),
+                self.prefetch_arg(w.iter().map(|w| w.buf.bytes).sum()),
             ],
         )
     }

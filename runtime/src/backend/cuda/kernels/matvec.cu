@@ -17,6 +17,9 @@
 #ifndef MV_UNROLL
 #define MV_UNROLL 1 // blocks in flight per lane (KernelConfig)
 #endif
+#ifndef MV_PREFETCH
+#define MV_PREFETCH 2 // weight reads before the dependent-launch wait (KernelConfig)
+#endif
 
 // One warp per 32-element block of one row: xq = round(x/d), d = amax/127.
 extern "C" __global__ void quantize_act(const float* x, long long nblocks, signed char* xq,
@@ -54,6 +57,37 @@ __device__ __forceinline__ float block_dot(int ty, int4 wa, int4 wb, float d, fl
     return d * s.x * (float)si + m * s.y;
 }
 
+// Ask L2 for the bytes [p, p + n), one 128-byte line per thread per step.
+__device__ __forceinline__ void prefetch_l2(const u8* p, long long n) {
+    unsigned long long a = (unsigned long long)p & ~127ull, e = (unsigned long long)p + n;
+    for (unsigned long long x = a + threadIdx.x * 128ull; x < e; x += blockDim.x * 128ull)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(x));
+}
+
+// One step of a lane's weight loads: MV_UNROLL blocks of each of its rows.
+__device__ __forceinline__ void mv_load(int4 (&wa)[MV_ROWS][MV_UNROLL],
+                                        int4 (&wb)[MV_ROWS][MV_UNROLL],
+                                        float (&d)[MV_ROWS][MV_UNROLL],
+                                        float (&m)[MV_ROWS][MV_UNROLL], const u8* w, const u16* dq,
+                                        const u16* mq, int ty, int qb, int rows, int nb, int row0,
+                                        int b0, int step) {
+#pragma unroll
+    for (int i = 0; i < MV_ROWS; i++) {
+        int r = min(row0 + i, rows - 1);
+#pragma unroll
+        for (int u = 0; u < MV_UNROLL; u++) {
+            // Blocks past the row's end reload block b0 (unused).
+            int b = b0 + step * u < nb ? b0 + step * u : b0;
+            long long blk = (long long)r * nb + b;
+            const int4* p = (const int4*)(w + blk * qb);
+            wa[i][u] = p[0];
+            wb[i][u] = ty == TY_Q8_0 ? p[1] : make_int4(0, 0, 0, 0);
+            d[i][u] = h2f(dq[blk]);
+            m[i][u] = ty == TY_Q4_1 ? h2f(mq[blk]) : 0.f;
+        }
+    }
+}
+
 // NT: most tokens this instantiation handles (registers scale with it).
 // KS warps of the 4-warp block share one row (split over its blocks: warp
 // part p takes blocks p·32 + lane, stepping 32·KS) and their sums meet in
@@ -64,7 +98,8 @@ __device__ __forceinline__ float block_dot(int ty, int4 wa, int4 wb, float d, fl
 template <int NT>
 __device__ __forceinline__ void matvec_q_impl(const u8* w, int ty, int rows, int cols,
                                               const signed char* xq, const float2* xs, int ntok,
-                                              float* out, int block, int add, float res, int ks) {
+                                              float* out, int block, int add, float res, int ks,
+                                              int pf) {
     __shared__ float red[4][MV_ROWS][NT];
     int lane = threadIdx.x % 32;
     int warp = threadIdx.x / 32;
@@ -83,24 +118,38 @@ __device__ __forceinline__ void matvec_q_impl(const u8* w, int ty, int rows, int
         for (int t = 0; t < NT; t++) acc[i][t] = 0.f;
 
     int step = 32 * ks;
-    for (int b0 = live ? lane + 32 * part : nb; b0 < nb; b0 += step * MV_UNROLL) {
-        int4 wa[MV_ROWS][MV_UNROLL], wb[MV_ROWS][MV_UNROLL];
-        float d[MV_ROWS][MV_UNROLL], m[MV_ROWS][MV_UNROLL];
-#pragma unroll
-        for (int i = 0; i < MV_ROWS; i++) {
-            int r = min(row0 + i, rows - 1);
-#pragma unroll
-            for (int u = 0; u < MV_UNROLL; u++) {
-                // Blocks past the row's end reload block b0 (unused).
-                int b = b0 + step * u < nb ? b0 + step * u : b0;
-                long long blk = (long long)r * nb + b;
-                const int4* p = (const int4*)(w + blk * qb);
-                wa[i][u] = p[0];
-                wb[i][u] = ty == TY_Q8_0 ? p[1] : make_int4(0, 0, 0, 0);
-                d[i][u] = h2f(dq[blk]);
-                m[i][u] = ty == TY_Q4_1 ? h2f(mq[blk]) : 0.f;
-            }
+    int b0 = live ? lane + 32 * part : nb;
+    int4 wa[MV_ROWS][MV_UNROLL], wb[MV_ROWS][MV_UNROLL];
+    float d[MV_ROWS][MV_UNROLL], m[MV_ROWS][MV_UNROLL];
+    // Weights are never written by a kernel, so they may be read before
+    // the wait for the previous kernel (common.cuh, pdl_entry): pf bit 0
+    // asks L2 for the block's whole slice of the matrix, bit 1 loads each
+    // lane's first step into registers (each compiled in by the same bit of
+    // MV_PREFETCH; the host sets bit 0 for small launches only). A block
+    // launched early (the previous kernel triggers its dependents at its
+    // start) then overlaps its first DRAM reads with that kernel.
+    bool pre = false;
+#if MV_PREFETCH & 1
+    if (pf & 1) {
+        int per = (4 / ks) * MV_ROWS;
+        long long r0 = (long long)block * per, r1 = min((long long)rows, r0 + per);
+        if (r0 < r1) {
+            prefetch_l2(w + r0 * nb * qb, (r1 - r0) * nb * qb);
+            prefetch_l2((const u8*)(dq + r0 * nb), (r1 - r0) * nb * 2);
+            if (ty == TY_Q4_1) prefetch_l2((const u8*)(mq + r0 * nb), (r1 - r0) * nb * 2);
         }
+    }
+#endif
+#if MV_PREFETCH & 2
+    if ((pf & 2) && b0 < nb) {
+        mv_load(wa, wb, d, m, w, dq, mq, ty, qb, rows, nb, row0, b0, step);
+        pre = true;
+    }
+#endif
+    pdl_entry();
+    for (; b0 < nb; b0 += step * MV_UNROLL) {
+        if (!pre) mv_load(wa, wb, d, m, w, dq, mq, ty, qb, rows, nb, row0, b0, step);
+        pre = false;
 #pragma unroll
         for (int u = 0; u < MV_UNROLL; u++) {
             int b = b0 + step * u;
@@ -156,11 +205,12 @@ __device__ __forceinline__ void matvec_q_impl(const u8* w, int ty, int rows, int
 // One token (decode). With add != 0 the product is added, × res, to what
 // `out` holds (the residual update fused into the projection). ks: warps
 // per row (1, 2 or 4); the grid has ceil(rows / (4 / ks · MV_ROWS)) blocks.
+// pf: read the weights early (MV_PREFETCH), here and in the other three
+// quantized mat-vecs.
 extern "C" __global__ void matvec_q1(const u8* w, int ty, int rows, int cols,
                                      const signed char* xq, const float2* xs, int ntok,
-                                     float* out, int add, float res, int ks) {
-    pdl_entry();
-    matvec_q_impl<1>(w, ty, rows, cols, xq, xs, 1, out, blockIdx.x, add, res, ks);
+                                     float* out, int add, float res, int ks, int pf) {
+    matvec_q_impl<1>(w, ty, rows, cols, xq, xs, 1, out, blockIdx.x, add, res, ks, pf);
 }
 
 // One token against up to three weights that share the input (q/k/v,
@@ -170,15 +220,14 @@ extern "C" __global__ void matvec_q1_multi(const u8* w0, int ty0, int rows0, flo
                                            const u8* w1, int ty1, int rows1, float* out1,
                                            const u8* w2, int ty2, int rows2, float* out2,
                                            int nb0, int nb1, int cols, const signed char* xq,
-                                           const float2* xs, int ks) {
-    pdl_entry();
+                                           const float2* xs, int ks, int pf) {
     int b = blockIdx.x;
     if (b < nb0) {
-        matvec_q_impl<1>(w0, ty0, rows0, cols, xq, xs, 1, out0, b, 0, 0.f, ks);
+        matvec_q_impl<1>(w0, ty0, rows0, cols, xq, xs, 1, out0, b, 0, 0.f, ks, pf);
     } else if (b < nb0 + nb1) {
-        matvec_q_impl<1>(w1, ty1, rows1, cols, xq, xs, 1, out1, b - nb0, 0, 0.f, ks);
+        matvec_q_impl<1>(w1, ty1, rows1, cols, xq, xs, 1, out1, b - nb0, 0, 0.f, ks, pf);
     } else {
-        matvec_q_impl<1>(w2, ty2, rows2, cols, xq, xs, 1, out2, b - nb0 - nb1, 0, 0.f, ks);
+        matvec_q_impl<1>(w2, ty2, rows2, cols, xq, xs, 1, out2, b - nb0 - nb1, 0, 0.f, ks, pf);
     }
 }
 
@@ -195,8 +244,7 @@ extern "C" __global__ void matvec_qkv_rope(const u8* wq, int tyq, int rows_q, fl
                                            float* v, int rows_kv, int cols, const signed char* xq,
                                            const float2* xs, const u32* pos, const double* inv_freq,
                                            int head_dim, int n_rot, u8* kc, u8* vc,
-                                           const u32* first_slot, int f16) {
-    pdl_entry();
+                                           const u32* first_slot, int f16, int pf) {
     int per = 4 * MV_ROWS;
     int nbq = (rows_q + per - 1) / per, nbk = (rows_kv + per - 1) / per;
     int b = blockIdx.x, which = 0, rows = rows_q, ty = tyq;
@@ -207,7 +255,7 @@ extern "C" __global__ void matvec_qkv_rope(const u8* wq, int tyq, int rows_q, fl
     } else if (b >= nbq) {
         which = 1, b -= nbq, rows = rows_kv, ty = tyk, w = wk, out = k;
     }
-    matvec_q_impl<1>(w, ty, rows, cols, xq, xs, 1, out, b, 0, 0.f, 1);
+    matvec_q_impl<1>(w, ty, rows, cols, xq, xs, 1, out, b, 0, 0.f, 1, pf);
     __syncthreads();
     int r = b * per + threadIdx.x;
     bool act = threadIdx.x < per && r < rows;
@@ -246,9 +294,8 @@ extern "C" __global__ void matvec_qkv_rope(const u8* wq, int tyq, int rows_q, fl
 // res and ks as for matvec_q1.
 extern "C" __global__ void matvec_q(const u8* w, int ty, int rows, int cols, const signed char* xq,
                                     const float2* xs, int ntok, float* out, int add, float res,
-                                    int ks) {
-    pdl_entry();
-    matvec_q_impl<MV_MAXT>(w, ty, rows, cols, xq, xs, ntok, out, blockIdx.x, add, res, ks);
+                                    int ks, int pf) {
+    matvec_q_impl<MV_MAXT>(w, ty, rows, cols, xq, xs, ntok, out, blockIdx.x, add, res, ks, pf);
 }
 
 // F16 / F32 weights: one warp per row, 8 columns per lane per step.
