@@ -115,9 +115,9 @@ pub struct KernelConfig {
     /// weights come to at most this many KiB (chosen on the host, per
     /// launch); the register loads (bit 1) to all. Measured on the H200
     /// (docs/cuda-kernel-notes.md, tg128 against no early reads): the
-    /// register loads alone gave SmolLM2 +8 %, the 8B +3.5 %, the 0.5B
-    /// +1.5 %; the prefetch alone gave the 0.5B +6 % and SmolLM2 +4 %
-    /// but cost the 8B's 10–75 MB launches 1.5–4 % (hence the bound);
+    /// register loads alone gave SmolLM2 +6–9 %, the 8B +3–4 %, the 0.5B
+    /// +1–2 %; the prefetch alone gave the 0.5B +6 % and SmolLM2 +3–5 %
+    /// but cost the 8B's 10–75 MB launches 1.5–5 % (hence the bound);
     /// both together did worse than the register loads alone.
     pub mv_prefetch_max_kib: u32,
 }
