@@ -80,8 +80,10 @@ struct Args {
     /// [default: 4].
     #[arg(long = "prefix-skip", value_parser = clap::value_parser!(u32).range(0..=1_000_000), allow_negative_numbers = true)]
     prefix_skip: Option<u32>,
-    /// P-GPTQ: the linear inputs whose Hessians leave out the prefix: all
-    /// but ffn_down (not-down, the default), all, or ffn_down only (down).
+    /// P-GPTQ: the linear inputs whose Hessians leave out the prefix (or
+    /// weight it by a single --prefix-weight λ): all but ffn_down (not-down,
+    /// the default), all (the MiniCPM4 report's form), or ffn_down only
+    /// (down).
     /// Without a BOS, position 0 of every input is the attention sink, whose
     /// massive activation enters ffn_down (on SmolLM2-135M 99.8% of block
     /// 11's ffn_down Hessian trace); leaving it out of H leaves the weights
