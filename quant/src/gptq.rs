@@ -22,10 +22,11 @@ pub enum Scheme {
     /// GPTQ (algorithms.md §4.1).
     Gptq,
     /// Prefix-aware GPTQ (§4.2): GPTQ on a Hessian whose sequences skipped
-    /// their first `prefix_skip` positions (in the pipeline, at the linear
-    /// inputs `pipeline::SkipSites` names). The skip happens while the
-    /// Hessian is accumulated ([`Hessian::add_sequence`]'s `skip`); here it
-    /// runs exactly as [`Scheme::Gptq`].
+    /// their first `prefix_skip` positions, or weighted them by a λ (in the
+    /// pipeline, per linear input: `pipeline::PrefixWeights`). That happens
+    /// while the Hessian is accumulated
+    /// ([`Hessian::add_sequence_weighted`]); here it runs exactly as
+    /// [`Scheme::Gptq`].
     PGptq,
     /// Importance-weighted round-to-nearest, llama.cpp's `--imatrix` rule:
     /// each group's scale and codes from [`Grid::ggml_weighted_group`] with
@@ -81,8 +82,9 @@ pub struct GptqParams {
     /// each group's scale comes from the unmodified weights of its natural
     /// columns).
     pub act_order: bool,
-    /// Positions skipped at the start of every calibration sequence for
-    /// P-GPTQ (4); used by the caller when accumulating the Hessian.
+    /// Positions skipped (or weighted) at the start of every calibration
+    /// sequence for P-GPTQ (4); used by the caller when accumulating the
+    /// Hessian.
     pub prefix_skip: usize,
     /// How each group's scale is chosen (GPTQ and P-GPTQ with dynamic
     /// groups; RTN always, and act-order's static groups unless this is

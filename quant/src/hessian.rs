@@ -1,10 +1,16 @@
 //! The GPTQ Hessian of one linear layer's input: `H = 2/N · Σ x xᵀ` over the
-//! N calibration rows seen, accumulated in f64, with P-GPTQ's prefix skip.
+//! N calibration rows seen, accumulated in f64, with P-GPTQ's prefix
+//! treatment (the first positions of each sequence left out or weighted).
 
 use faer::linalg::matmul::triangular::{matmul, BlockStructure};
 use faer::{Accum, Mat, MatRef, Par};
 
 /// `H = 2/N Σ x xᵀ` (f64, `cols × cols`) over the N calibration rows added.
+///
+/// With P-GPTQ's prefix weighting ([`Hessian::add_sequence_weighted`]) it
+/// is the weighted mean `H = 2/W Σ_t w_t x_t x_tᵀ`, `W = Σ_t w_t`: the
+/// first positions of a sequence have weight λ, the others 1 (λ = 0 is the
+/// skip, and then `W = N`).
 ///
 /// Only the lower triangle of the raw sum is accumulated (it is symmetric);
 /// [`Hessian::matrix`] returns the full matrix. Input that does not match
@@ -16,7 +22,10 @@ pub struct Hessian {
     cols: usize,
     /// Σ x xᵀ, lower triangle valid.
     sum: Mat<f64>,
+    /// Rows added with a non-zero weight.
     n: usize,
+    /// W, the sum of the rows' weights (equal to `n` without weighting).
+    weight: f64,
     problem: Option<String>,
     /// Scratch for one sequence's f32 product (allocated on first use).
     part: Option<Mat<f32>>,
@@ -29,6 +38,7 @@ impl Hessian {
             cols,
             sum: Mat::zeros(cols, cols),
             n: 0,
+            weight: 0.0,
             problem: None,
             part: None,
         }
@@ -42,42 +52,74 @@ impl Hessian {
     /// A length mismatch adds nothing and marks the Hessian unusable (see
     /// [`Hessian::problem`]).
     pub fn add_sequence(&mut self, x: &[f32], n_tok: usize, skip: usize) {
+        self.add_sequence_weighted(x, n_tok, skip, 0.0);
+    }
+
+    /// As [`Hessian::add_sequence`], with the first `prefix` positions
+    /// weighted by `weight` (λ) instead of left out: the raw sum grows by
+    /// `Σ_{t ≥ prefix} x_t x_tᵀ + λ Σ_{t < prefix} x_t x_tᵀ` and W by
+    /// `n_tok − prefix + λ·prefix`. λ = 0 is exactly `add_sequence(x, n_tok,
+    /// prefix)` and λ = 1 exactly `add_sequence(x, n_tok, 0)`. λ must be
+    /// finite and non-negative (anything else adds nothing and marks the
+    /// Hessian unusable).
+    pub fn add_sequence_weighted(&mut self, x: &[f32], n_tok: usize, prefix: usize, weight: f32) {
         if n_tok.checked_mul(self.cols) != Some(x.len()) {
-            if self.problem.is_none() {
-                self.problem = Some(format!(
-                    "add_sequence got {} values for {n_tok} tokens of {} inputs",
-                    x.len(),
-                    self.cols
-                ));
-            }
+            self.mark(format!(
+                "add_sequence got {} values for {n_tok} tokens of {} inputs",
+                x.len(),
+                self.cols
+            ));
             return;
         }
+        if !(weight.is_finite() && weight >= 0.0) {
+            self.mark(format!("prefix weight {weight} is not a finite λ ≥ 0"));
+            return;
+        }
+        let (skip, prefix) = if weight == 1.0 {
+            (0, 0)
+        } else if weight == 0.0 {
+            (prefix, 0)
+        } else {
+            (0, prefix.min(n_tok))
+        };
         if skip >= n_tok || self.cols == 0 {
             return;
         }
-        let rows = n_tok - skip;
-        let xs = &x[skip * self.cols..];
+        let cols = self.cols;
         // Xᵀ (cols × rows): faer is column-major, so its storage is exactly
         // the row-major X.
-        let xt = MatRef::from_column_major_slice(xs, self.cols, rows);
+        let body = MatRef::from_column_major_slice(
+            &x[(skip + prefix) * cols..],
+            cols,
+            n_tok - skip - prefix,
+        );
+        let head = MatRef::from_column_major_slice(&x[..prefix * cols], cols, prefix);
         // The sequence's Xᵀ X in f32 (as the reference accumulates; a few
         // hundred terms per entry), then added into the f64 total, so the
         // sum over many sequences keeps f64 precision.
-        let part = self
-            .part
-            .get_or_insert_with(|| Mat::zeros(self.cols, self.cols));
-        matmul(
-            part.as_mut(),
-            BlockStructure::TriangularLower,
-            Accum::Replace,
-            xt,
-            BlockStructure::Rectangular,
-            xt.transpose(),
-            BlockStructure::Rectangular,
-            1.0,
-            Par::rayon(0),
-        );
-        for j in 0..self.cols {
+        let part = self.part.get_or_insert_with(|| Mat::zeros(cols, cols));
+        let mut accum = Accum::Replace;
+        for (xt, alpha) in [(body, 1.0f32), (head, weight)] {
+            if xt.ncols() == 0 {
+                continue;
+            }
+            matmul(
+                part.as_mut(),
+                BlockStructure::TriangularLower,
+                accum,
+                xt,
+                BlockStructure::Rectangular,
+                xt.transpose(),
+                BlockStructure::Rectangular,
+                alpha,
+                Par::rayon(0),
+            );
+            accum = Accum::Add;
+        }
+        if accum == Accum::Replace {
+            return;
+        }
+        for j in 0..cols {
             let src = &part
                 .col(j)
                 .try_as_col_major()
@@ -93,12 +135,26 @@ impl Hessian {
                 *d += s as f64;
             }
         }
-        self.n += rows;
+        self.n += n_tok - skip;
+        self.weight += (n_tok - skip - prefix) as f64 + weight as f64 * prefix as f64;
     }
 
-    /// N, the number of rows (token positions) accumulated.
+    fn mark(&mut self, problem: String) {
+        if self.problem.is_none() {
+            self.problem = Some(problem);
+        }
+    }
+
+    /// N, the number of rows (token positions) accumulated with a non-zero
+    /// weight.
     pub fn n_samples(&self) -> usize {
         self.n
+    }
+
+    /// W, the sum of the accumulated rows' weights (N without prefix
+    /// weighting); `H = 2/W Σ w x xᵀ`.
+    pub fn weight_sum(&self) -> f64 {
+        self.weight
     }
 
     /// The number of inputs (the matrix is `cols × cols`).
@@ -112,12 +168,13 @@ impl Hessian {
         self.problem.as_deref()
     }
 
-    /// The full matrix `H = 2/N Σ x xᵀ`, column-major (all zero when N = 0).
+    /// The full matrix `H = 2/W Σ w x xᵀ`, column-major (all zero when
+    /// W = 0).
     pub fn matrix(&self) -> Mat<f64> {
-        let scale = if self.n == 0 {
+        let scale = if self.weight == 0.0 {
             0.0
         } else {
-            2.0 / self.n as f64
+            2.0 / self.weight
         };
         let s = &self.sum;
         Mat::from_fn(self.cols, self.cols, |i, j| {
@@ -126,7 +183,7 @@ impl Hessian {
         })
     }
 
-    /// The raw sum `Σ x xᵀ` (full, symmetric), row-major, for tests and
+    /// The raw sum `Σ w x xᵀ` (full, symmetric), row-major, for tests and
     /// diagnostics.
     pub fn raw_sum(&self) -> Vec<f64> {
         let s = &self.sum;

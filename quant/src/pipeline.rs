@@ -10,8 +10,8 @@
 //!    with its original weights and shows the input of each group of
 //!    linears ([`tern_runtime::model::BlockRunner::observe`]), which goes
 //!    into that group's [`Hessian`] (q/k/v share one, gate/up share one;
-//!    P-GPTQ skips the first `prefix_skip` positions of each sequence at
-//!    the inputs [`SkipSites`] names);
+//!    P-GPTQ weights the first `prefix_skip` positions of each sequence by
+//!    the input's λ in [`PrefixWeights`]: 0 leaves them out, 1 is GPTQ);
 //! 2. the seven linears are quantized with [`crate::quantize`];
 //! 3. the quantized block is loaded for step 1 of the next block.
 //!
@@ -63,8 +63,9 @@ pub struct PipelineOptions {
     /// Run calibration forwards on the exact f32 path instead of the fast
     /// 8-bit-activation one.
     pub exact: bool,
-    /// Which linear inputs P-GPTQ's prefix skip applies to.
-    pub skip_sites: SkipSites,
+    /// P-GPTQ's weight of the prefix positions at each linear input (0:
+    /// left out, the skip).
+    pub prefix_weights: PrefixWeights,
     /// Store the `ffn_down` of the first eighth of the blocks as Q4_1 when
     /// the grid is Q4_0 (see [`tensor_grid`]).
     pub mixed: bool,
@@ -92,6 +93,45 @@ impl SkipSites {
             SkipSites::NotFfnDown => site != LinearInput::FfnDown,
             SkipSites::FfnDown => site == LinearInput::FfnDown,
         }
+    }
+}
+
+/// P-GPTQ's prefix weight λ at each of the four linear inputs: the first
+/// `prefix_skip` positions of every calibration sequence enter that input's
+/// Hessian with weight λ, the rest with weight 1
+/// ([`Hessian::add_sequence_weighted`]). λ = 0 is the MiniCPM4 report's
+/// skip, λ = 1 plain GPTQ, λ > 1 protects the prefix (on a BOS-less model
+/// position 0 is the attention sink, which every later query reads).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PrefixWeights {
+    /// λ for the inputs in [`LinearInput::ALL`]'s order: q/k/v,
+    /// attn_output, gate/up, ffn_down.
+    pub at: [f32; 4],
+}
+
+impl PrefixWeights {
+    /// λ at the inputs `sites` names and 1 elsewhere (λ = 0: the skip at
+    /// those inputs).
+    pub fn on(sites: SkipSites, weight: f32) -> PrefixWeights {
+        PrefixWeights {
+            at: LinearInput::ALL.map(|s| if sites.applies(s) { weight } else { 1.0 }),
+        }
+    }
+
+    /// λ at `site`.
+    pub fn weight(&self, site: LinearInput) -> f32 {
+        let i = LinearInput::ALL
+            .iter()
+            .position(|&s| s == site)
+            .expect("ALL lists every input");
+        self.at[i]
+    }
+}
+
+impl Default for PrefixWeights {
+    /// The skip everywhere but `ffn_down` (tern-quantize's default).
+    fn default() -> Self {
+        PrefixWeights::on(SkipSites::NotFfnDown, 0.0)
     }
 }
 
@@ -398,15 +438,7 @@ pub fn run(
                     let cols = v.len() / seq_len;
                     hess.entry(site)
                         .or_insert_with(|| Hessian::new(cols))
-                        .add_sequence(
-                            v,
-                            seq_len,
-                            if opts.skip_sites.applies(site) {
-                                skip
-                            } else {
-                                0
-                            },
-                        );
+                        .add_sequence_weighted(v, seq_len, skip, opts.prefix_weights.weight(site));
                     timings.hessian += t.elapsed().as_secs_f64();
                     if opts.act_stats {
                         let i = match stats.iter().position(|(s, _)| *s == site) {

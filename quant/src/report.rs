@@ -31,8 +31,11 @@ pub struct RunInfo {
     pub act_order: bool,
     /// Relative dampening.
     pub damp: f64,
-    /// Positions skipped per sequence (P-GPTQ).
+    /// Positions skipped (or weighted) per sequence (P-GPTQ).
     pub prefix_skip: usize,
+    /// P-GPTQ's prefix weight λ at q/k/v, attn_output, gate/up and
+    /// ffn_down (`pipeline::PrefixWeights`); `None` for other schemes.
+    pub prefix_weights: Option<[f32; 4]>,
     /// Calibration: file, sha256, samples, sequence length, text tokens.
     pub calib: Option<(String, String, usize, usize, usize)>,
     /// Threads.
@@ -174,6 +177,12 @@ pub fn json(info: &RunInfo, ts: &[QuantizedTensor]) -> Value {
         "act_order": info.act_order,
         "damp": info.damp,
         "prefix_skip": info.prefix_skip,
+        "prefix_weights": info.prefix_weights.map(|w| json!({
+            "qkv": w[0],
+            "o": w[1],
+            "gate_up": w[2],
+            "down": w[3],
+        })),
         "calibration": calib,
         "threads": info.threads,
         "path": info.path,

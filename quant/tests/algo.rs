@@ -370,6 +370,107 @@ fn prefix_skip_removes_exactly_the_skipped_rows() {
 }
 
 #[test]
+fn prefix_weight_changes_h_by_exactly_lambda_minus_one_times_the_prefix_rows() {
+    let mut rng = Rng(11);
+    let (cols, n_seq, n_tok, prefix) = (48, 5, 20, 4);
+    // As above: inputs on a grid of 1/8 in [-4, 4], the first two rows of
+    // every sequence 8× larger; with power-of-two λ every sum is exact.
+    let mut x: Vec<f32> = correlated_inputs(&mut rng, n_seq * n_tok, cols)
+        .iter()
+        .map(|v| ((v * 8.0).round() / 8.0).clamp(-4.0, 4.0))
+        .collect();
+    for s in 0..n_seq {
+        for v in &mut x[s * n_tok * cols..(s * n_tok + 2) * cols] {
+            *v *= 8.0;
+        }
+    }
+    let weighted = |lambda: f32| {
+        let mut h = Hessian::new(cols);
+        for s in 0..n_seq {
+            h.add_sequence_weighted(
+                &x[s * n_tok * cols..(s + 1) * n_tok * cols],
+                n_tok,
+                prefix,
+                lambda,
+            );
+        }
+        assert!(h.problem().is_none());
+        h
+    };
+    let full = hessian_of(&x, n_seq, n_tok, cols, 0);
+    let sf = full.raw_sum();
+    let mut pre = vec![0.0f64; cols * cols];
+    for s in 0..n_seq {
+        for t in 0..prefix {
+            let row = &x[(s * n_tok + t) * cols..][..cols];
+            for i in 0..cols {
+                for j in 0..cols {
+                    pre[i * cols + j] += row[i] as f64 * row[j] as f64;
+                }
+            }
+        }
+    }
+    for lambda in [0.0f32, 0.5, 1.0, 2.0, 8.0, 3.0, 32.0] {
+        let h = weighted(lambda);
+        let sw = h.raw_sum();
+        let exact = lambda.log2().fract() == 0.0 && lambda <= 8.0 || lambda == 0.0;
+        for k in 0..cols * cols {
+            let want = (lambda as f64 - 1.0) * pre[k];
+            let got = sw[k] - sf[k];
+            if exact {
+                assert_eq!(got, want, "λ {lambda} [{k}]");
+            } else {
+                let (i, j) = (k / cols, k % cols);
+                let tol = 1e-6 * (sw[i * cols + i] * sw[j * cols + j]).sqrt();
+                assert!(
+                    (got - want).abs() <= tol,
+                    "λ {lambda} [{k}]: {got} vs {want}"
+                );
+            }
+        }
+        // W = Σ w: N − prefix rows + λ · prefix rows; H = 2/W Σ w x xᵀ.
+        let w = (n_seq * (n_tok - prefix)) as f64 + lambda as f64 * (n_seq * prefix) as f64;
+        assert_eq!(h.weight_sum(), w, "λ {lambda}");
+        let m = h.matrix();
+        for i in 0..cols {
+            for j in 0..cols {
+                assert_eq!(
+                    m[(i, j)],
+                    sw[i * cols + j] * (2.0 / w),
+                    "λ {lambda} [{i},{j}]"
+                );
+            }
+        }
+    }
+    // λ = 0 is exactly the skip and λ = 1 exactly plain GPTQ's Hessian,
+    // bit for bit, N included.
+    let skip = hessian_of(&x, n_seq, n_tok, cols, prefix);
+    let (h0, h1) = (weighted(0.0), weighted(1.0));
+    assert_eq!(h0.raw_sum(), skip.raw_sum());
+    assert_eq!(h0.matrix(), skip.matrix());
+    assert_eq!(h0.n_samples(), skip.n_samples());
+    assert_eq!(h1.raw_sum(), full.raw_sum());
+    assert_eq!(h1.matrix(), full.matrix());
+    assert_eq!(h1.n_samples(), full.n_samples());
+    assert_eq!(weighted(8.0).n_samples(), full.n_samples());
+    // A prefix longer than the sequence weights the whole sequence.
+    let mut h = Hessian::new(cols);
+    h.add_sequence_weighted(&x[..3 * cols], 3, 4, 2.0);
+    assert_eq!(h.n_samples(), 3);
+    assert_eq!(h.weight_sum(), 6.0);
+    // A negative or non-finite λ adds nothing and marks the Hessian.
+    for bad in [-1.0f32, f32::NAN, f32::INFINITY] {
+        let mut h = Hessian::new(cols);
+        h.add_sequence_weighted(&x[..n_tok * cols], n_tok, prefix, bad);
+        assert_eq!(h.n_samples(), 0);
+        assert!(
+            h.problem().is_some_and(|p| p.contains("prefix weight")),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
 fn gptq_beats_rtn_on_correlated_inputs() {
     let mut rng = Rng(99);
     let (rows, cols) = (64, 256);

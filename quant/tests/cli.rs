@@ -140,6 +140,16 @@ fn every_scheme_into_ggml_and_tern_types_loads_and_runs() {
         ("gptq", &["--bits", "3", "--act-order"], "TERN_Q3_G128"),
         ("p-gptq", &["--group", "64", "--sym"], "TERN_Q4_G64"),
         ("p-gptq", &["--type", "q4_1", "--prefix-skip", "2"], "Q4_1"),
+        (
+            "p-gptq",
+            &["--type", "q4_0", "--prefix-weight", "qkv=32,gate-up=0"],
+            "Q4_0",
+        ),
+        (
+            "p-gptq",
+            &["--prefix-weight", "8", "--prefix-skip", "1"],
+            "TERN_Q4_G128",
+        ),
     ];
     for (i, (scheme, extra, ty)) in cases.iter().enumerate() {
         let out = d.join(format!("out{i}.gguf"));
@@ -258,6 +268,93 @@ fn same_input_gives_the_same_bytes() {
     assert!(outs[0] == outs[1], "outputs differ between 1 and 2 threads");
 }
 
+/// The quantized linears' bytes of a tern-quantize output, in file order.
+fn linear_bytes(path: &Path) -> Vec<Vec<u8>> {
+    let f = GgufFile::open(path).unwrap();
+    f.tensors()
+        .iter()
+        .filter(|t| t.name.starts_with("blk.") && !t.name.contains("norm"))
+        .map(|t| f.tensor_data(t).to_vec())
+        .collect()
+}
+
+#[test]
+fn prefix_weight_zero_is_the_skip_and_one_is_gptq() {
+    let d = tmp("prefix-weight");
+    let calib = calib_file(&d);
+    let model = tiny("tiny-llama-f32.gguf");
+    let make = |name: &str, args: &[&str]| {
+        let out = d.join(format!("{name}.gguf"));
+        let mut cmd = quantize();
+        cmd.arg("-m")
+            .arg(&model)
+            .arg("-o")
+            .arg(&out)
+            .args(["-t", "2", "--json", "--type", "q4_0"])
+            .args(args);
+        small_calib(&mut cmd, &calib);
+        let o = run(&mut cmd);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (std::fs::read(&out).unwrap(), linear_bytes(&out), v)
+    };
+    // The default, λ = 0 spelled out, and the same per input: one file.
+    let (def, _, v) = make("def", &["--scheme", "p-gptq"]);
+    assert_eq!(
+        v["prefix_weights"],
+        serde_json::json!({"qkv": 0.0, "o": 0.0, "gate_up": 0.0, "down": 1.0})
+    );
+    let (zero, _, _) = make("zero", &["--scheme", "p-gptq", "--prefix-weight", "0"]);
+    let (sites, _, _) = make(
+        "sites",
+        &[
+            "--scheme",
+            "p-gptq",
+            "--prefix-weight",
+            "qkv=0,o=0,gate-up=0",
+        ],
+    );
+    assert!(def == zero && def == sites, "λ = 0 differs from the skip");
+    // --prefix-skip-on all with λ = 0 is the report's skip.
+    let (all, _, _) = make("all", &["--scheme", "p-gptq", "--prefix-skip-on", "all"]);
+    let (all0, _, _) = make(
+        "all0",
+        &[
+            "--scheme",
+            "p-gptq",
+            "--prefix-skip-on",
+            "all",
+            "--prefix-weight",
+            "0",
+        ],
+    );
+    assert!(all == all0);
+    // λ = 1 everywhere is GPTQ's Hessian: the same linears (the metadata
+    // names the scheme).
+    let (_, gptq, v) = make("gptq", &["--scheme", "gptq"]);
+    assert!(v["prefix_weights"].is_null());
+    let (_, one, _) = make("one", &["--scheme", "p-gptq", "--prefix-weight", "1"]);
+    assert!(gptq == one, "λ = 1 differs from GPTQ");
+    // An up-weighted prefix changes the attention linears.
+    let (_, up, v) = make(
+        "up",
+        &[
+            "--scheme",
+            "p-gptq",
+            "--prefix-weight",
+            "qkv=32",
+            "--prefix-skip",
+            "1",
+        ],
+    );
+    assert_eq!(
+        v["prefix_weights"],
+        serde_json::json!({"qkv": 32.0, "o": 1.0, "gate_up": 1.0, "down": 1.0})
+    );
+    assert_eq!(v["prefix_skip"], 1);
+    assert!(up != gptq);
+}
+
 #[test]
 fn bad_flags_are_one_line_usage_errors() {
     let d = tmp("flags");
@@ -295,6 +392,25 @@ fn bad_flags_are_one_line_usage_errors() {
         (&["--scheme", "rtn", "--act-stats", "s.tsv"], "--act-stats"),
         (
             &["--scheme", "gptq", "--prefix-skip-on", "down"],
+            "--prefix-skip-on",
+        ),
+        (
+            &["--scheme", "gptq", "--prefix-weight", "8"],
+            "--prefix-weight",
+        ),
+        (&["--prefix-weight", "-1"], "--prefix-weight"),
+        (&["--prefix-weight", "nan"], "--prefix-weight"),
+        (&["--prefix-weight", "inf"], "--prefix-weight"),
+        (&["--prefix-weight", "1e7"], "--prefix-weight"),
+        (&["--prefix-weight", "x"], "--prefix-weight"),
+        (&["--prefix-weight", "qkv=x"], "--prefix-weight"),
+        (&["--prefix-weight", "qkv"], "--prefix-weight"),
+        (&["--prefix-weight", "qkv=2,"], "--prefix-weight"),
+        (&["--prefix-weight", "attn=2"], "unknown site"),
+        (&["--prefix-weight", "qkv=2,qkv=3"], "twice"),
+        (&["--prefix-weight", "down=-0.5"], "--prefix-weight"),
+        (
+            &["--prefix-weight", "qkv=8", "--prefix-skip-on", "all"],
             "--prefix-skip-on",
         ),
         (&["--scale-search", "max"], "max"),

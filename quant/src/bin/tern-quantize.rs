@@ -19,11 +19,14 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tern_quant::calib;
-use tern_quant::pipeline::{self, PipelineError, PipelineOptions, Progress, SkipSites};
+use tern_quant::pipeline::{
+    self, PipelineError, PipelineOptions, PrefixWeights, Progress, SkipSites,
+};
 use tern_quant::pipeline_output::{self, OutputError, Plan, QuantMeta};
 use tern_quant::report::{self, RunInfo};
 use tern_quant::{GptqParams, Grid, ScaleSearch, Scheme};
 use tern_runtime::gguf::GgufFile;
+use tern_runtime::model::LinearInput;
 use tern_runtime::Tokenizer;
 
 /// Quantize a GGUF model with RTN, GPTQ or prefix-aware GPTQ.
@@ -72,18 +75,30 @@ struct Args {
     /// makes the report's errors output errors.
     #[arg(long, value_name = "FILE")]
     calib: Option<PathBuf>,
-    /// P-GPTQ: positions left out at the start of each calibration sequence
+    /// P-GPTQ: the prefix, the positions at the start of each calibration
+    /// sequence that --prefix-weight applies to (left out by default)
     /// [default: 4].
     #[arg(long = "prefix-skip", value_parser = clap::value_parser!(u32).range(0..=1_000_000), allow_negative_numbers = true)]
     prefix_skip: Option<u32>,
-    /// P-GPTQ: the linear inputs whose Hessians leave out the prefix: all
-    /// but ffn_down (not-down, the default), all, or ffn_down only (down).
+    /// P-GPTQ: the linear inputs whose Hessians leave out the prefix (or
+    /// weight it by a single --prefix-weight λ): all but ffn_down (not-down,
+    /// the default), all (the MiniCPM4 report's form), or ffn_down only
+    /// (down).
     /// Without a BOS, position 0 of every input is the attention sink, whose
     /// massive activation enters ffn_down (on SmolLM2-135M 99.8% of block
     /// 11's ffn_down Hessian trace); leaving it out of H leaves the weights
     /// that make the sink unprotected.
     #[arg(long = "prefix-skip-on", value_enum)]
     prefix_skip_on: Option<SkipArg>,
+    /// P-GPTQ: the weight λ of the prefix positions in the Hessians, the
+    /// other positions having weight 1: 0 leaves them out (the default), 1
+    /// is plain GPTQ, λ > 1 weights them up. Either one λ, applied at the
+    /// inputs --prefix-skip-on names (1 elsewhere), or one per input as
+    /// SITE=λ[,SITE=λ...] with SITE qkv (attn_q/k/v), o (attn_output),
+    /// gate-up (ffn_gate/up) or down (ffn_down); inputs not listed get 1.
+    /// Example: qkv=32,gate-up=0.
+    #[arg(long = "prefix-weight", value_name = "SPEC", value_parser = prefix_weight_spec, allow_negative_numbers = true)]
+    prefix_weight: Option<WeightSpec>,
     /// Calibration sequences.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1_000_000), allow_negative_numbers = true)]
     samples: u32,
@@ -174,6 +189,68 @@ enum TypeArg {
     #[value(name = "q8_0")]
     Q8_0,
     Tern,
+}
+
+/// `--prefix-weight`: one λ, or λ per linear input.
+#[derive(Clone, Debug, PartialEq)]
+enum WeightSpec {
+    One(f32),
+    PerSite(PrefixWeights),
+}
+
+/// The largest λ accepted: far beyond any useful weight, small enough that
+/// λ times a Hessian entry stays finite in f32.
+const MAX_PREFIX_WEIGHT: f32 = 1e6;
+
+fn prefix_lambda(s: &str) -> Result<f32, String> {
+    let v: f32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number"))?;
+    if !(0.0..=MAX_PREFIX_WEIGHT).contains(&v) {
+        return Err(format!("λ {s} is outside 0..={MAX_PREFIX_WEIGHT}"));
+    }
+    Ok(v)
+}
+
+fn prefix_weight_spec(s: &str) -> Result<WeightSpec, String> {
+    if !s.contains('=') {
+        return prefix_lambda(s).map(WeightSpec::One);
+    }
+    let mut w = PrefixWeights {
+        at: [1.0; LinearInput::ALL.len()],
+    };
+    let mut seen = [false; LinearInput::ALL.len()];
+    for item in s.split(',') {
+        let (site, v) = item
+            .split_once('=')
+            .ok_or_else(|| format!("'{item}' is not SITE=λ"))?;
+        let site = match site.trim() {
+            "qkv" => LinearInput::AttnQkv,
+            "o" => LinearInput::AttnOutput,
+            "gate-up" => LinearInput::FfnGateUp,
+            "down" => LinearInput::FfnDown,
+            other => return Err(format!("unknown site '{other}' (qkv, o, gate-up or down)")),
+        };
+        let i = LinearInput::ALL
+            .iter()
+            .position(|&x| x == site)
+            .expect("ALL lists every input");
+        if std::mem::replace(&mut seen[i], true) {
+            return Err(format!("site '{}' given twice", site_arg(site)));
+        }
+        w.at[i] = prefix_lambda(v)?;
+    }
+    Ok(WeightSpec::PerSite(w))
+}
+
+fn site_arg(s: LinearInput) -> &'static str {
+    match s {
+        LinearInput::AttnQkv => "qkv",
+        LinearInput::AttnOutput => "o",
+        LinearInput::FfnGateUp => "gate-up",
+        _ => "down",
+    }
 }
 
 fn damp(s: &str) -> Result<f64, String> {
@@ -293,6 +370,24 @@ fn run(a: &Args, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
     if scheme != Scheme::PGptq && a.prefix_skip_on.is_some() {
         return Err(usage("--prefix-skip-on applies to --scheme p-gptq only"));
     }
+    if scheme != Scheme::PGptq && a.prefix_weight.is_some() {
+        return Err(usage("--prefix-weight applies to --scheme p-gptq only"));
+    }
+    let sites = match a.prefix_skip_on.unwrap_or(SkipArg::NotDown) {
+        SkipArg::All => SkipSites::All,
+        SkipArg::NotDown => SkipSites::NotFfnDown,
+        SkipArg::Down => SkipSites::FfnDown,
+    };
+    let prefix_weights = match &a.prefix_weight {
+        None => PrefixWeights::on(sites, 0.0),
+        Some(WeightSpec::One(l)) => PrefixWeights::on(sites, *l),
+        Some(WeightSpec::PerSite(_)) if a.prefix_skip_on.is_some() => {
+            return Err(usage(
+                "--prefix-weight SITE=λ,... names its own inputs: drop --prefix-skip-on",
+            ))
+        }
+        Some(WeightSpec::PerSite(w)) => *w,
+    };
     if scheme == Scheme::Rtn && a.act_stats.is_some() {
         return Err(usage(
             "--act-stats needs a calibrated scheme (gptq or p-gptq)",
@@ -383,11 +478,7 @@ fn run(a: &Args, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
         },
         threads,
         exact: a.exact,
-        skip_sites: match a.prefix_skip_on.unwrap_or(SkipArg::NotDown) {
-            SkipArg::All => SkipSites::All,
-            SkipArg::NotDown => SkipSites::NotFfnDown,
-            SkipArg::Down => SkipSites::FfnDown,
-        },
+        prefix_weights,
         mixed: scheme != Scheme::Rtn && !a.pure,
         act_stats: a.act_stats.is_some(),
     };
@@ -459,6 +550,7 @@ fn run(a: &Args, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
         act_order,
         damp: a.damp,
         prefix_skip,
+        prefix_weights: (scheme == Scheme::PGptq).then_some(prefix_weights.at),
         calib: calib.as_ref().zip(a.calib.as_ref()).map(|(c, p)| {
             (
                 p.display().to_string(),
