@@ -128,10 +128,25 @@ impl PrefixWeights {
     }
 }
 
+impl PrefixWeights {
+    /// The λ of the q/k/v input in the default, [`PrefixWeights::SINK`].
+    pub const SINK_QKV: f32 = 32.0;
+
+    /// tern-quantize's p-gptq default: the prefix weighted up by
+    /// [`PrefixWeights::SINK_QKV`] at the q/k/v input and left as it is (1)
+    /// elsewhere. On a model without BOS position 0 is the attention sink,
+    /// which every query reads; up-weighting it where the keys and values
+    /// are made beat both GPTQ and the report's skip
+    /// (docs/quant-quality-notes.md §10).
+    pub const SINK: PrefixWeights = PrefixWeights {
+        at: [Self::SINK_QKV, 1.0, 1.0, 1.0],
+    };
+}
+
 impl Default for PrefixWeights {
-    /// The skip everywhere but `ffn_down` (tern-quantize's default).
+    /// [`PrefixWeights::SINK`], tern-quantize's default.
     fn default() -> Self {
-        PrefixWeights::on(SkipSites::NotFfnDown, 0.0)
+        PrefixWeights::SINK
     }
 }
 

@@ -279,7 +279,7 @@ fn linear_bytes(path: &Path) -> Vec<Vec<u8>> {
 }
 
 #[test]
-fn prefix_weight_zero_is_the_skip_and_one_is_gptq() {
+fn prefix_weight_default_zero_and_one() {
     let d = tmp("prefix-weight");
     let calib = calib_file(&d);
     let model = tiny("tiny-llama-f32.gguf");
@@ -298,13 +298,28 @@ fn prefix_weight_zero_is_the_skip_and_one_is_gptq() {
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         (std::fs::read(&out).unwrap(), linear_bytes(&out), v)
     };
-    // The default, λ = 0 spelled out, and the same per input: one file.
+    // The default is the sink weighting, qkv=32 and 1 elsewhere.
     let (def, _, v) = make("def", &["--scheme", "p-gptq"]);
+    assert_eq!(
+        v["prefix_weights"],
+        serde_json::json!({"qkv": 32.0, "o": 1.0, "gate_up": 1.0, "down": 1.0})
+    );
+    let (qkv32, _, _) = make(
+        "qkv32",
+        &["--scheme", "p-gptq", "--prefix-weight", "qkv=32"],
+    );
+    assert!(def == qkv32, "the default differs from qkv=32");
+    // λ = 0 alone, --prefix-skip-on not-down alone and the same per input:
+    // one file, the skip at all inputs but ffn_down.
+    let (zero, _, v) = make("zero", &["--scheme", "p-gptq", "--prefix-weight", "0"]);
     assert_eq!(
         v["prefix_weights"],
         serde_json::json!({"qkv": 0.0, "o": 0.0, "gate_up": 0.0, "down": 1.0})
     );
-    let (zero, _, _) = make("zero", &["--scheme", "p-gptq", "--prefix-weight", "0"]);
+    let (notdown, _, _) = make(
+        "notdown",
+        &["--scheme", "p-gptq", "--prefix-skip-on", "not-down"],
+    );
     let (sites, _, _) = make(
         "sites",
         &[
@@ -314,7 +329,11 @@ fn prefix_weight_zero_is_the_skip_and_one_is_gptq() {
             "qkv=0,o=0,gate-up=0",
         ],
     );
-    assert!(def == zero && def == sites, "λ = 0 differs from the skip");
+    assert!(
+        zero == notdown && zero == sites,
+        "λ = 0 differs from the skip"
+    );
+    assert!(def != zero, "the default is the skip");
     // --prefix-skip-on all with λ = 0 is the report's skip.
     let (all, _, _) = make("all", &["--scheme", "p-gptq", "--prefix-skip-on", "all"]);
     let (all0, _, _) = make(

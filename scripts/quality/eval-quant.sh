@@ -99,6 +99,9 @@ ROWS=(
     "rtn-q3-g128|--scheme rtn --bits 3 --group 128"
     "gptq-q3-g128|--scheme gptq --bits 3 --group 128"
     "pgptq-q3-g128|--scheme p-gptq --bits 3 --group 128"
+    "pgptq-q4_0|--scheme p-gptq --type q4_0"
+    "pgptq-skip-q4-g128|--scheme p-gptq --bits 4 --group 128 --prefix-weight 0"
+    "pgptq-skip-q3-g128|--scheme p-gptq --bits 3 --group 128 --prefix-weight 0"
     "pgptq-all-q4-g128|--scheme p-gptq --bits 4 --group 128 --prefix-skip-on all"
 )
 for row in "${ROWS[@]}"; do
@@ -155,8 +158,8 @@ for line in sys.stdin:
         b += int(m.group(3))
 print(f"{8 * b / n:.2f}")'
 }
-for name in rtn-q4-g128 gptq-q4-g128 pgptq-q4-g128 pgptq-all-q4-g128 rtn-q4_0 gptq-q4_0 gptq-q4_0-pure llamacpp-imatrix-q4_0 \
-    rtn-q3-g128 gptq-q3-g128 pgptq-q3-g128; do
+for name in rtn-q4-g128 gptq-q4-g128 pgptq-q4-g128 pgptq-skip-q4-g128 pgptq-all-q4-g128 rtn-q4_0 gptq-q4_0 \
+    gptq-q4_0-pure pgptq-q4_0 llamacpp-imatrix-q4_0 rtn-q3-g128 gptq-q3-g128 pgptq-q3-g128 pgptq-skip-q3-g128; do
     pe=$(ppl "$OUT/$name.gguf")
     read -r p e <<< "$pe"
     d=$(python3 -c "import sys; print(f'{float(sys.argv[1]) - float(sys.argv[2]):+.3f}')" "$p" "$REF_PPL")
@@ -173,7 +176,8 @@ ratio() { python3 -c "import sys; r,g,p=map(float,sys.argv[1:]); print(f'{(g-p)/
     echo "Targets:"
     echo "- 4-bit g128: (GPTQ − ref) / (RTN − ref) = $(ratio "$PPL_rtn_q4_g128" "$PPL_gptq_q4_g128" "$REF_PPL") (≤ 0.60)"
     echo "- 3-bit g128: (GPTQ − ref) / (RTN − ref) = $(ratio "$PPL_rtn_q3_g128" "$PPL_gptq_q3_g128" "$REF_PPL") (≤ 0.60)"
-    echo "- P-GPTQ ≤ GPTQ: 4-bit $PPL_pgptq_q4_g128 vs $PPL_gptq_q4_g128; 3-bit $PPL_pgptq_q3_g128 vs $PPL_gptq_q3_g128"
+    echo "- P-GPTQ ≤ GPTQ: 4-bit g128 $PPL_pgptq_q4_g128 vs $PPL_gptq_q4_g128; 3-bit g128 $PPL_pgptq_q3_g128 vs $PPL_gptq_q3_g128; Q4_0 $PPL_pgptq_q4_0 vs $PPL_gptq_q4_0"
+    echo "  (the report's skip, --prefix-weight 0: 4-bit $PPL_pgptq_skip_q4_g128, 3-bit $PPL_pgptq_skip_q3_g128)"
     echo "- GPTQ Q4_0 $PPL_gptq_q4_0 vs llama.cpp imatrix Q4_0 $PPL_llamacpp_imatrix_q4_0 (≤)"
 } >> "$TABLE"
 

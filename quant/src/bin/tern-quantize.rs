@@ -76,14 +76,13 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     calib: Option<PathBuf>,
     /// P-GPTQ: the prefix, the positions at the start of each calibration
-    /// sequence that --prefix-weight applies to (left out by default)
-    /// [default: 4].
+    /// sequence that --prefix-weight applies to [default: 4].
     #[arg(long = "prefix-skip", value_parser = clap::value_parser!(u32).range(0..=1_000_000), allow_negative_numbers = true)]
     prefix_skip: Option<u32>,
     /// P-GPTQ: the linear inputs whose Hessians leave out the prefix (or
     /// weight it by a single --prefix-weight λ): all but ffn_down (not-down,
-    /// the default), all (the MiniCPM4 report's form), or ffn_down only
-    /// (down).
+    /// also where a single λ goes without this flag), all (the MiniCPM4
+    /// report's form), or ffn_down only (down).
     /// Without a BOS, position 0 of every input is the attention sink, whose
     /// massive activation enters ffn_down (on SmolLM2-135M 99.8% of block
     /// 11's ffn_down Hessian trace); leaving it out of H leaves the weights
@@ -91,12 +90,15 @@ struct Args {
     #[arg(long = "prefix-skip-on", value_enum)]
     prefix_skip_on: Option<SkipArg>,
     /// P-GPTQ: the weight λ of the prefix positions in the Hessians, the
-    /// other positions having weight 1: 0 leaves them out (the default), 1
-    /// is plain GPTQ, λ > 1 weights them up. Either one λ, applied at the
-    /// inputs --prefix-skip-on names (1 elsewhere), or one per input as
-    /// SITE=λ[,SITE=λ...] with SITE qkv (attn_q/k/v), o (attn_output),
-    /// gate-up (ffn_gate/up) or down (ffn_down); inputs not listed get 1.
-    /// Example: qkv=32,gate-up=0.
+    /// other positions having weight 1: 0 leaves them out (the MiniCPM4
+    /// report's skip), 1 is plain GPTQ, λ > 1 weights them up. Either one λ,
+    /// applied at the inputs --prefix-skip-on names (1 elsewhere), or one
+    /// per input as SITE=λ[,SITE=λ...] with SITE qkv (attn_q/k/v), o
+    /// (attn_output), gate-up (ffn_gate/up) or down (ffn_down); inputs not
+    /// listed get 1. Without this flag and --prefix-skip-on: qkv=32, the
+    /// attention sink (position 0 of a BOS-less model) weighted up where
+    /// keys and values are made; `--prefix-weight 0` gives the report's
+    /// skip at all inputs but ffn_down.
     #[arg(long = "prefix-weight", value_name = "SPEC", value_parser = prefix_weight_spec, allow_negative_numbers = true)]
     prefix_weight: Option<WeightSpec>,
     /// Calibration sequences.
@@ -379,6 +381,8 @@ fn run(a: &Args, cancel: &Arc<AtomicBool>) -> Result<Outcome> {
         SkipArg::Down => SkipSites::FfnDown,
     };
     let prefix_weights = match &a.prefix_weight {
+        // Neither flag: the sink weighting; --prefix-skip-on alone: the skip.
+        None if a.prefix_skip_on.is_none() => PrefixWeights::SINK,
         None => PrefixWeights::on(sites, 0.0),
         Some(WeightSpec::One(l)) => PrefixWeights::on(sites, *l),
         Some(WeightSpec::PerSite(_)) if a.prefix_skip_on.is_some() => {
