@@ -294,22 +294,28 @@ fn gptq_matches_the_plain_f64_equations() {
     assert_eq!(checked, GRIDS.len() * 6);
 }
 
-#[test]
-fn prefix_skip_removes_exactly_the_skipped_rows() {
-    let mut rng = Rng(7);
-    let (cols, n_seq, n_tok, skip) = (48, 5, 20, 4);
-    // Inputs on a grid of 1/8 in [-4, 4]: every product and every partial
-    // sum below is exact in f32 and f64, so the identity holds bit for bit.
-    let mut x: Vec<f32> = correlated_inputs(&mut rng, n_seq * n_tok, cols)
+/// `n_seq` sequences of `n_tok` inputs on a grid of 1/8 in [-4, 4], so
+/// every product and partial sum of a Hessian is exact in f32 and f64 and
+/// identities hold bit for bit; the first two rows of every sequence are 8×
+/// larger, as BOS-like outliers are.
+fn exact_prefix_inputs(rng: &mut Rng, n_seq: usize, n_tok: usize, cols: usize) -> Vec<f32> {
+    let mut x: Vec<f32> = correlated_inputs(rng, n_seq * n_tok, cols)
         .iter()
         .map(|v| ((v * 8.0).round() / 8.0).clamp(-4.0, 4.0))
         .collect();
-    // Make the prefix rows large, as BOS-like outliers are.
     for s in 0..n_seq {
         for v in &mut x[s * n_tok * cols..(s * n_tok + 2) * cols] {
             *v *= 8.0;
         }
     }
+    x
+}
+
+#[test]
+fn prefix_skip_removes_exactly_the_skipped_rows() {
+    let mut rng = Rng(7);
+    let (cols, n_seq, n_tok, skip) = (48, 5, 20, 4);
+    let x = exact_prefix_inputs(&mut rng, n_seq, n_tok, cols);
     let full = hessian_of(&x, n_seq, n_tok, cols, 0);
     let part = hessian_of(&x, n_seq, n_tok, cols, skip);
     assert_eq!(full.n_samples(), n_seq * n_tok);
@@ -373,17 +379,8 @@ fn prefix_skip_removes_exactly_the_skipped_rows() {
 fn prefix_weight_changes_h_by_exactly_lambda_minus_one_times_the_prefix_rows() {
     let mut rng = Rng(11);
     let (cols, n_seq, n_tok, prefix) = (48, 5, 20, 4);
-    // As above: inputs on a grid of 1/8 in [-4, 4], the first two rows of
-    // every sequence 8× larger; with power-of-two λ every sum is exact.
-    let mut x: Vec<f32> = correlated_inputs(&mut rng, n_seq * n_tok, cols)
-        .iter()
-        .map(|v| ((v * 8.0).round() / 8.0).clamp(-4.0, 4.0))
-        .collect();
-    for s in 0..n_seq {
-        for v in &mut x[s * n_tok * cols..(s * n_tok + 2) * cols] {
-            *v *= 8.0;
-        }
-    }
+    // With power-of-two λ every sum is exact too.
+    let x = exact_prefix_inputs(&mut rng, n_seq, n_tok, cols);
     let weighted = |lambda: f32| {
         let mut h = Hessian::new(cols);
         for s in 0..n_seq {
