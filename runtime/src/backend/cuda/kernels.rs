@@ -99,9 +99,15 @@ pub struct KernelConfig {
     /// Pipeline stages of the 4-bit prefill kernels (2 to 4), defined into
     /// the source as `MQ_STAGES`; the dynamic shared memory scales with it.
     pub mq_stages: u32,
-    /// Blocks per SM `matmul_q4_64` is compiled to fit (1 to 3): above 1
+    /// Blocks per SM `matmul_q4_64` is compiled to fit (1 to 4): above 1
     /// it caps the registers (65536 / (128 · n)), which may spill.
     pub mq_narrow_min_blocks: u32,
+    /// Blocks per SM `matmul_q4_128` is compiled to fit (1 or 2), defined
+    /// into the source as `MQ_WIDE_MINB`: 2 caps it at 128 registers (a few
+    /// bytes spill outside the main loop) so two blocks of 8 warps share an
+    /// SM. Measured on the H200 (docs/cuda-kernel-notes.md): 8B pp512
+    /// 12,670 t/s with 1, 14,040 with 2.
+    pub mq_wide_min_blocks: u32,
     /// m16 row tiles per warp in `matmul_q4_128` (1 or 2), defined into the
     /// source as `MQ_WIDE_MI`: 2 gives warp tiles of 32 rows × 64 tokens,
     /// 1 of 16 rows × 128 tokens (half the dequantization per mma).
@@ -131,6 +137,7 @@ impl Default for KernelConfig {
             prefill_q4: true,
             mq_stages: 3,
             mq_narrow_min_blocks: 1,
+            mq_wide_min_blocks: 2,
             mq_wide_mi: 2,
             mv_prefetch: 2,
             mv_prefetch_max_kib: 8192,
@@ -163,12 +170,13 @@ pub fn source() -> String {
 pub fn source_with(cfg: &KernelConfig) -> String {
     let mut s = format!(
         "#define MV_ROWS {}\n#define MV_UNROLL {}\n#define MQ_STAGES {}\n#define MQ_NARROW_MINB {}\n\
-         #define MQ_WIDE_MI {}\n#define MV_PREFETCH {}\n",
+         #define MQ_WIDE_MI {}\n#define MQ_WIDE_MINB {}\n#define MV_PREFETCH {}\n",
         cfg.mv_rows,
         cfg.mv_unroll,
         cfg.mq_stages,
         cfg.mq_narrow_min_blocks,
         cfg.mq_wide_mi,
+        cfg.mq_wide_min_blocks,
         cfg.mv_prefetch
     );
     for (name, text) in SOURCES {

@@ -153,6 +153,22 @@ impl CudaBackend {
         {
             cfg.mq_wide_mi = k;
         }
+        // `TERN_CUDA_MQ_WIDE_MINB=1|2` and `TERN_CUDA_MQ_NARROW_MINB=1..=4`:
+        // blocks per SM the 4-bit prefill kernels are compiled to fit.
+        if let Some(k) = std::env::var("TERN_CUDA_MQ_WIDE_MINB")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|k| [1, 2].contains(k))
+        {
+            cfg.mq_wide_min_blocks = k;
+        }
+        if let Some(k) = std::env::var("TERN_CUDA_MQ_NARROW_MINB")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|k| (1..=4).contains(k))
+        {
+            cfg.mq_narrow_min_blocks = k;
+        }
         // `TERN_CUDA_MV_PREFETCH=0..=3`: weight reads of the decode
         // mat-vecs before the dependent-launch wait, and
         // `TERN_CUDA_MV_PREFETCH_MAX_KIB=N` the largest launch (weights in
@@ -190,7 +206,8 @@ impl CudaBackend {
             || ![1, 2].contains(&cfg.mq_wide_mi)
             || cfg.mv_prefetch > 3
             || !(2..=4).contains(&cfg.mq_stages)
-            || !(1..=3).contains(&cfg.mq_narrow_min_blocks)
+            || !(1..=4).contains(&cfg.mq_narrow_min_blocks)
+            || ![1, 2].contains(&cfg.mq_wide_min_blocks)
         {
             return Err(Error::Gpu {
                 op: "open".into(),

@@ -251,8 +251,8 @@ extern "C" __global__ void __launch_bounds__(256) matmul_mma_big(const u8* w, in
 
 #define MQ_XLD 72
 #define MQ_WLD 48
-// MQ_STAGES (pipeline depth), MQ_NARROW_MINB (blocks per SM the narrow
-// kernel's registers are bounded for) and MQ_WIDE_MI (m16 tiles per warp in
+// MQ_STAGES (pipeline depth), MQ_NARROW_MINB and MQ_WIDE_MINB (blocks per
+// SM the narrow and wide kernels' registers are bounded for) and MQ_WIDE_MI (m16 tiles per warp in
 // the 128-token kernel, see matmul_q4_body) are defined by the host
 // (kernels.rs, KernelConfig), which also sizes the dynamic shared memory.
 //
@@ -280,6 +280,20 @@ __device__ __forceinline__ void cp_async4(void* dst, const void* src, bool ok) {
                  : "memory");
 }
 
+// The same with the destination as a shared-space address (`smem_u32`), for
+// loops that compute it once and add constants.
+__device__ __forceinline__ void cp_async16_s(u32 dst, const void* src, bool ok) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src),
+                 "r"(ok ? 16 : 0)
+                 : "memory");
+}
+
+__device__ __forceinline__ void cp_async4_s(u32 dst, const void* src, bool ok) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src),
+                 "r"(ok ? 4 : 0)
+                 : "memory");
+}
+
 __device__ __forceinline__ void cp_async_commit() {
     asm volatile("cp.async.commit_group;" ::: "memory");
 }
@@ -293,6 +307,12 @@ __device__ __forceinline__ void ldsm_x4(u32* r, const void* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_u32(p)));
+}
+
+__device__ __forceinline__ void ldsm_x4_s(u32* r, u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
 }
 
 // The transposed form: thread t gets elements (rows 2·(t%4), +1; column t/4)
@@ -321,17 +341,29 @@ __device__ __forceinline__ u32 hfma2(u32 a, u32 b, u32 c) {
     return r;
 }
 
+// (a & b) | c in one instruction (the compiler emits an AND and an OR).
+__device__ __forceinline__ u32 and_or(u32 a, u32 b, u32 c) {
+    u32 r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+
 // Two 4-bit weights → an f16 pair. `raw` holds two quant bytes (low byte
-// first); HI picks their high nibbles. OR-ing a nibble into the mantissa
-// of 1024.0 (0x6400) gives 1024 + n exactly; subtracting 1032 (Q4_0) or
-// 1024 (Q4_1) is exact, so the only rounding is the final multiply (or
-// fused multiply-add with the Q4_1 minimum), as in the f32 path.
+// first); HI picks their high nibbles. OR-ing a low nibble into the
+// mantissa of 1024.0 (0x6400) gives 1024 + n exactly, and subtracting 1032
+// (Q4_0) or 1024 (Q4_1) is exact; a high nibble left in place gives
+// 1024 + 16·n, and one fused multiply-add by 1/16 with -72 (or -64) is
+// exact too, which saves the shift. So the only rounding is the final
+// multiply (or fused multiply-add with the Q4_1 minimum), as in the f32
+// path.
 template <bool Q41, bool HI>
 __device__ __forceinline__ u32 dq4x2(u32 raw, u32 d2, u32 m2) {
     u32 p = __byte_perm(raw, 0, 0x4140);
-    u32 n = ((HI ? p >> 4 : p) & 0x000F000Fu) | 0x64006400u;
-    if (Q41) return hfma2(hsub2(n, 0x64006400u), d2, m2);
-    return hmul2(hsub2(n, 0x64086408u), d2);
+    u32 n = and_or(p, HI ? 0x00F000F0u : 0x000F000Fu, 0x64006400u);
+    // f16 pairs: 1/16 = 0x2C00, -72 = 0xD480, -64 = 0xD400.
+    u32 v = HI ? hfma2(n, 0x2C002C00u, Q41 ? 0xD400D400u : 0xD480D480u)
+               : hsub2(n, Q41 ? 0x64006400u : 0x64086408u);
+    return Q41 ? hfma2(v, d2, m2) : hmul2(v, d2);
 }
 
 struct MqMat {
@@ -375,35 +407,62 @@ __device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int ti
         return GLU && r >= HALF ? up_w : mat.w;
     };
 
+    // Copy roles, fixed for the whole loop: a thread's sources advance by a
+    // constant per 64-column stage and its destinations differ only by the
+    // stage's slot, so a stage's copies cost a few adds each. (Loops over
+    // c = tid, tid + NT, ... recomputed 64-bit row products every stage:
+    // about 500 of the ~970 instructions per warp per stage.)
+    constexpr int XC = BN * 8 / NT;        // 16-byte activation chunks per thread
+    constexpr int WC = 2 * BM / NT;        // 16-byte weight chunks per thread
+    constexpr int DN = Q41 ? 2 * BM : BM;  // 4-byte scale chunks in the block
+    constexpr int DC = (DN + NT - 1) / NT; // ... per thread
+    static_assert(BN * 8 % NT == 0 && 2 * BM % NT == 0, "copy roles");
+    const u32 sbase = smem_u32(smem);
+    u32 xoff[XC];  // activation element offsets (token clamped when out of range)
+    bool xok[XC];
+#pragma unroll
+    for (int i = 0; i < XC; i++) {
+        int t = tid / 8 + i * (NT / 8);
+        xok[i] = t0 + t < ntok;
+        xoff[i] = (u32)(xok[i] ? t0 + t : t0) * (u32)cols + (u32)(tid % 8) * 8;
+    }
+    const u32 xdst = sbase + ((tid / 8) * MQ_XLD + (tid % 8) * 8) * 2;
+    const u8* wptr[WC];
+    bool wok[WC];
+#pragma unroll
+    for (int i = 0; i < WC; i++) {
+        int r = tid / 2 + i * (NT / 2);
+        long long row;
+        const u8* w = wsrc(r, row);
+        wok[i] = row < rows;
+        wptr[i] = w + (wok[i] ? row * nb * 16 : 0) + (tid % 2) * 16;
+    }
+    const u32 wdst = sbase + X_BYTES + (tid / 2) * MQ_WLD + (tid % 2) * 16;
+    const u16* dptr[DC];
+    bool dok[DC];
+#pragma unroll
+    for (int i = 0; i < DC; i++) {
+        int c = tid + i * NT;
+        int r = c % BM;
+        long long row;
+        const u8* w = wsrc(r, row);
+        const u16* dq = (const u16*)(w + nrb * 16);
+        dok[i] = c < DN && row < rows;
+        dptr[i] = dok[i] ? (c < BM ? dq : dq + nrb) + row * nb : dq;
+    }
+    const u32 ddst = sbase + X_BYTES + W_BYTES + tid * 4;
+
     auto load = [&](int kb, int slot) {
-        u8* st = smem + slot * STAGE;
-        u16* sx = (u16*)st;
-        u8* sw = st + X_BYTES;
-        u16* sd = (u16*)(sw + W_BYTES);
-        for (int c = tid; c < BN * 8; c += NT) {
-            int t = c / 8, part = c % 8;
-            bool ok = t0 + t < ntok;
-            const u16* src = ok ? xh + (long long)(t0 + t) * cols + kb * 64 + part * 8 : xh;
-            cp_async16(sx + t * MQ_XLD + part * 8, src, ok);
-        }
-        for (int c = tid; c < 2 * BM; c += NT) {
-            int r = c / 2, part = c % 2;
-            long long row;
-            const u8* w = wsrc(r, row);
-            bool ok = row < rows;
-            const u8* src = ok ? w + (row * nb + 2 * kb) * 16 + part * 16 : w;
-            cp_async16(sw + r * MQ_WLD + part * 16, src, ok);
-        }
-        for (int c = tid; c < (Q41 ? 2 * BM : BM); c += NT) {
-            int r = c % BM;
-            long long row;
-            const u8* w = wsrc(r, row);
-            const u16* dq = (const u16*)(w + nrb * 16);
-            bool ok = row < rows;
-            const u16* base = c < BM ? dq : dq + nrb;
-            const u16* src = ok ? base + row * nb + 2 * kb : dq;
-            cp_async4(sd + (c < BM ? 0 : 2 * BM) + r * 2, src, ok);
-        }
+        const u32 so = slot * STAGE;
+#pragma unroll
+        for (int i = 0; i < XC; i++)
+            cp_async16_s(xdst + so + i * (NT / 8) * MQ_XLD * 2, xh + xoff[i] + kb * 64, xok[i]);
+#pragma unroll
+        for (int i = 0; i < WC; i++)
+            cp_async16_s(wdst + so + i * (NT / 2) * MQ_WLD, wptr[i] + kb * 32, wok[i]);
+#pragma unroll
+        for (int i = 0; i < DC; i++)
+            if (tid + i * NT < DN) cp_async4_s(ddst + so + i * NT * 4, dptr[i] + 2 * kb, dok[i]);
     };
 
     float acc[MI][NJ][4];
@@ -419,17 +478,22 @@ __device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int ti
         if (s < nkb) load(s, s);
         cp_async_commit();
     }
+    // Per-lane fragment addresses in slot 0; everything else is a constant
+    // offset, plus the slot's.
+    const u8* wfrag = smem + X_BYTES + (wm * WR + g) * MQ_WLD + 2 * q4;
+    const u16* dfrag = (const u16*)(smem + X_BYTES + W_BYTES) + (wm * WR + g) * 2;
+    const u32 xfrag =
+        sbase + ((wn * WT + (lane / 16) * 8 + lane % 8) * MQ_XLD + ((lane / 8) % 2) * 8) * 2;
+    int rslot = 0, wslot = MQ_STAGES - 1;
     for (int kb = 0; kb < nkb; kb++) {
         cp_async_wait<MQ_STAGES - 2>();
         __syncthreads();
-        int nx = kb + MQ_STAGES - 1;
-        if (nx < nkb) load(nx, nx % MQ_STAGES);
+        if (kb + MQ_STAGES - 1 < nkb) load(kb + MQ_STAGES - 1, wslot);
         cp_async_commit();
 
-        const u8* st = smem + (kb % MQ_STAGES) * STAGE;
-        const u16* sx = (const u16*)st;
-        const u8* sw = st + X_BYTES;
-        const u16* sd = (const u16*)(sw + W_BYTES);
+        const int so = rslot * STAGE;
+        const u8* sw = wfrag + so;
+        const u16* sd = dfrag + so / 2;
 #pragma unroll
         for (int qb = 0; qb < 2; qb++) {
             // This lane's quant bytes for rows g and g + 8 of each m16
@@ -439,8 +503,8 @@ __device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int ti
             for (int i = 0; i < MI; i++) {
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
-                    int r = wm * WR + i * 16 + g + h * 8;
-                    const u8* p = sw + r * MQ_WLD + qb * 16 + 2 * q4;
+                    int r = i * 16 + h * 8;
+                    const u8* p = sw + r * MQ_WLD + qb * 16;
                     raw[i][h] = *(const u16*)p;
                     raw[i][h + 2] = *(const u16*)(p + 8);
                     u32 d = sd[r * 2 + qb];
@@ -459,12 +523,11 @@ __device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int ti
                         a[i][k] = hi ? dq4x2<Q41, true>(raw[i][k], d2[i][k % 2], m2[i][k % 2])
                                      : dq4x2<Q41, false>(raw[i][k], d2[i][k % 2], m2[i][k % 2]);
                 }
-                int kofs = qb * 32 + hi * 16;
+                const int kofs = qb * 32 + hi * 16;
 #pragma unroll
                 for (int jp = 0; jp < NJ / 2; jp++) {
                     u32 b[4];
-                    int t = wn * WT + jp * 16 + (lane / 16) * 8 + lane % 8;
-                    ldsm_x4(b, sx + t * MQ_XLD + kofs + ((lane / 8) % 2) * 8);
+                    ldsm_x4_s(b, xfrag + so + (jp * 16 * MQ_XLD + kofs) * 2);
 #pragma unroll
                     for (int i = 0; i < MI; i++) {
                         mma_16816(acc[i][2 * jp], a[i], b);
@@ -473,6 +536,8 @@ __device__ __forceinline__ void matmul_q4_body(MqMat mat, const u8* up_w, int ti
                 }
             }
         }
+        rslot = rslot + 1 == MQ_STAGES ? 0 : rslot + 1;
+        wslot = wslot + 1 == MQ_STAGES ? 0 : wslot + 1;
     }
     cp_async_wait<0>();
 
@@ -571,7 +636,7 @@ __device__ __forceinline__ void matmul_q4_entry(const u8* w0, int rows0, float* 
                                              nullptr);
 }
 
-extern "C" __global__ void __launch_bounds__(256)
+extern "C" __global__ void __launch_bounds__(256, MQ_WIDE_MINB)
     matmul_q4_128(const u8* w0, int rows0, float* out0, const u8* w1, int rows1, float* out1,
                   const u8* w2, int rows2, float* out2, int tiles0, int tiles1, int ty, int cols,
                   const u16* xh, int ntok, int add, float scale, int glu, u16* outh) {
