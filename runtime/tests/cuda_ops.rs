@@ -604,6 +604,104 @@ fn attention_prefill_and_decode_match_cpu() {
     }
 }
 
+/// Decode attention over an f16 cache on the tensor cores
+/// (`attn_decode_mma_*`, forced for every cache size with `attn_mma: 2`)
+/// against the CPU, for groups of 1 to 16 query heads per KV head, both head
+/// sizes, 1 to 4 tokens, caches whose splits are full, partly filled (a
+/// tile's last warps without keys) or empty (a long cache with a short
+/// sequence). Its results must also differ from the scalar kernels' (it
+/// rounds scores and probabilities to f16), which shows it ran.
+#[test]
+fn decode_attention_on_tensor_cores_matches_cpu() {
+    let cpu = CpuBackend::exact(2);
+    let Some(mma) = gpu_with(&KernelConfig {
+        attn_mma: 2,
+        ..KernelConfig::default()
+    }) else {
+        return;
+    };
+    let Some(scalar) = gpu_with(&KernelConfig {
+        attn_mma: 0,
+        ..KernelConfig::default()
+    }) else {
+        return;
+    };
+    let mut rng = Rng(0xa77e);
+    // (n_head, n_head_kv, head_dim, n_ctx, prefix, batch)
+    for &(nh, nkv, hd, n_ctx, prefix, batch) in &[
+        (32usize, 2usize, 128usize, 8192usize, 3000usize, 1usize),
+        (32, 2, 128, 8192, 20, 1),
+        (16, 2, 64, 9000, 8990, 4),
+        (9, 3, 64, 300, 150, 1),
+        (4, 4, 128, 640, 77, 2),
+        (16, 1, 64, 2048, 1500, 3),
+        (10, 2, 128, 4096, 4000, 1),
+    ] {
+        let total = prefix + batch;
+        let w = nkv * hd;
+        let f = file_with(&[
+            ("k", GgmlType::F32, total, w, rng.vec(total * w)),
+            ("v", GgmlType::F32, total, w, rng.vec(total * w)),
+            ("q", GgmlType::F32, batch, nh * hd, rng.vec(batch * nh * hd)),
+        ]);
+        let d = (nh, nkv, hd, n_ctx, prefix, batch);
+        let run = |b: &dyn Fn(&KvSpec, &Arc<GgufFile>) -> Vec<f32>| {
+            b(
+                &KvSpec {
+                    n_layer: 1,
+                    n_ctx,
+                    n_head_kv: nkv,
+                    head_dim: hd,
+                    ty: KvType::F16,
+                },
+                &f,
+            )
+        };
+        fn attend<B: Backend>(
+            b: &B,
+            spec: &KvSpec,
+            f: &Arc<GgufFile>,
+            nh: usize,
+            prefix: usize,
+            batch: usize,
+        ) -> Vec<f32> {
+            let (nkv, hd) = (spec.n_head_kv, spec.head_dim);
+            let total = prefix + batch;
+            let mut kv = b.alloc_kv(spec).unwrap();
+            let k = input(b, f, "k", total, nkv * hd);
+            let v = input(b, f, "v", total, nkv * hd);
+            b.kv_write(&mut kv, 0, 0, &k, &v).unwrap();
+            let q = input(b, f, "q", batch, nh * hd);
+            let p = AttnParams {
+                n_head: nh,
+                n_head_kv: nkv,
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+                visibility: Visibility::Causal,
+            };
+            let mut o = b.alloc(batch, nh * hd).unwrap();
+            b.attention(&q, &kv, 0, prefix, &p, &mut o).unwrap();
+            read(b, &o)
+        }
+        let want = run(&|s, f| attend(&cpu, s, f, nh, prefix, batch));
+        let got = run(&|s, f| attend(&mma, s, f, nh, prefix, batch));
+        let old = run(&|s, f| attend(&scalar, s, f, nh, prefix, batch));
+        check(
+            &format!("decode attention, tensor cores {d:?}"),
+            &got,
+            &want,
+            5e-4,
+        );
+        check(
+            &format!("decode attention, scalar {d:?}"),
+            &old,
+            &want,
+            5e-4,
+        );
+        assert!(got != old, "{d:?}: the tensor-core kernel did not run");
+    }
+}
+
 #[test]
 fn argmax_on_device_matches_host() {
     let Some(g) = gpu() else { return };

@@ -29,7 +29,7 @@ pub const SOURCES: [(&str, &str); 5] = [
 ];
 
 /// Every kernel entry point the backend launches.
-pub const KERNEL_NAMES: [&str; 29] = [
+pub const KERNEL_NAMES: [&str; 31] = [
     "embed",
     "rope_kv",
     "rms_norm",
@@ -57,6 +57,8 @@ pub const KERNEL_NAMES: [&str; 29] = [
     "attn_partial",
     "attn_combine",
     "attn_decode_gqa",
+    "attn_decode_mma_64",
+    "attn_decode_mma_128",
     "attn_prefill_64",
     "attn_prefill_128",
 ];
@@ -75,6 +77,10 @@ pub fn dynamic_smem(cfg: &KernelConfig, name: &str) -> u32 {
         }
         "attn_prefill_64" => 5 * 64 * (64 + 8) * 2,
         "attn_prefill_128" => 5 * 64 * (128 + 8) * 2,
+        // A 16-row query tile and two stages of 64 keys and 64 values; the
+        // final merge of the 4 warps reuses the key/value stages.
+        "attn_decode_mma_64" => (16 + 4 * 64) * (64 + 8) * 2,
+        "attn_decode_mma_128" => (16 + 4 * 64) * (128 + 8) * 2,
         _ => 0,
     }
 }
@@ -126,6 +132,14 @@ pub struct KernelConfig {
     /// but cost the 8B's 10–75 MB launches 1.5–5 % (hence the bound);
     /// both together did worse than the register loads alone.
     pub mv_prefetch_max_kib: u32,
+    /// Decode attention over an f16 cache on the tensor cores, the query
+    /// heads of a KV head as the rows of one m16 tile
+    /// (`attn_decode_mma_*`): 0 never (the scalar `attn_decode_gqa` and
+    /// `attn_partial`), 1 for caches of 8192+ slots only, 2 for every
+    /// decode. Chosen on the host. Measured on the H200
+    /// (docs/cuda-kernel-notes.md): 8B tg64 at depth 32768 188 → 381 t/s;
+    /// 2 over 1 at short caches: SmolLM2 +7–10 %, 0.5B +6–8 %, 8B +1 %.
+    pub attn_mma: u32,
 }
 
 impl Default for KernelConfig {
@@ -141,6 +155,7 @@ impl Default for KernelConfig {
             mq_wide_mi: 2,
             mv_prefetch: 2,
             mv_prefetch_max_kib: 8192,
+            attn_mma: 2,
         }
     }
 }

@@ -49,8 +49,8 @@ enum Epilogue {
     Glu,
 }
 
-/// Caches of at least this many slots use the grouped-query decode
-/// attention kernel.
+/// Caches of at least this many slots use a grouped-query decode attention
+/// kernel (the scalar one; the tensor-core one with `attn_mma: 1`).
 const GQA_MIN_CTX: usize = 8192;
 
 /// The CUDA backend. Clones share the device, kernels and scratch.
@@ -186,6 +186,15 @@ impl CudaBackend {
         {
             cfg.mv_prefetch_max_kib = k;
         }
+        // `TERN_CUDA_ATTN_MMA=0|1|2`: decode attention on the tensor cores
+        // never, for long caches, always.
+        if let Some(k) = std::env::var("TERN_CUDA_ATTN_MMA")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|k| *k <= 2)
+        {
+            cfg.attn_mma = k;
+        }
         // `TERN_CUDA_MV_KSPLIT=1|2|4`: warps per mat-vec row, fixed.
         if let Some(k) = std::env::var("TERN_CUDA_MV_KSPLIT")
             .ok()
@@ -205,6 +214,7 @@ impl CudaBackend {
             || ![0, 1, 2, 4].contains(&cfg.mv_ksplit)
             || ![1, 2].contains(&cfg.mq_wide_mi)
             || cfg.mv_prefetch > 3
+            || cfg.attn_mma > 2
             || !(2..=4).contains(&cfg.mq_stages)
             || !(1..=4).contains(&cfg.mq_narrow_min_blocks)
             || ![1, 2].contains(&cfg.mq_wide_min_blocks)
@@ -1601,13 +1611,32 @@ impl Backend for CudaBackend {
         // Decode: split the keys so enough blocks run; the split depends on
         // the cache size only, so a captured graph stays valid as the
         // sequence grows. Prefill: one block per (token, head) is plenty.
-        // Decode over a long cache with grouped-query heads: one block per
-        // KV head serves all its query heads, so each cache row is read
-        // once. Short caches keep one block per query head: with few keys
-        // the GQA grid is too small to fill the GPU (measured: 8B tg128 at
-        // a 640-token cache went from 295 to 232 t/s with it). The choice
-        // depends on the cache size only, so captured graphs stay valid.
+        // Decode over an f16 cache (`KernelConfig::attn_mma`): one block per
+        // (key split, KV head) serves all the KV head's query heads as the
+        // rows of one m16 tensor-core tile, so each cache row is read once.
+        // Otherwise the scalar kernels: over a long cache the grouped-query
+        // one (one block per KV head); short caches keep one block per
+        // query head, as the scalar grouped-query grid was too small there
+        // (8B tg128 at a 640-token cache: 295 → 232 t/s with it). The
+        // choice depends on the cache size only, so captured graphs stay
+        // valid.
         let group = p.n_head / p.n_head_kv;
+        let mma_kernel = match p.head_dim {
+            64 => Some("attn_decode_mma_64"),
+            128 => Some("attn_decode_mma_128"),
+            _ => None,
+        }
+        .filter(|_| {
+            q.rows <= MATVEC_MAX_ROWS
+                && spec.ty == KvType::F16
+                && group <= 16
+                && spec.n_ctx > 64
+                && match self.sh.cfg.attn_mma {
+                    1 => spec.n_ctx >= GQA_MIN_CTX,
+                    2 => true,
+                    _ => false,
+                }
+        });
         let gqa = q.rows <= MATVEC_MAX_ROWS
             && spec.n_ctx >= GQA_MIN_CTX
             && [1, 2, 3, 4, 6, 8, 16].contains(&group)
@@ -1618,14 +1647,18 @@ impl Backend for CudaBackend {
         let (chunk, n_split) = if q.rows <= MATVEC_MAX_ROWS {
             // About attn_blocks() blocks per token, keys at least 64 per block.
             let target = attn_blocks();
-            let per_split = if gqa { p.n_head_kv } else { p.n_head };
+            let per_split = if gqa || mma_kernel.is_some() {
+                p.n_head_kv
+            } else {
+                p.n_head
+            };
             let want = (target / per_split.max(1)).clamp(32, target.max(32));
             let chunk = spec.n_ctx.div_ceil(want).max(64);
             (chunk, spec.n_ctx.div_ceil(chunk))
         } else {
             (spec.n_ctx, 1)
         };
-        let gqa = gqa && n_split > 1;
+        let gqa = (gqa || mma_kernel.is_some()) && n_split > 1;
         if n_split > 4096 {
             // attn_combine's COMBINE_MAXS; attn_blocks() keeps below it.
             return Err(shape_err("attention", format!("{n_split} key splits")));
@@ -1661,7 +1694,29 @@ impl Backend for CudaBackend {
         drop(m);
         let g = self.gpu()?;
         let (kc, vc) = &kv.layers[layer];
-        if gqa {
+        if let (true, Some(kernel)) = (gqa, mma_kernel) {
+            launch_smem(
+                g,
+                self.f(kernel),
+                "attention",
+                (n_split as u32, p.n_head_kv as u32, q.rows as u32),
+                128,
+                kernels::dynamic_smem(&self.sh.cfg, kernel),
+                &mut [
+                    Arg::Ptr(q.buf.ptr),
+                    Arg::Ptr(kc.ptr),
+                    Arg::Ptr(vc.ptr),
+                    Arg::Ptr(fs),
+                    Arg::I32(p.n_head as i32),
+                    Arg::I32(p.n_head_kv as i32),
+                    Arg::F32(p.scale),
+                    Arg::I32(chunk as i32),
+                    Arg::I32(n_split as i32),
+                    Arg::Ptr(po),
+                    Arg::Ptr(pml),
+                ],
+            )?;
+        } else if gqa {
             launch(
                 g,
                 self.f("attn_decode_gqa"),

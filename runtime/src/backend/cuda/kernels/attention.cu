@@ -589,3 +589,216 @@ extern "C" __global__ void __launch_bounds__(128) attn_prefill_128(
     attn_prefill_body<128>(outh, q, kc, vc, first_slot, n_head, n_head_kv, scale, ntok, out,
                           ap_smem);
 }
+
+// ---- Decode attention for grouped-query heads on the tensor cores ----
+//
+// `attn_decode_mma_64`, `_128` (f16 cache): block (split s, KV head hk,
+// token t). The G ≤ 16 query heads of hk are the 16 rows of one m16 tile
+// (rows ≥ G are zero and ignored), so S = Q·Kᵀ is an mma with the keys as
+// n. Keys [s·chunk, min((s + 1)·chunk, n_vis)) come in tiles of 64 through
+// two cp.async stages; each of the 4 warps takes 16 keys of every tile:
+// S (16 × 16), masked past the split's end, the base-2 online softmax of
+// attn_prefill_body, P as the A fragment of one k16 step, O += P·V with V
+// read by transposed ldmatrix. At the end the warps' (m, l, O) merge in
+// shared memory and the block writes the (o, m, l) partials attn_combine
+// merges (o unnormalized, m in natural-log units). The scalar kernel above
+// spent ~2,600 instructions a key tile per warp on Q·K from shared memory;
+// here a 64-key tile is 32 mma per warp.
+template <int HD>
+__device__ __forceinline__ void attn_decode_mma_body(const float* q, const u16* kc, const u16* vc,
+                                                     const u32* first_slot, int n_head,
+                                                     int n_head_kv, float scale, int chunk,
+                                                     int n_split, float* part_o, float2* part_ml,
+                                                     u16* smem) {
+    constexpr int LD = HD + 8;
+    constexpr int KT = AP_K * LD;
+    u16* sq = smem;               // 16 × LD
+    u16* sk = smem + 16 * LD;     // 2 stages × AP_K × LD
+    u16* sv = sk + 2 * KT;        // 2 stages × AP_K × LD
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const int g = lane / 4, q4 = lane % 4;
+    const int s = blockIdx.x, hk = blockIdx.y, t = blockIdx.z;
+    const int G = n_head / n_head_kv;
+    const long long width = (long long)n_head_kv * HD;
+    const long long n_vis = (long long)first_slot[0] + t + 1;
+    const long long k0 = (long long)s * chunk;
+    const long long k1 = min(k0 + chunk, n_vis);
+    const int nkt = k1 > k0 ? (int)((k1 - k0 + AP_K - 1) / AP_K) : 0;
+
+    auto load_kv = [&](int kt, int slot) {
+        for (int c = tid; c < AP_K * HD / 8; c += 128) {
+            int r = c / (HD / 8), part = c % (HD / 8);
+            long long j = k0 + (long long)kt * AP_K + r;
+            bool ok = j < k1;
+            long long off = ok ? j * width + (long long)hk * HD + part * 8 : 0;
+            cp_async16(sk + slot * KT + r * LD + part * 8, kc + off, ok);
+            cp_async16(sv + slot * KT + r * LD + part * 8, vc + off, ok);
+        }
+    };
+    if (nkt > 0) load_kv(0, 0);
+    cp_async_commit();
+
+    // Q: the G heads of hk, f16, pre-scaled into the base-2 exponent domain.
+    const float qs = scale * 1.4426950408889634f;
+    for (int c = tid; c < 16 * HD / 2; c += 128) {
+        int r = c / (HD / 2), d = (c % (HD / 2)) * 2;
+        float2 v = make_float2(0.f, 0.f);
+        if (r < G) v = *(const float2*)(q + ((long long)t * n_head + hk * G + r) * HD + d);
+        *(u32*)(sq + r * LD + d) = (u32)f2h(v.x * qs) | ((u32)f2h(v.y * qs) << 16);
+    }
+    __syncthreads();
+    u32 qf[HD / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+        int r = (lane / 8 % 2) * 8 + lane % 8;
+        ldsm_x4(qf[kk], sq + r * LD + kk * 16 + (lane / 16) * 8);
+    }
+
+    float o[HD / 8][4];
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++)
+#pragma unroll
+        for (int k = 0; k < 4; k++) o[i][k] = 0.f;
+    float mx[2] = {NEG_INF, NEG_INF}, sum[2] = {0.f, 0.f};
+
+    for (int kt = 0; kt < nkt; kt++) {
+        if (kt + 1 < nkt) load_kv(kt + 1, (kt + 1) % 2);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        const u16* k_s = sk + (kt % 2) * KT;
+        const u16* v_s = sv + (kt % 2) * KT;
+
+        // S = Q·Kᵀ over this warp's keys warp·16 .. warp·16 + 15 of the tile.
+        float sc[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int k = 0; k < 4; k++) sc[j][k] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+            u32 b[4];
+            int key = warp * 16 + (lane / 16) * 8 + lane % 8;
+            ldsm_x4(b, k_s + key * LD + kk * 16 + (lane / 8 % 2) * 8);
+            mma_16816(sc[0], qf[kk], b);
+            mma_16816(sc[1], qf[kk], b + 2);
+        }
+        float tmax[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                long long key = k0 + (long long)kt * AP_K + warp * 16 + j * 8 + q4 * 2 + (k % 2);
+                if (key >= k1) sc[j][k] = NEG_INF;
+                tmax[k / 2] = fmaxf(tmax[k / 2], sc[j][k]);
+            }
+        }
+        float corr[2], mnew[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 1));
+            tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 2));
+            mnew[r] = fmaxf(mx[r], tmax[r]);
+            // Keys past the split's end only come after this warp's valid
+            // ones, so -inf here means the warp has none at all: use 0 so
+            // the exponentials give 0, not NaN (its sum stays 0, which the
+            // merge below reads as "no keys").
+            if (mnew[r] == NEG_INF) mnew[r] = 0.f;
+            corr[r] = exp2f(mx[r] - mnew[r]);
+            mx[r] = mnew[r];
+        }
+        float tsum[2] = {0.f, 0.f};
+        u32 pf[4];
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            float p0 = exp2f(sc[j][0] - mnew[0]), p1 = exp2f(sc[j][1] - mnew[0]);
+            float p2 = exp2f(sc[j][2] - mnew[1]), p3 = exp2f(sc[j][3] - mnew[1]);
+            tsum[0] += p0 + p1;
+            tsum[1] += p2 + p3;
+            pf[j * 2] = (u32)f2h(p0) | ((u32)f2h(p1) << 16);
+            pf[j * 2 + 1] = (u32)f2h(p2) | ((u32)f2h(p3) << 16);
+        }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            tsum[r] += __shfl_xor_sync(0xffffffffu, tsum[r], 1);
+            tsum[r] += __shfl_xor_sync(0xffffffffu, tsum[r], 2);
+            sum[r] = sum[r] * corr[r] + tsum[r];
+        }
+#pragma unroll
+        for (int i = 0; i < HD / 8; i++) {
+            o[i][0] *= corr[0];
+            o[i][1] *= corr[0];
+            o[i][2] *= corr[1];
+            o[i][3] *= corr[1];
+        }
+        // O += P·V: k = this warp's 16 keys, n = head dims (HD / 8 tiles).
+#pragma unroll
+        for (int dp = 0; dp < HD / 16; dp++) {
+            u32 b[4];
+            int key = warp * 16 + (lane / 8 % 2) * 8 + lane % 8;
+            ldsm_x4_t(b, v_s + key * LD + dp * 16 + (lane / 16) * 8);
+            mma_16816(o[2 * dp], pf, b);
+            mma_16816(o[2 * dp + 1], pf, b + 2);
+        }
+        __syncthreads();
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+
+    // Merge the 4 warps (shared memory of the K/V stages, now idle):
+    // so[w][row][d], sm/sl[w][row].
+    float* so = (float*)sk;
+    float* sm = so + 4 * 16 * HD;
+    float* sl = sm + 4 * 16;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int row = g + r * 8;
+        if (q4 == 0) {
+            sm[warp * 16 + row] = mx[r];
+            sl[warp * 16 + row] = sum[r];
+        }
+#pragma unroll
+        for (int i = 0; i < HD / 8; i++)
+            *(float2*)(so + (warp * 16 + row) * HD + i * 8 + q4 * 2) =
+                make_float2(o[i][2 * r], o[i][2 * r + 1]);
+    }
+    __syncthreads();
+    for (int e = tid; e < G * HD; e += 128) {
+        int row = e / HD, d = e % HD;
+        float M = NEG_INF;
+#pragma unroll
+        for (int w = 0; w < 4; w++)
+            if (sl[w * 16 + row] > 0.f) M = fmaxf(M, sm[w * 16 + row]);
+        float L = 0.f, acc = 0.f;
+#pragma unroll
+        for (int w = 0; w < 4; w++) {
+            if (sl[w * 16 + row] > 0.f) {
+                float f = exp2f(sm[w * 16 + row] - M);
+                L += sl[w * 16 + row] * f;
+                acc += so[(w * 16 + row) * HD + d] * f;
+            }
+        }
+        long long hrow = (long long)t * n_head + hk * G + row;
+        part_o[(hrow * n_split + s) * HD + d] = acc;
+        // Natural-log units for attn_combine (M = -inf stays -inf).
+        if (d == 0) part_ml[hrow * n_split + s] = make_float2(M * 0.6931471805599453f, L);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_decode_mma_64(
+    const float* q, const u16* kc, const u16* vc, const u32* first_slot, int n_head,
+    int n_head_kv, float scale, int chunk, int n_split, float* part_o, float2* part_ml) {
+    pdl_entry();
+    extern __shared__ __align__(16) u16 ap_smem[];
+    attn_decode_mma_body<64>(q, kc, vc, first_slot, n_head, n_head_kv, scale, chunk, n_split,
+                             part_o, part_ml, ap_smem);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_decode_mma_128(
+    const float* q, const u16* kc, const u16* vc, const u32* first_slot, int n_head,
+    int n_head_kv, float scale, int chunk, int n_split, float* part_o, float2* part_ml) {
+    pdl_entry();
+    extern __shared__ __align__(16) u16 ap_smem[];
+    attn_decode_mma_body<128>(q, kc, vc, first_slot, n_head, n_head_kv, scale, chunk, n_split,
+                              part_o, part_ml, ap_smem);
+}
