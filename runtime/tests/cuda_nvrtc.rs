@@ -64,6 +64,31 @@ const WEIGHTS_BEFORE_WAIT: [&str; 4] = [
     "matvec_q",
 ];
 
+/// What each kernel may index before its wait: the norm's weight in
+/// `rms_norm_q`; in `matvec_qkv_rope`, before it calls `matvec_q_impl`, the
+/// step inputs and RoPE table (copied before the step's first kernel or at
+/// load, never written by a kernel) and its own shared array.
+const EARLY_READS: [(&str, &[&str]); 2] = [
+    ("rms_norm_q", &["w"]),
+    (
+        "matvec_qkv_rope",
+        &["pos", "inv_freq", "first_slot", "keep"],
+    ),
+];
+
+/// The identifiers written right before a `[` in `text`.
+fn indexed(text: &str) -> Vec<&str> {
+    text.match_indices('[')
+        .map(|(i, _)| {
+            let head = &text[..i];
+            let start = head
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(0, |j| j + 1);
+            &head[start..]
+        })
+        .collect()
+}
+
 #[test]
 fn every_kernel_starts_with_the_dependent_launch_wait() {
     let entries = entry_points();
@@ -73,6 +98,20 @@ fn every_kernel_starts_with_the_dependent_launch_wait() {
             kernels::KERNEL_NAMES.contains(&name.as_str()),
             "kernel {name} is not in KERNEL_NAMES (so not loaded or compile-checked)"
         );
+        if let Some((_, allowed)) = EARLY_READS.iter().find(|(k, _)| k == name) {
+            let own = &body[..body.find("extern \"C\"").unwrap_or(body.len())];
+            let stop = ["pdl_entry();", "matvec_q_impl<"]
+                .iter()
+                .filter_map(|m| own.find(m))
+                .min()
+                .unwrap_or_else(|| panic!("kernel {name} neither waits nor calls matvec_q_impl"));
+            for id in indexed(&own[..stop]) {
+                assert!(
+                    allowed.contains(&id),
+                    "kernel {name} indexes `{id}` before its wait"
+                );
+            }
+        }
         if WEIGHTS_BEFORE_WAIT.contains(&name.as_str()) {
             // Its own text, up to the next entry point, has no wait of its
             // own and reaches memory only through matvec_q_impl.
@@ -85,6 +124,9 @@ fn every_kernel_starts_with_the_dependent_launch_wait() {
                 own.contains("matvec_q_impl<"),
                 "kernel {name} does not call matvec_q_impl"
             );
+            continue;
+        }
+        if EARLY_READS.iter().any(|(k, _)| k == name) {
             continue;
         }
         assert!(

@@ -10,7 +10,11 @@
 // one in the previous kernel), then lets the next kernel begin launching.
 // Because every kernel waits on its predecessor, the order is transitive.
 // On older GPUs, and when launched without the attribute, it does nothing.
-// A test (runtime/tests/cuda_nvrtc.rs) checks that every kernel begins with it.
+// A test (runtime/tests/cuda_nvrtc.rs) checks that every kernel begins with it,
+// except for reads of memory no kernel writes (weights, tables uploaded at
+// load, step inputs copied before the step's first kernel), which a few
+// kernels issue before the wait to take them off the step's critical path;
+// the test lists each such kernel and what it may read.
 //
 // Weight layout (packed on the host at load, see backend/cuda/mod.rs):
 //   F32 / F16  : rows × cols values, row-major.

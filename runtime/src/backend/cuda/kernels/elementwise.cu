@@ -73,6 +73,13 @@ extern "C" __global__ void rms_norm(const float* x, const float* w, float eps, i
 // agree on the scale.
 extern "C" __global__ void rms_norm_q(const float* x, const float* w, float eps, int cols,
                                       float* out, signed char* xq, float2* xs) {
+    // The norm's weight is never written by a kernel: its read is issued
+    // before the wait for the previous kernel, off the step's critical path
+    // (like the mat-vecs' first weights, MV_PREFETCH).
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int nb = cols / 32;
+    int b = blockIdx.x * (blockDim.x / 32) + warp;
+    float wv = b < nb ? w[b * 32 + lane] : 0.f;
     pdl_entry();
     __shared__ float part[32];
     long long row = blockIdx.y;
@@ -83,7 +90,6 @@ extern "C" __global__ void rms_norm_q(const float* x, const float* w, float eps,
         ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
     }
     ss = warp_sum(ss);
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (lane == 0) part[warp] = ss;
     __syncthreads();
     if (warp == 0) {
@@ -94,11 +100,9 @@ extern "C" __global__ void rms_norm_q(const float* x, const float* w, float eps,
     }
     __syncthreads();
     float s = rsqrtf(part[0] / (float)cols + eps);
-    int nb = cols / 32;
-    int b = blockIdx.x * (blockDim.x / 32) + warp;
     if (b >= nb) return;
     int c = b * 32 + lane;
-    float v = xr[c] * s * w[c];
+    float v = xr[c] * s * wv;
     out[row * cols + c] = v;
     quantize_lane(v, xq, xs, row * nb + b);
 }

@@ -99,7 +99,7 @@ template <int NT>
 __device__ __forceinline__ void matvec_q_impl(const u8* w, int ty, int rows, int cols,
                                               const signed char* xq, const float2* xs, int ntok,
                                               float* out, int block, int add, float res, int ks,
-                                              int pf) {
+                                              int pf, float* keep = nullptr) {
     __shared__ float red[4][MV_ROWS][NT];
     int lane = threadIdx.x % 32;
     int warp = threadIdx.x / 32;
@@ -197,6 +197,9 @@ __device__ __forceinline__ void matvec_q_impl(const u8* w, int ty, int rows, int
             if (lane == 0 && t < ntok && r < rows) {
                 float* o = out + (long long)t * rows + r;
                 *o = add ? *o + res * acc[i][t] : acc[i][t];
+                // The block's rows for an epilogue (keep[warp·MV_ROWS + i],
+                // one token, ks = 1, no add), without reading `out` back.
+                if (keep) keep[warp * MV_ROWS + i] = acc[i][t];
             }
         }
     }
@@ -255,34 +258,38 @@ extern "C" __global__ void matvec_qkv_rope(const u8* wq, int tyq, int rows_q, fl
     } else if (b >= nbq) {
         which = 1, b -= nbq, rows = rows_kv, ty = tyk, w = wk, out = k;
     }
-    matvec_q_impl<1>(w, ty, rows, cols, xq, xs, 1, out, b, 0, 0.f, 1, pf);
-    __syncthreads();
-    int r = b * per + threadIdx.x;
-    bool act = threadIdx.x < per && r < rows;
-    float x0 = 0.f, x1 = 0.f;
-    if (act && which < 2) {
-        x0 = out[r & ~1];
-        x1 = out[r | 1];
-    }
-    __syncthreads();
-    if (!act) return;
-    float y;
-    if (which < 2) {
-        y = (r & 1) ? x1 : x0;
+    // Before the products (and so before their wait for the previous
+    // kernel): this thread's rotation and cache slot. pos, inv_freq and
+    // first_slot are step inputs copied before the step's first kernel and
+    // tables uploaded at load; no kernel writes them.
+    int lr = threadIdx.x, r = b * per + lr;
+    bool act = lr < per && r < rows;
+    bool rot = false;
+    float c = 1.f, s = 0.f;
+    long long dst = 0;
+    if (act) {
         int p = (r % head_dim) / 2;
-        if (p < n_rot / 2) {
+        rot = which < 2 && p < n_rot / 2;
+        if (rot) {
             double theta = (double)pos[0] * inv_freq[p];
             double sn, cs;
             sincos(theta, &sn, &cs);
-            float c = (float)cs, s = (float)sn;
-            y = (r & 1) ? x0 * s + x1 * c : x0 * c - x1 * s;
-            out[r] = y;
+            c = (float)cs, s = (float)sn;
         }
-        if (which == 0) return;
-    } else {
-        y = out[r];
+        if (which > 0) dst = (long long)first_slot[0] * rows_kv + r;
     }
-    long long dst = (long long)first_slot[0] * rows_kv + r;
+    __shared__ float keep[4 * MV_ROWS];
+    matvec_q_impl<1>(w, ty, rows, cols, xq, xs, 1, out, b, 0, 0.f, 1, pf, keep);
+    __syncthreads();
+    if (!act) return;
+    // A rotated pair (2p, 2p + 1) is two rows of this block.
+    float x0 = keep[lr & ~1], x1 = keep[lr | 1];
+    float y = (r & 1) ? x1 : x0;
+    if (rot) {
+        y = (r & 1) ? x0 * s + x1 * c : x0 * c - x1 * s;
+        out[r] = y;
+    }
+    if (which == 0) return;
     u8* cache = which == 1 ? kc : vc;
     if (f16)
         ((u16*)cache)[dst] = f2h(y);
