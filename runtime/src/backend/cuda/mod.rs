@@ -153,6 +153,15 @@ impl CudaBackend {
         {
             cfg.mq_wide_mi = k;
         }
+        // `TERN_CUDA_MQ_STAGES=2..=4`: cp.async stages of the 4-bit prefill
+        // kernels.
+        if let Some(k) = std::env::var("TERN_CUDA_MQ_STAGES")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|k| (2..=4).contains(k))
+        {
+            cfg.mq_stages = k;
+        }
         // `TERN_CUDA_MQ_WIDE_MINB=1|2` and `TERN_CUDA_MQ_NARROW_MINB=1..=4`:
         // blocks per SM the 4-bit prefill kernels are compiled to fit.
         if let Some(k) = std::env::var("TERN_CUDA_MQ_WIDE_MINB")
