@@ -113,8 +113,23 @@ fn main() {
     // Decode variants: blocks in flight per lane × warps per row (0 = the
     // per-matrix rule, `kernels::mv_ksplit_auto`).
     // `HARNESS_DEFAULT=1`: the default configuration only (one kernel
-    // build, for a profiler run).
-    let variants: Vec<KernelConfig> = if std::env::var_os("HARNESS_DEFAULT").is_some() {
+    // build, for a profiler run); `HARNESS_CONFIGS=u1k0,u2k1,…`: these
+    // (blocks in flight per lane, warps per row) only.
+    let picked: Option<Vec<KernelConfig>> = std::env::var("HARNESS_CONFIGS").ok().map(|v| {
+        v.split(',')
+            .filter_map(|t| {
+                let (u, k) = t.trim().strip_prefix('u')?.split_once('k')?;
+                Some(KernelConfig {
+                    mv_unroll: u.parse().ok()?,
+                    mv_ksplit: k.parse().ok()?,
+                    ..KernelConfig::default()
+                })
+            })
+            .collect()
+    });
+    let variants: Vec<KernelConfig> = if let Some(p) = picked {
+        p
+    } else if std::env::var_os("HARNESS_DEFAULT").is_some() {
         vec![KernelConfig::default()]
     } else {
         [1u32, 2, 4]

@@ -247,15 +247,16 @@ fn mat_vec_row_split_rule_matches_the_measurements() {
     let sms = 132;
     let cases = [
         ((4608, 4096), 1),  // 8B q/k/v
-        ((4096, 4096), 1),  // 8B o
+        ((4096, 4096), 2),  // 8B o
         ((32768, 4096), 1), // 8B gate/up
-        ((4096, 16384), 1), // 8B down
+        ((4096, 16384), 2), // 8B down
         ((73448, 4096), 1), // 8B head
         ((1024, 4096), 2),  // 0.5B down
         ((8192, 1024), 1),  // 0.5B gate/up
         ((576, 1536), 1),   // SmolLM2 down
         ((256, 65536), 4),  // a tiny grid of very long rows
-        ((2048, 65536), 1), // a large row count caps the split
+        ((2048, 65536), 4), // split while the grid fits one wave
+        ((8192, 65536), 1), // a large row count caps the split
     ];
     for ((rows, cols), want) in cases {
         assert_eq!(

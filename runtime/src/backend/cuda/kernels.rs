@@ -161,16 +161,20 @@ impl Default for KernelConfig {
 }
 
 /// Warps per row for a decode mat-vec of `rows` × `cols` on `sms`
-/// multiprocessors: split a row over 2 or 4 warps only when the grid is far
-/// under one wave (≤ 24 warps per multiprocessor after the split) and each
-/// warp keeps ≥ 64 of the row's 32-element blocks. Measured on the H200
+/// multiprocessors: split a row over 2 or 4 warps while the split grid
+/// still fits in one wave (≤ 64 warps per multiprocessor, the resident
+/// limit) and each warp keeps ≥ 64 of the row's 32-element blocks. A grid
+/// of one warp per row that fills under half the warp slots is bound by
+/// the one step each warp has in flight. Measured on the H200
 /// (docs/cuda-kernel-notes.md): the 0.5B's 1024-row down projection split
-/// in two took its tg128 from 1,344 to 1,451 t/s, while splitting the 8B's
-/// 4096-row products (4096 or 16384 columns) gained nothing in the model.
+/// in two took its tg128 from 1,344 to 1,451 t/s; the 8B's 4096-row o and
+/// down projections (0.48 waves unsplit, 29 warps per SM) went from 4.8 to
+/// 4.4 and 14.2 to 11.6 µs split in two, while the larger grids (q/k/v,
+/// gate/up, the head) are faster unsplit.
 pub fn mv_ksplit_auto(rows: usize, cols: usize, sms: usize) -> u32 {
     let nb = cols / 32;
     let mut ks = 1;
-    while ks < 4 && nb / (2 * ks) >= 64 && rows * 2 * ks <= 24 * sms {
+    while ks < 4 && nb / (2 * ks) >= 64 && rows * 2 * ks <= 64 * sms {
         ks *= 2;
     }
     ks as u32
