@@ -536,6 +536,42 @@ fn embed_norm_and_elementwise_match_cpu() {
     }
 }
 
+/// Attention of `batch` queries at slot `prefix` over layer 1 of a cache
+/// holding the file's `k` and `v` rows; `d` = (n_head, n_head_kv,
+/// head_dim, n_ctx, prefix, batch).
+fn attend<B: Backend>(
+    b: &B,
+    f: &Arc<GgufFile>,
+    d: (usize, usize, usize, usize, usize, usize),
+    ty: KvType,
+) -> Vec<f32> {
+    let (nh, nkv, hd, n_ctx, prefix, batch) = d;
+    let total = prefix + batch;
+    let mut kv = b
+        .alloc_kv(&KvSpec {
+            n_layer: 2,
+            n_ctx,
+            n_head_kv: nkv,
+            head_dim: hd,
+            ty,
+        })
+        .unwrap();
+    let k = input(b, f, "k", total, nkv * hd);
+    let v = input(b, f, "v", total, nkv * hd);
+    b.kv_write(&mut kv, 1, 0, &k, &v).unwrap();
+    let q = input(b, f, "q", batch, nh * hd);
+    let p = AttnParams {
+        n_head: nh,
+        n_head_kv: nkv,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+        visibility: Visibility::Causal,
+    };
+    let mut o = b.alloc(batch, nh * hd).unwrap();
+    b.attention(&q, &kv, 1, prefix, &p, &mut o).unwrap();
+    read(b, &o)
+}
+
 #[test]
 fn attention_prefill_and_decode_match_cpu() {
     let Some(g) = gpu() else { return };
@@ -564,41 +600,9 @@ fn attention_prefill_and_decode_match_cpu() {
                 ("v", GgmlType::F32, total, w, rng.vec(total * w)),
                 ("q", GgmlType::F32, batch, nh * hd, rng.vec(batch * nh * hd)),
             ]);
-            fn run<B: Backend>(
-                b: &B,
-                f: &Arc<GgufFile>,
-                d: (usize, usize, usize, usize, usize, usize),
-                ty: KvType,
-            ) -> Vec<f32> {
-                let (nh, nkv, hd, n_ctx, prefix, batch) = d;
-                let total = prefix + batch;
-                let mut kv = b
-                    .alloc_kv(&KvSpec {
-                        n_layer: 2,
-                        n_ctx,
-                        n_head_kv: nkv,
-                        head_dim: hd,
-                        ty,
-                    })
-                    .unwrap();
-                let k = input(b, f, "k", total, nkv * hd);
-                let v = input(b, f, "v", total, nkv * hd);
-                b.kv_write(&mut kv, 1, 0, &k, &v).unwrap();
-                let q = input(b, f, "q", batch, nh * hd);
-                let p = AttnParams {
-                    n_head: nh,
-                    n_head_kv: nkv,
-                    head_dim: hd,
-                    scale: 1.0 / (hd as f32).sqrt(),
-                    visibility: Visibility::Causal,
-                };
-                let mut o = b.alloc(batch, nh * hd).unwrap();
-                b.attention(&q, &kv, 1, prefix, &p, &mut o).unwrap();
-                read(b, &o)
-            }
             let d = (nh, nkv, hd, n_ctx, prefix, batch);
-            let want = run(&cpu, &f, d, kv_ty);
-            let got = run(&g, &f, d, kv_ty);
+            let want = attend(&cpu, &f, d, kv_ty);
+            let got = attend(&g, &f, d, kv_ty);
             check(&format!("attention {d:?} {kv_ty:?}"), &got, &want, 5e-4);
         }
     }
@@ -645,47 +649,9 @@ fn decode_attention_on_tensor_cores_matches_cpu() {
             ("q", GgmlType::F32, batch, nh * hd, rng.vec(batch * nh * hd)),
         ]);
         let d = (nh, nkv, hd, n_ctx, prefix, batch);
-        let run = |b: &dyn Fn(&KvSpec, &Arc<GgufFile>) -> Vec<f32>| {
-            b(
-                &KvSpec {
-                    n_layer: 1,
-                    n_ctx,
-                    n_head_kv: nkv,
-                    head_dim: hd,
-                    ty: KvType::F16,
-                },
-                &f,
-            )
-        };
-        fn attend<B: Backend>(
-            b: &B,
-            spec: &KvSpec,
-            f: &Arc<GgufFile>,
-            nh: usize,
-            prefix: usize,
-            batch: usize,
-        ) -> Vec<f32> {
-            let (nkv, hd) = (spec.n_head_kv, spec.head_dim);
-            let total = prefix + batch;
-            let mut kv = b.alloc_kv(spec).unwrap();
-            let k = input(b, f, "k", total, nkv * hd);
-            let v = input(b, f, "v", total, nkv * hd);
-            b.kv_write(&mut kv, 0, 0, &k, &v).unwrap();
-            let q = input(b, f, "q", batch, nh * hd);
-            let p = AttnParams {
-                n_head: nh,
-                n_head_kv: nkv,
-                head_dim: hd,
-                scale: 1.0 / (hd as f32).sqrt(),
-                visibility: Visibility::Causal,
-            };
-            let mut o = b.alloc(batch, nh * hd).unwrap();
-            b.attention(&q, &kv, 0, prefix, &p, &mut o).unwrap();
-            read(b, &o)
-        }
-        let want = run(&|s, f| attend(&cpu, s, f, nh, prefix, batch));
-        let got = run(&|s, f| attend(&mma, s, f, nh, prefix, batch));
-        let old = run(&|s, f| attend(&scalar, s, f, nh, prefix, batch));
+        let want = attend(&cpu, &f, d, KvType::F16);
+        let got = attend(&mma, &f, d, KvType::F16);
+        let old = attend(&scalar, &f, d, KvType::F16);
         check(
             &format!("decode attention, tensor cores {d:?}"),
             &got,

@@ -135,82 +135,55 @@ impl CudaBackend {
     /// no NVRTC; never panics.
     pub fn open(ordinal: usize) -> Result<CudaBackend> {
         let mut cfg = kernels::KernelConfig::default();
-        // Experiments: `TERN_CUDA_MV_UNROLL=1..=4` blocks in flight per lane
-        // of the decode mat-vec.
-        if let Some(u) = std::env::var("TERN_CUDA_MV_UNROLL")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-            .filter(|u| (1..=4).contains(u))
-        {
-            cfg.mv_unroll = u;
-        }
-        // `TERN_CUDA_MQ_WIDE_MI=1|2`: row tiles per warp of the 128-token
-        // prefill kernel.
-        if let Some(k) = std::env::var("TERN_CUDA_MQ_WIDE_MI")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-            .filter(|k| [1, 2].contains(k))
-        {
-            cfg.mq_wide_mi = k;
-        }
-        // `TERN_CUDA_MQ_STAGES=2..=4`: cp.async stages of the 4-bit prefill
-        // kernels.
-        if let Some(k) = std::env::var("TERN_CUDA_MQ_STAGES")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-            .filter(|k| (2..=4).contains(k))
-        {
-            cfg.mq_stages = k;
-        }
-        // `TERN_CUDA_MQ_WIDE_MINB=1|2` and `TERN_CUDA_MQ_NARROW_MINB=1..=4`:
-        // blocks per SM the 4-bit prefill kernels are compiled to fit.
-        if let Some(k) = std::env::var("TERN_CUDA_MQ_WIDE_MINB")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-            .filter(|k| [1, 2].contains(k))
-        {
-            cfg.mq_wide_min_blocks = k;
-        }
-        if let Some(k) = std::env::var("TERN_CUDA_MQ_NARROW_MINB")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-            .filter(|k| (1..=4).contains(k))
-        {
-            cfg.mq_narrow_min_blocks = k;
-        }
-        // `TERN_CUDA_MV_PREFETCH=0..=3`: weight reads of the decode
-        // mat-vecs before the dependent-launch wait, and
-        // `TERN_CUDA_MV_PREFETCH_MAX_KIB=N` the largest launch (weights in
-        // KiB) that makes them.
-        if let Some(k) = std::env::var("TERN_CUDA_MV_PREFETCH")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-            .filter(|k| *k <= 3)
-        {
-            cfg.mv_prefetch = k;
-        }
-        if let Some(k) = std::env::var("TERN_CUDA_MV_PREFETCH_MAX_KIB")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-        {
-            cfg.mv_prefetch_max_kib = k;
-        }
-        // `TERN_CUDA_ATTN_MMA=0|1|2`: decode attention on the tensor cores
-        // never, for long caches, always.
-        if let Some(k) = std::env::var("TERN_CUDA_ATTN_MMA")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-            .filter(|k| *k <= 2)
-        {
-            cfg.attn_mma = k;
-        }
-        // `TERN_CUDA_MV_KSPLIT=1|2|4`: warps per mat-vec row, fixed.
-        if let Some(k) = std::env::var("TERN_CUDA_MV_KSPLIT")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-            .filter(|k| [1, 2, 4].contains(k))
-        {
-            cfg.mv_ksplit = k;
+        // Experiment knobs: variable, field, accepted values (a value out of
+        // range is ignored).
+        type Knob<'a> = (&'static str, &'a mut u32, fn(u32) -> bool);
+        let knobs: [Knob; 9] = [
+            // Blocks in flight per lane of the decode mat-vec.
+            ("TERN_CUDA_MV_UNROLL", &mut cfg.mv_unroll, |k| {
+                (1..=4).contains(&k)
+            }),
+            // Row tiles per warp of the 128-token prefill kernel.
+            ("TERN_CUDA_MQ_WIDE_MI", &mut cfg.mq_wide_mi, |k| {
+                [1, 2].contains(&k)
+            }),
+            // cp.async stages of the 4-bit prefill kernels.
+            ("TERN_CUDA_MQ_STAGES", &mut cfg.mq_stages, |k| {
+                (2..=4).contains(&k)
+            }),
+            // Blocks per SM the 4-bit prefill kernels are compiled to fit.
+            ("TERN_CUDA_MQ_WIDE_MINB", &mut cfg.mq_wide_min_blocks, |k| {
+                [1, 2].contains(&k)
+            }),
+            (
+                "TERN_CUDA_MQ_NARROW_MINB",
+                &mut cfg.mq_narrow_min_blocks,
+                |k| (1..=4).contains(&k),
+            ),
+            // Weight reads of the decode mat-vecs before the dependent-launch
+            // wait, and the largest launch (weights in KiB) that makes the
+            // L2 prefetch.
+            ("TERN_CUDA_MV_PREFETCH", &mut cfg.mv_prefetch, |k| k <= 3),
+            (
+                "TERN_CUDA_MV_PREFETCH_MAX_KIB",
+                &mut cfg.mv_prefetch_max_kib,
+                |_| true,
+            ),
+            // Decode attention on the tensor cores: never, long caches, always.
+            ("TERN_CUDA_ATTN_MMA", &mut cfg.attn_mma, |k| k <= 2),
+            // Warps per mat-vec row, fixed.
+            ("TERN_CUDA_MV_KSPLIT", &mut cfg.mv_ksplit, |k| {
+                [1, 2, 4].contains(&k)
+            }),
+        ];
+        for (name, field, ok) in knobs {
+            if let Some(k) = std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+                .filter(|&k| ok(k))
+            {
+                *field = k;
+            }
         }
         CudaBackend::open_with(ordinal, &cfg)
     }

@@ -409,6 +409,57 @@ extern "C" __global__ void __launch_bounds__(128) attn_decode_gqa(
 #define AP_Q 64
 #define AP_K 64
 
+// One key tile of the base-2 online softmax for the two query rows a lane
+// holds in mma C fragments (rows g and g + 8; `s` are the S fragments of J
+// n8 key tiles, masked keys already -inf): updates the rows' running max
+// `mx` and sum `sum` (reduced over the lane's quad), rescales O, and packs P
+// into the A fragments of the P·V steps (two n8 key tiles per k16 step: the
+// C layout of two n8 tiles is the A layout of one k16 step).
+template <int J, int HD>
+__device__ __forceinline__ void softmax_tile(float (&s)[J][4], float (&mx)[2], float (&sum)[2],
+                                             float (&o)[HD / 8][4], u32 (&pf)[J / 2][4]) {
+    float tmax[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+    for (int j = 0; j < J; j++)
+#pragma unroll
+        for (int k = 0; k < 4; k++) tmax[k / 2] = fmaxf(tmax[k / 2], s[j][k]);
+    float corr[2], mnew[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 1));
+        tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 2));
+        mnew[r] = fmaxf(mx[r], tmax[r]);
+        // A row with no unmasked key yet keeps max -inf: use 0 so the
+        // exponentials below give 0, not NaN (its sum stays 0).
+        if (mnew[r] == NEG_INF) mnew[r] = 0.f;
+        corr[r] = exp2f(mx[r] - mnew[r]);
+        mx[r] = mnew[r];
+    }
+    float tsum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int j = 0; j < J; j++) {
+        float p0 = exp2f(s[j][0] - mnew[0]), p1 = exp2f(s[j][1] - mnew[0]);
+        float p2 = exp2f(s[j][2] - mnew[1]), p3 = exp2f(s[j][3] - mnew[1]);
+        tsum[0] += p0 + p1;
+        tsum[1] += p2 + p3;
+        pf[j / 2][(j % 2) * 2] = (u32)f2h(p0) | ((u32)f2h(p1) << 16);
+        pf[j / 2][(j % 2) * 2 + 1] = (u32)f2h(p2) | ((u32)f2h(p3) << 16);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        tsum[r] += __shfl_xor_sync(0xffffffffu, tsum[r], 1);
+        tsum[r] += __shfl_xor_sync(0xffffffffu, tsum[r], 2);
+        sum[r] = sum[r] * corr[r] + tsum[r];
+    }
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++) {
+        o[i][0] *= corr[0];
+        o[i][1] *= corr[0];
+        o[i][2] *= corr[1];
+        o[i][3] *= corr[1];
+    }
+}
+
 template <int HD>
 __device__ __forceinline__ void attn_prefill_body(u16* outh, const float* q, const u16* kc, const u16* vc,
                                                   const u32* first_slot, int n_head, int n_head_kv,
@@ -493,54 +544,17 @@ __device__ __forceinline__ void attn_prefill_body(u16* outh, const float* q, con
             }
         }
         // Mask, then the online softmax of rows g (k = 0, 1) and g + 8 (2, 3).
-        float tmax[2] = {NEG_INF, NEG_INF};
+        // Mask keys past each row's slot, then the online softmax.
 #pragma unroll
         for (int j = 0; j < AP_K / 8; j++) {
 #pragma unroll
             for (int k = 0; k < 4; k++) {
                 long long key = (long long)kt * AP_K + j * 8 + q4 * 2 + (k % 2);
                 if (key > (k < 2 ? vis0 : vis1)) s[j][k] = NEG_INF;
-                tmax[k / 2] = fmaxf(tmax[k / 2], s[j][k]);
             }
         }
-        float corr[2], mnew[2];
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 1));
-            tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 2));
-            mnew[r] = fmaxf(mx[r], tmax[r]);
-            // A row with nothing visible yet keeps max -inf: use 0 so the
-            // exponentials below give 0, not NaN.
-            if (mnew[r] == NEG_INF) mnew[r] = 0.f;
-            corr[r] = exp2f(mx[r] - mnew[r]);
-            mx[r] = mnew[r];
-        }
-        float tsum[2] = {0.f, 0.f};
         u32 pf[AP_K / 16][4];
-#pragma unroll
-        for (int j = 0; j < AP_K / 8; j++) {
-            float p0 = exp2f(s[j][0] - mnew[0]), p1 = exp2f(s[j][1] - mnew[0]);
-            float p2 = exp2f(s[j][2] - mnew[1]), p3 = exp2f(s[j][3] - mnew[1]);
-            tsum[0] += p0 + p1;
-            tsum[1] += p2 + p3;
-            u32 lo = (u32)f2h(p0) | ((u32)f2h(p1) << 16);
-            u32 hi = (u32)f2h(p2) | ((u32)f2h(p3) << 16);
-            pf[j / 2][(j % 2) * 2] = lo;
-            pf[j / 2][(j % 2) * 2 + 1] = hi;
-        }
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            tsum[r] += __shfl_xor_sync(0xffffffffu, tsum[r], 1);
-            tsum[r] += __shfl_xor_sync(0xffffffffu, tsum[r], 2);
-            sum[r] = sum[r] * corr[r] + tsum[r];
-        }
-#pragma unroll
-        for (int i = 0; i < HD / 8; i++) {
-            o[i][0] *= corr[0];
-            o[i][1] *= corr[0];
-            o[i][2] *= corr[1];
-            o[i][3] *= corr[1];
-        }
+        softmax_tile<AP_K / 8, HD>(s, mx, sum, o, pf);
         // O += P·V: k = keys (4 steps of 16), n = head dims (HD / 8 tiles).
 #pragma unroll
         for (int kk = 0; kk < AP_K / 16; kk++) {
@@ -683,62 +697,27 @@ __device__ __forceinline__ void attn_decode_mma_body(const float* q, const u16* 
             mma_16816(sc[0], qf[kk], b);
             mma_16816(sc[1], qf[kk], b + 2);
         }
-        float tmax[2] = {NEG_INF, NEG_INF};
+        // Mask keys past the split's end (they come after this warp's
+        // valid ones, so a warp whose max stays -inf has no keys at all and
+        // keeps sum 0, which the merge below reads as "no keys").
 #pragma unroll
         for (int j = 0; j < 2; j++) {
 #pragma unroll
             for (int k = 0; k < 4; k++) {
                 long long key = k0 + (long long)kt * AP_K + warp * 16 + j * 8 + q4 * 2 + (k % 2);
                 if (key >= k1) sc[j][k] = NEG_INF;
-                tmax[k / 2] = fmaxf(tmax[k / 2], sc[j][k]);
             }
         }
-        float corr[2], mnew[2];
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 1));
-            tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 2));
-            mnew[r] = fmaxf(mx[r], tmax[r]);
-            // Keys past the split's end only come after this warp's valid
-            // ones, so -inf here means the warp has none at all: use 0 so
-            // the exponentials give 0, not NaN (its sum stays 0, which the
-            // merge below reads as "no keys").
-            if (mnew[r] == NEG_INF) mnew[r] = 0.f;
-            corr[r] = exp2f(mx[r] - mnew[r]);
-            mx[r] = mnew[r];
-        }
-        float tsum[2] = {0.f, 0.f};
-        u32 pf[4];
-#pragma unroll
-        for (int j = 0; j < 2; j++) {
-            float p0 = exp2f(sc[j][0] - mnew[0]), p1 = exp2f(sc[j][1] - mnew[0]);
-            float p2 = exp2f(sc[j][2] - mnew[1]), p3 = exp2f(sc[j][3] - mnew[1]);
-            tsum[0] += p0 + p1;
-            tsum[1] += p2 + p3;
-            pf[j * 2] = (u32)f2h(p0) | ((u32)f2h(p1) << 16);
-            pf[j * 2 + 1] = (u32)f2h(p2) | ((u32)f2h(p3) << 16);
-        }
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            tsum[r] += __shfl_xor_sync(0xffffffffu, tsum[r], 1);
-            tsum[r] += __shfl_xor_sync(0xffffffffu, tsum[r], 2);
-            sum[r] = sum[r] * corr[r] + tsum[r];
-        }
-#pragma unroll
-        for (int i = 0; i < HD / 8; i++) {
-            o[i][0] *= corr[0];
-            o[i][1] *= corr[0];
-            o[i][2] *= corr[1];
-            o[i][3] *= corr[1];
-        }
+        u32 pf[1][4];
+        softmax_tile<2, HD>(sc, mx, sum, o, pf);
         // O += P·V: k = this warp's 16 keys, n = head dims (HD / 8 tiles).
 #pragma unroll
         for (int dp = 0; dp < HD / 16; dp++) {
             u32 b[4];
             int key = warp * 16 + (lane / 8 % 2) * 8 + lane % 8;
             ldsm_x4_t(b, v_s + key * LD + dp * 16 + (lane / 16) * 8);
-            mma_16816(o[2 * dp], pf, b);
-            mma_16816(o[2 * dp + 1], pf, b + 2);
+            mma_16816(o[2 * dp], pf[0], b);
+            mma_16816(o[2 * dp + 1], pf[0], b + 2);
         }
         __syncthreads();
     }
