@@ -67,9 +67,12 @@ const WEIGHTS_BEFORE_WAIT: [&str; 4] = [
 /// What each kernel may index before its wait: the norm's weight in
 /// `rms_norm_q`; in `matvec_qkv_rope`, before it calls `matvec_q_impl`, the
 /// step inputs and RoPE table (copied before the step's first kernel or at
-/// load, never written by a kernel) and its own shared array.
-const EARLY_READS: [(&str, &[&str]); 2] = [
+/// load, never written by a kernel) and its own shared array; the decode
+/// attention's first slot (a step input).
+const EARLY_READS: [(&str, &[&str]); 4] = [
     ("rms_norm_q", &["w"]),
+    ("attn_decode_mma_64", &["first_slot"]),
+    ("attn_decode_mma_128", &["first_slot"]),
     (
         "matvec_qkv_rope",
         &["pos", "inv_freq", "first_slot", "keep"],
@@ -194,6 +197,24 @@ fn every_kernel_compiles_for_every_target_arch() {
             t.elapsed().as_secs_f64()
         );
     }
+}
+
+/// The timeline diagnostic (`TERN_CUDA_TIMELINE`) rebuilds every kernel
+/// with its records compiled in; that build must compile as well.
+#[test]
+fn the_timeline_build_compiles() {
+    if kernels::nvrtc_version().is_err() && !required() {
+        eprintln!("skipped: no NVRTC");
+        return;
+    }
+    let cfg = kernels::KernelConfig {
+        timeline: 0x7f00_0000_0000,
+        ..Default::default()
+    };
+    let src = kernels::source_with(&cfg);
+    assert!(src.contains("#define TERN_TL 0x7f0000000000ull"));
+    let cubin = kernels::compile_cubin(&src, 90).unwrap_or_else(|e| panic!("timeline build: {e}"));
+    assert!(cubin > 0);
 }
 
 #[test]

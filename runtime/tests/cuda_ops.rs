@@ -569,7 +569,16 @@ fn attend<B: Backend>(
     };
     let mut o = b.alloc(batch, nh * hd).unwrap();
     b.attention(&q, &kv, 1, prefix, &p, &mut o).unwrap();
-    read(b, &o)
+    let mut got = read(b, &o);
+    // With a projection "wo" in the file: its product with the output too
+    // (on the GPU a decode mat-vec takes the 8-bit copy the attention left).
+    if let Some(t) = f.tensor("wo") {
+        let w = b.load_weight(f, t, Op::MatMul).unwrap();
+        let mut y = b.alloc(batch, t.dims[1] as usize).unwrap();
+        b.matmul(&o, &w, &mut y).unwrap();
+        got.extend(read(b, &y));
+    }
+    got
 }
 
 #[test]
@@ -630,7 +639,17 @@ fn decode_attention_on_tensor_cores_matches_cpu() {
     }) else {
         return;
     };
+    // Every cache as one split per KV head: the kernel writes the finished
+    // output and its 8-bit copy, and no merge runs.
+    let Some(one) = gpu_with(&KernelConfig {
+        attn_mma: 2,
+        attn_one_split: u32::MAX,
+        ..KernelConfig::default()
+    }) else {
+        return;
+    };
     let mut rng = Rng(0xa77e);
+    let mut one_split_differs = false;
     // (n_head, n_head_kv, head_dim, n_ctx, prefix, batch)
     for &(nh, nkv, hd, n_ctx, prefix, batch) in &[
         (32usize, 2usize, 128usize, 8192usize, 3000usize, 1usize),
@@ -647,11 +666,22 @@ fn decode_attention_on_tensor_cores_matches_cpu() {
             ("k", GgmlType::F32, total, w, rng.vec(total * w)),
             ("v", GgmlType::F32, total, w, rng.vec(total * w)),
             ("q", GgmlType::F32, batch, nh * hd, rng.vec(batch * nh * hd)),
+            ("wo", GgmlType::Q8_0, 96, nh * hd, rng.vec(96 * nh * hd)),
         ]);
         let d = (nh, nkv, hd, n_ctx, prefix, batch);
         let want = attend(&cpu, &f, d, KvType::F16);
         let got = attend(&mma, &f, d, KvType::F16);
         let old = attend(&scalar, &f, d, KvType::F16);
+        let single = attend(&one, &f, d, KvType::F16);
+        check(
+            &format!("decode attention, tensor cores, one split {d:?}"),
+            &single,
+            &want,
+            5e-4,
+        );
+        // A cache seen by one split anyway (a short prefix) can give the
+        // same bits both ways; the long ones must not.
+        one_split_differs |= single != got;
         check(
             &format!("decode attention, tensor cores {d:?}"),
             &got,
@@ -666,6 +696,7 @@ fn decode_attention_on_tensor_cores_matches_cpu() {
         );
         assert!(got != old, "{d:?}: the tensor-core kernel did not run");
     }
+    assert!(one_split_differs, "the one-split form did not run");
 }
 
 #[test]

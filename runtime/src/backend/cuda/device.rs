@@ -57,6 +57,70 @@ pub(super) struct Gpu {
     /// `TERN_CUDA_PROFILE=1`: every eager launch is timed with a pair of
     /// events (name and grid, start, end), reported by [`Gpu::profile_report`].
     pub prof: Option<std::sync::Mutex<Vec<TimedLaunch>>>,
+    /// `TERN_CUDA_TIMELINE=path`: the kernels are built to time themselves
+    /// on the device (common.cuh, `TERN_TL`); see [`Timeline`].
+    pub tl: Option<Timeline>,
+}
+
+/// Records of when block 0 of every kernel arrived and when its wait for
+/// the previous kernel returned, on the device's global timer, graph
+/// replays included (a diagnostic: `TERN_CUDA_TIMELINE=path`
+/// writes them, one launch a line, when the backend closes; see
+/// `scripts/device/timeline.py`). The host keeps the launches' kernel
+/// names in the same order, the captured graph's once per replay.
+pub(super) struct Timeline {
+    pub buf: DevBuf,
+    path: std::path::PathBuf,
+    /// Kernel handle → name, set once the kernels load.
+    pub names: std::sync::OnceLock<Vec<(usize, &'static str)>>,
+    /// One label per launch, in launch order.
+    pub order: std::sync::Mutex<Vec<String>>,
+}
+
+/// Records the device buffer holds, and words per record (common.cuh's
+/// `TL_CAP`, 4).
+const TL_CAP: usize = 1 << 20;
+const TL_WORDS: usize = 4;
+
+impl Timeline {
+    fn label(&self, f: sys::CUfunction, grid: (u32, u32, u32), block: u32) -> String {
+        let name = self
+            .names
+            .get()
+            .and_then(|n| n.iter().find(|(p, _)| *p == f as usize))
+            .map_or("?", |(_, n)| n);
+        format!("{name} {}x{}x{} {block}", grid.0, grid.1, grid.2)
+    }
+
+    /// Write the records as text: `label t_pre t_wait` (ns).
+    pub fn dump(&self, gpu: &Gpu) -> Result<()> {
+        gpu.sync("timeline")?;
+        let mut raw = vec![0u64; TL_WORDS * (TL_CAP + 1)];
+        self.buf.download(gpu, &mut raw)?;
+        let n = (raw[0] as usize).min(TL_CAP);
+        let order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        for i in 0..n {
+            let r = &raw[TL_WORDS * (i + 1)..TL_WORDS * (i + 2)];
+            let label = order.get(i).map_or("?", |s| s.as_str());
+            out.push_str(&format!("{label}\t{}\t{}\n", r[0], r[1]));
+        }
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, out)
+            .and_then(|_| std::fs::rename(&tmp, &self.path))
+            .map_err(|e| Error::Gpu {
+                op: "timeline".into(),
+                msg: format!("{}: {e}", self.path.display()),
+            })?;
+        if order.len() != raw[0] as usize {
+            log::warn!(
+                "cuda timeline: {} launches named, {} recorded",
+                order.len(),
+                raw[0]
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Gpu {
@@ -95,7 +159,7 @@ impl Gpu {
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_or(1, |n| n.max(1) as usize);
         let pdl = cc.0 >= 9 && std::env::var_os("TERN_CUDA_PDL").is_none_or(|v| v != "0");
-        Ok(Gpu {
+        let mut gpu = Gpu {
             ctx,
             stream,
             cc,
@@ -104,7 +168,19 @@ impl Gpu {
             sm_count,
             pdl,
             prof: profiling().then(|| std::sync::Mutex::new(Vec::new())),
-        })
+            tl: None,
+        };
+        if let Some(path) = std::env::var_os("TERN_CUDA_TIMELINE") {
+            let buf = DevBuf::new(&gpu, 8 * TL_WORDS * (TL_CAP + 1), "timeline")?;
+            buf.zero(&gpu)?;
+            gpu.tl = Some(Timeline {
+                buf,
+                path: path.into(),
+                names: std::sync::OnceLock::new(),
+                order: std::sync::Mutex::new(Vec::new()),
+            });
+        }
+        Ok(gpu)
     }
 
     pub fn cu_stream(&self) -> sys::CUstream {
@@ -269,6 +345,13 @@ pub(super) fn launch_smem(
         return Ok(());
     }
     let mut ptrs: Vec<*mut c_void> = args.iter_mut().map(Arg::as_void).collect();
+    if let Some(t) = gpu.tl.as_ref() {
+        let label = t.label(f, grid, block);
+        t.order
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(label);
+    }
     let timed = gpu
         .prof
         .as_ref()

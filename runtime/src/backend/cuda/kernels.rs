@@ -77,10 +77,11 @@ pub fn dynamic_smem(cfg: &KernelConfig, name: &str) -> u32 {
         }
         "attn_prefill_64" => 5 * 64 * (64 + 8) * 2,
         "attn_prefill_128" => 5 * 64 * (128 + 8) * 2,
-        // A 16-row query tile and two stages of 64 keys and 64 values; the
-        // final merge of the 4 warps reuses the key/value stages.
-        "attn_decode_mma_64" => (16 + 4 * 64) * (64 + 8) * 2,
-        "attn_decode_mma_128" => (16 + 4 * 64) * (128 + 8) * 2,
+        // A 16-row query tile and AD_STAGES (4 for head size 64, 2 for
+        // 128) stages of 64 keys and 64 values; the final merge of the 4
+        // warps reuses the key/value stages.
+        "attn_decode_mma_64" => (16 + 2 * 4 * 64) * (64 + 8) * 2,
+        "attn_decode_mma_128" => (16 + 2 * 2 * 64) * (128 + 8) * 2,
         _ => 0,
     }
 }
@@ -140,6 +141,15 @@ pub struct KernelConfig {
     /// (docs/cuda-kernel-notes.md): 8B tg64 at depth 32768 188 → 381 t/s;
     /// 2 over 1 at short caches: SmolLM2 +7–10 %, 0.5B +6–8 %, 8B +1 %.
     pub attn_mma: u32,
+    /// Decode attention on the tensor cores over a cache of at most this
+    /// many slots runs as one key split per KV head and writes the finished
+    /// output and its 8-bit copy itself (no `attn_combine`); larger caches
+    /// split. Chosen on the host.
+    pub attn_one_split: u32,
+    /// Device address of the timeline buffer, defined into the source as
+    /// `TERN_TL` when non-zero (a diagnostic, `TERN_CUDA_TIMELINE`; set by
+    /// the backend, never by hand).
+    pub timeline: u64,
 }
 
 impl Default for KernelConfig {
@@ -156,6 +166,8 @@ impl Default for KernelConfig {
             mv_prefetch: 2,
             mv_prefetch_max_kib: 8192,
             attn_mma: 2,
+            attn_one_split: 0,
+            timeline: 0,
         }
     }
 }
@@ -198,6 +210,9 @@ pub fn source_with(cfg: &KernelConfig) -> String {
         cfg.mq_wide_min_blocks,
         cfg.mv_prefetch
     );
+    if cfg.timeline != 0 {
+        s.push_str(&format!("#define TERN_TL {:#x}ull\n", cfg.timeline));
+    }
     for (name, text) in SOURCES {
         s.push_str(&format!("// ---- {name} ----\n"));
         s.push_str(text);

@@ -138,7 +138,11 @@ impl CudaBackend {
         // Experiment knobs: variable, field, accepted values (a value out of
         // range is ignored).
         type Knob<'a> = (&'static str, &'a mut u32, fn(u32) -> bool);
-        let knobs: [Knob; 9] = [
+        let knobs: [Knob; 10] = [
+            // Largest cache whose tensor-core decode attention is one split.
+            ("TERN_CUDA_ATTN_ONE_SPLIT", &mut cfg.attn_one_split, |_| {
+                true
+            }),
             // Blocks in flight per lane of the decode mat-vec.
             ("TERN_CUDA_MV_UNROLL", &mut cfg.mv_unroll, |k| {
                 (1..=4).contains(&k)
@@ -207,7 +211,18 @@ impl CudaBackend {
             });
         }
         let gpu = Gpu::open(ordinal)?;
+        let mut cfg = *cfg;
+        cfg.timeline = gpu.tl.as_ref().map_or(0, |t| t.buf.ptr);
+        let cfg = &cfg;
         let k = kernels::Kernels::load(&gpu, cfg)?;
+        if let Some(t) = gpu.tl.as_ref() {
+            let _ = t.names.set(
+                kernels::KERNEL_NAMES
+                    .iter()
+                    .map(|&n| (k.get(n) as usize, n))
+                    .collect(),
+            );
+        }
         let staging = Staging::new(&gpu)?;
         log::info!(
             "cuda: {} (sm_{}{}, {:.1} GiB)",
@@ -412,6 +427,9 @@ struct StepGraph {
     exec: sys::CUgraphExec,
     graph: sys::CUgraph,
     log: Vec<(usize, Staged, Vec<u32>)>,
+    /// The captured launches' timeline labels (empty unless
+    /// `TERN_CUDA_TIMELINE` is set), repeated on each replay.
+    labels: Vec<String>,
 }
 
 // SAFETY: the graph handles are only used under the backend's step lock.
@@ -421,6 +439,11 @@ impl Drop for Shared {
     fn drop(&mut self) {
         if let Some(r) = self.gpu.profile_report() {
             eprint!("{r}");
+        }
+        if let Some(t) = self.gpu.tl.as_ref() {
+            if let Err(e) = t.dump(&self.gpu) {
+                log::warn!("cuda timeline not written: {e}");
+            }
         }
     }
 }
@@ -1626,7 +1649,14 @@ impl Backend for CudaBackend {
             && p.head_dim.is_multiple_of(4)
             && group * p.head_dim <= 2048
             && spec.n_ctx > 64;
-        let (chunk, n_split) = if q.rows <= MATVEC_MAX_ROWS {
+        let (chunk, n_split) = if q.rows <= MATVEC_MAX_ROWS
+            && mma_kernel.is_some()
+            && spec.n_ctx <= self.sh.cfg.attn_one_split as usize
+        {
+            // A short cache on the tensor cores: one block per KV head
+            // walks it all and writes the finished output (no merge).
+            (spec.n_ctx, 1)
+        } else if q.rows <= MATVEC_MAX_ROWS {
             // About attn_blocks() blocks per token, keys at least 64 per block.
             let target = attn_blocks();
             let per_split = if gqa || mma_kernel.is_some() {
@@ -1640,6 +1670,7 @@ impl Backend for CudaBackend {
         } else {
             (spec.n_ctx, 1)
         };
+        let one_split_mma = mma_kernel.is_some() && n_split == 1;
         let gqa = (gqa || mma_kernel.is_some()) && n_split > 1;
         if n_split > 4096 {
             // attn_combine's COMBINE_MAXS; attn_blocks() keeps below it.
@@ -1665,7 +1696,9 @@ impl Backend for CudaBackend {
         };
         // Decode: the merge also leaves the output's 8-bit quantization for
         // the output projection.
-        let (xq, xs) = if n_split > 1 && q.rows <= MATVEC_MAX_ROWS && p.head_dim.is_multiple_of(32)
+        let (xq, xs) = if (n_split > 1 || one_split_mma)
+            && q.rows <= MATVEC_MAX_ROWS
+            && p.head_dim.is_multiple_of(32)
         {
             let r = self.qscratch(&mut m, out.rows * out.cols / 32)?;
             m.qmemo = Some((out.buf.ptr, out.rows, out.cols));
@@ -1676,7 +1709,13 @@ impl Backend for CudaBackend {
         drop(m);
         let g = self.gpu()?;
         let (kc, vc) = &kv.layers[layer];
-        if let (true, Some(kernel)) = (gqa, mma_kernel) {
+        if let (true, Some(kernel)) = (gqa || one_split_mma, mma_kernel) {
+            // One split: the kernel writes `out` (and its 8-bit copy) itself.
+            let (po, pml) = if one_split_mma {
+                (out.buf.ptr, 0)
+            } else {
+                (po, pml)
+            };
             launch_smem(
                 g,
                 self.f(kernel),
@@ -1696,6 +1735,8 @@ impl Backend for CudaBackend {
                     Arg::I32(n_split as i32),
                     Arg::Ptr(po),
                     Arg::Ptr(pml),
+                    Arg::Ptr(xq),
+                    Arg::Ptr(xs),
                 ],
             )?;
         } else if gqa {
@@ -1952,6 +1993,9 @@ impl CudaBackend {
         // Capture this step, then replay it.
         kv.graph = None;
         self.lock().capture_log = Some(Vec::new());
+        let tl_mark =
+            g.tl.as_ref()
+                .map_or(0, |t| t.order.lock().map_or(0, |o| o.len()));
         let stream = g.cu_stream();
         // SAFETY: the stream is ours and idle; capture mode "relaxed" lets
         // other threads use the driver meanwhile.
@@ -2005,12 +2049,22 @@ impl CudaBackend {
             shape.0,
             log.len()
         );
+        // The capture's launches did not run: their labels move to the graph.
+        let labels = g.tl.as_ref().map_or(Vec::new(), |t| {
+            let mut o = t.order.lock().unwrap_or_else(|e| e.into_inner());
+            let at = tl_mark.min(o.len());
+            o.split_off(at)
+                .into_iter()
+                .map(|l| format!("g {l}"))
+                .collect()
+        });
         kv.graph = Some(StepGraph {
             shape,
             epoch,
             exec,
             graph,
             log,
+            labels,
         });
         self.replay(kv, inputs)
     }
@@ -2058,6 +2112,12 @@ impl CudaBackend {
         m.staging.cursor = m.staging.cursor.max(end);
         drop(m);
         let g = self.gpu()?;
+        if let Some(t) = g.tl.as_ref() {
+            t.order
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(gr.labels.iter().cloned());
+        }
         // SAFETY: the exec graph is live; the stream is ours.
         unsafe { sys::cuGraphLaunch(gr.exec, g.cu_stream()) }
             .result()

@@ -615,26 +615,33 @@ extern "C" __global__ void __launch_bounds__(128) attn_prefill_128(
 // attn_prefill_body, P as the A fragment of one k16 step, O += P·V with V
 // read by transposed ldmatrix. At the end the warps' (m, l, O) merge in
 // shared memory and the block writes the (o, m, l) partials attn_combine
-// merges (o unnormalized, m in natural-log units). The scalar kernel above
+// merges (o unnormalized, m in natural-log units); with one split
+// (n_split == 1) it writes the finished output into part_o instead, and its
+// 8-bit copy when xq is given, so no attn_combine follows. The scalar kernel above
 // spent ~2,600 instructions a key tile per warp on Q·K from shared memory;
 // here a 64-key tile is 32 mma per warp.
+// K/V tile stages of the decode kernel: 4 for head size 64 (a split of up
+// to 4 tiles waits for memory once), 2 for 128 (shared memory).
+#define AD_STAGES(HD) ((HD) <= 64 ? 4 : 2)
+
 template <int HD>
 __device__ __forceinline__ void attn_decode_mma_body(const float* q, const u16* kc, const u16* vc,
-                                                     const u32* first_slot, int n_head,
+                                                     u32 first, int n_head,
                                                      int n_head_kv, float scale, int chunk,
                                                      int n_split, float* part_o, float2* part_ml,
-                                                     u16* smem) {
+                                                     signed char* xq, float2* xs, u16* smem) {
     constexpr int LD = HD + 8;
     constexpr int KT = AP_K * LD;
+    constexpr int ST = AD_STAGES(HD);
     u16* sq = smem;               // 16 × LD
-    u16* sk = smem + 16 * LD;     // 2 stages × AP_K × LD
-    u16* sv = sk + 2 * KT;        // 2 stages × AP_K × LD
+    u16* sk = smem + 16 * LD;     // ST stages × AP_K × LD
+    u16* sv = sk + ST * KT;       // ST stages × AP_K × LD
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     const int g = lane / 4, q4 = lane % 4;
     const int s = blockIdx.x, hk = blockIdx.y, t = blockIdx.z;
     const int G = n_head / n_head_kv;
     const long long width = (long long)n_head_kv * HD;
-    const long long n_vis = (long long)first_slot[0] + t + 1;
+    const long long n_vis = (long long)first + t + 1;
     const long long k0 = (long long)s * chunk;
     const long long k1 = min(k0 + chunk, n_vis);
     const int nkt = k1 > k0 ? (int)((k1 - k0 + AP_K - 1) / AP_K) : 0;
@@ -649,16 +656,28 @@ __device__ __forceinline__ void attn_decode_mma_body(const float* q, const u16* 
             cp_async16(sv + slot * KT + r * LD + part * 8, vc + off, ok);
         }
     };
-    if (nkt > 0) load_kv(0, 0);
-    cp_async_commit();
+#pragma unroll
+    for (int i = 0; i < ST - 1; i++) {
+        if (i < nkt) load_kv(i, i);
+        cp_async_commit();
+    }
 
     // Q: the G heads of hk, f16, pre-scaled into the base-2 exponent domain.
+    // All of a thread's loads are issued before any is used (one round trip
+    // to L2, not QI).
     const float qs = scale * 1.4426950408889634f;
-    for (int c = tid; c < 16 * HD / 2; c += 128) {
-        int r = c / (HD / 2), d = (c % (HD / 2)) * 2;
-        float2 v = make_float2(0.f, 0.f);
-        if (r < G) v = *(const float2*)(q + ((long long)t * n_head + hk * G + r) * HD + d);
-        *(u32*)(sq + r * LD + d) = (u32)f2h(v.x * qs) | ((u32)f2h(v.y * qs) << 16);
+    constexpr int QI = 16 * HD / 2 / 128;
+    float2 qv[QI];
+#pragma unroll
+    for (int i = 0; i < QI; i++) {
+        int c = tid + 128 * i, r = c / (HD / 2), d = (c % (HD / 2)) * 2;
+        qv[i] = r < G ? *(const float2*)(q + ((long long)t * n_head + hk * G + r) * HD + d)
+                      : make_float2(0.f, 0.f);
+    }
+#pragma unroll
+    for (int i = 0; i < QI; i++) {
+        int c = tid + 128 * i, r = c / (HD / 2), d = (c % (HD / 2)) * 2;
+        *(u32*)(sq + r * LD + d) = (u32)f2h(qv[i].x * qs) | ((u32)f2h(qv[i].y * qs) << 16);
     }
     __syncthreads();
     u32 qf[HD / 16][4];
@@ -676,12 +695,12 @@ __device__ __forceinline__ void attn_decode_mma_body(const float* q, const u16* 
     float mx[2] = {NEG_INF, NEG_INF}, sum[2] = {0.f, 0.f};
 
     for (int kt = 0; kt < nkt; kt++) {
-        if (kt + 1 < nkt) load_kv(kt + 1, (kt + 1) % 2);
+        if (kt + ST - 1 < nkt) load_kv(kt + ST - 1, (kt + ST - 1) % ST);
         cp_async_commit();
-        cp_async_wait<1>();
+        cp_async_wait<ST - 1>();
         __syncthreads();
-        const u16* k_s = sk + (kt % 2) * KT;
-        const u16* v_s = sv + (kt % 2) * KT;
+        const u16* k_s = sk + (kt % ST) * KT;
+        const u16* v_s = sv + (kt % ST) * KT;
 
         // S = Q·Kᵀ over this warp's keys warp·16 .. warp·16 + 15 of the tile.
         float sc[2][4];
@@ -725,10 +744,14 @@ __device__ __forceinline__ void attn_decode_mma_body(const float* q, const u16* 
     __syncthreads();
 
     // Merge the 4 warps (shared memory of the K/V stages, now idle):
-    // so[w][row][d], sm/sl[w][row].
+    // so[w][row][d], sm/sl[w][row]; then per row the weights f[w][row] of
+    // the warps' parts and the row's max and sum, computed once.
     float* so = (float*)sk;
     float* sm = so + 4 * 16 * HD;
     float* sl = sm + 4 * 16;
+    float* sf = sl + 4 * 16;
+    float* sM = sf + 4 * 16;
+    float* sL = sM + 16;
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         int row = g + r * 8;
@@ -742,42 +765,64 @@ __device__ __forceinline__ void attn_decode_mma_body(const float* q, const u16* 
                 make_float2(o[i][2 * r], o[i][2 * r + 1]);
     }
     __syncthreads();
-    for (int e = tid; e < G * HD; e += 128) {
-        int row = e / HD, d = e % HD;
-        float M = NEG_INF;
+    if (tid < 16) {
+        float M = NEG_INF, L = 0.f;
 #pragma unroll
         for (int w = 0; w < 4; w++)
-            if (sl[w * 16 + row] > 0.f) M = fmaxf(M, sm[w * 16 + row]);
-        float L = 0.f, acc = 0.f;
+            if (sl[w * 16 + tid] > 0.f) M = fmaxf(M, sm[w * 16 + tid]);
 #pragma unroll
         for (int w = 0; w < 4; w++) {
-            if (sl[w * 16 + row] > 0.f) {
-                float f = exp2f(sm[w * 16 + row] - M);
-                L += sl[w * 16 + row] * f;
-                acc += so[(w * 16 + row) * HD + d] * f;
-            }
+            float f = sl[w * 16 + tid] > 0.f ? exp2f(sm[w * 16 + tid] - M) : 0.f;
+            sf[w * 16 + tid] = f;
+            L += sl[w * 16 + tid] * f;
         }
+        sM[tid] = M;
+        sL[tid] = L;
+    }
+    __syncthreads();
+    // A warp's 32 elements are one row's consecutive dims (32 | HD), so in
+    // the one-split form it can quantize them.
+#pragma unroll
+    for (int i = 0; i < 16 * HD / 128; i++) {
+        int e = tid + 128 * i, row = e / HD, d = e % HD;
+        if (row >= G) break; // whole warps: G·HD is a multiple of 32
+        float acc = 0.f;
+#pragma unroll
+        for (int w = 0; w < 4; w++) acc += so[(w * 16 + row) * HD + d] * sf[w * 16 + row];
         long long hrow = (long long)t * n_head + hk * G + row;
+        if (n_split == 1) {
+            // One split: the finished output (part_o is `out`), and its
+            // 8-bit copy for the output projection when xq is given.
+            float L = sL[row];
+            float v = L > 0.f ? acc / L : 0.f;
+            part_o[hrow * HD + d] = v;
+            if (xq) quantize_lane(v, xq, xs, (hrow * HD + d - lane) / 32);
+            continue;
+        }
         part_o[(hrow * n_split + s) * HD + d] = acc;
         // Natural-log units for attn_combine (M = -inf stays -inf).
-        if (d == 0) part_ml[hrow * n_split + s] = make_float2(M * 0.6931471805599453f, L);
+        if (d == 0) part_ml[hrow * n_split + s] = make_float2(sM[row] * 0.6931471805599453f, sL[row]);
     }
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_decode_mma_64(
     const float* q, const u16* kc, const u16* vc, const u32* first_slot, int n_head,
-    int n_head_kv, float scale, int chunk, int n_split, float* part_o, float2* part_ml) {
+    int n_head_kv, float scale, int chunk, int n_split, float* part_o, float2* part_ml,
+    signed char* xq, float2* xs) {
+    u32 first = first_slot[0]; // a step input, read before the wait (common.cuh)
     pdl_entry();
     extern __shared__ __align__(16) u16 ap_smem[];
-    attn_decode_mma_body<64>(q, kc, vc, first_slot, n_head, n_head_kv, scale, chunk, n_split,
-                             part_o, part_ml, ap_smem);
+    attn_decode_mma_body<64>(q, kc, vc, first, n_head, n_head_kv, scale, chunk, n_split,
+                             part_o, part_ml, xq, xs, ap_smem);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_decode_mma_128(
     const float* q, const u16* kc, const u16* vc, const u32* first_slot, int n_head,
-    int n_head_kv, float scale, int chunk, int n_split, float* part_o, float2* part_ml) {
+    int n_head_kv, float scale, int chunk, int n_split, float* part_o, float2* part_ml,
+    signed char* xq, float2* xs) {
+    u32 first = first_slot[0]; // a step input, read before the wait (common.cuh)
     pdl_entry();
     extern __shared__ __align__(16) u16 ap_smem[];
-    attn_decode_mma_body<128>(q, kc, vc, first_slot, n_head, n_head_kv, scale, chunk, n_split,
-                              part_o, part_ml, ap_smem);
+    attn_decode_mma_body<128>(q, kc, vc, first, n_head, n_head_kv, scale, chunk, n_split,
+                             part_o, part_ml, xq, xs, ap_smem);
 }

@@ -83,9 +83,49 @@ __device__ __forceinline__ float weight_at(int ty, const u8* w, long long rows, 
     return h2f(d[b]) * (float)q + h2f(m[b]);
 }
 
+// Timeline (TERN_CUDA_TIMELINE=path, a diagnostic; TERN_TL is then the
+// device address of the record buffer, see device.rs's Timeline). Word 0
+// counts launches; record n (4 words from word 4) holds launch n's block-0
+// arrival at pdl_entry, the return of its wait, and its grid. Only block 0's
+// thread 0 touches the buffer: it reads the count before the wait (the
+// previous launch's block 0 raised it before letting this one launch) and
+// only stores after it, so no thread stalls on a read and no exit is
+// instrumented. Off, none of this is compiled.
+#ifdef TERN_TL
+#define TL_CAP 1048576ull
+__device__ __forceinline__ u64 tl_now() {
+    u64 t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+#endif
+
 __device__ __forceinline__ void pdl_entry() {
+#ifdef TERN_TL
+    bool tl = (blockIdx.x | blockIdx.y | blockIdx.z | threadIdx.x) == 0;
+    u64 n = 0, t0 = 0;
+    if (tl) {
+        n = *(volatile u64*)TERN_TL;
+        t0 = tl_now();
+    }
+#endif
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+#ifdef TERN_TL
+    if (tl) {
+        volatile u64* b = (volatile u64*)TERN_TL;
+        if (n < TL_CAP) {
+            volatile u64* r = b + 4 * (n + 1);
+            r[0] = t0;
+            r[1] = tl_now();
+            r[2] = (u64)gridDim.x | (u64)(gridDim.y & 4095) << 32 | (u64)(gridDim.z & 255) << 44 |
+                   (u64)(blockDim.x & 2047) << 52;
+        }
+        b[0] = n + 1;
+    }
+#endif
+#if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }

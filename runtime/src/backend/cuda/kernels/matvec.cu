@@ -147,6 +147,16 @@ __device__ __forceinline__ void matvec_q_impl(const u8* w, int ty, int rows, int
     }
 #endif
     pdl_entry();
+    // The residual this launch adds to (add != 0), read right after the
+    // wait so its round trip overlaps the products instead of trailing them.
+    float old[MV_ROWS][NT];
+#pragma unroll
+    for (int i = 0; i < MV_ROWS; i++)
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            old[i][t] = add && lane == 0 && part == 0 && t < ntok && row0 + i < rows
+                            ? out[(long long)t * rows + row0 + i]
+                            : 0.f;
     for (; b0 < nb; b0 += step * MV_UNROLL) {
         if (!pre) mv_load(wa, wb, d, m, w, dq, mq, ty, qb, rows, nb, row0, b0, step);
         pre = false;
@@ -196,7 +206,7 @@ __device__ __forceinline__ void matvec_q_impl(const u8* w, int ty, int rows, int
             int r = row0 + i;
             if (lane == 0 && t < ntok && r < rows) {
                 float* o = out + (long long)t * rows + r;
-                *o = add ? *o + res * acc[i][t] : acc[i][t];
+                *o = add ? old[i][t] + res * acc[i][t] : acc[i][t];
                 // The block's rows for an epilogue (keep[warp·MV_ROWS + i],
                 // one token, ks = 1, no add), without reading `out` back.
                 if (keep) keep[warp * MV_ROWS + i] = acc[i][t];

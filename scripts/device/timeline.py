@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Summarise a CUDA timeline written by TERN_CUDA_TIMELINE=path.
+
+Each line of the file is one kernel launch: `label t_pre t_wait`, device
+global-timer nanoseconds taken by block 0's thread 0 when it reached
+pdl_entry() and when its wait for the previous kernel returned; label =
+"kernel gx x gy x gz threads", prefixed "g " for launches replayed from a
+captured decode graph.
+
+For the graph-replayed launches it prints, per label in step order:
+  chain  t_wait(next) - t_wait(this): what the launch adds to the step
+         (its own run plus the hand-off to the next kernel)
+  early  t_wait - t_pre: how long block 0 sat resident before its wait
+         returned (launched early under programmatic dependent launch)
+means in microseconds over all replays (a step's last launch, and chains
+over 200 µs, are left out), and the median step. Usage: timeline.py FILE
+"""
+import sys
+from collections import OrderedDict
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit("usage: timeline.py FILE")
+    recs = []
+    with open(sys.argv[1]) as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) == 3:
+                recs.append((parts[0], int(parts[1]), int(parts[2])))
+    if not recs:
+        sys.exit("no records")
+    stats = OrderedDict()
+    first = None
+    starts = []
+    for i in range(len(recs) - 1):
+        label, pre, wait = recs[i]
+        nlabel, _, nwait = recs[i + 1]
+        if not label.startswith("g "):
+            continue
+        if first is None:
+            first = label
+        if label == first:
+            starts.append(wait)
+        if not nlabel.startswith("g ") or nlabel == first:
+            continue
+        chain = nwait - wait
+        if not 0 <= chain <= 200_000:
+            continue
+        s = stats.setdefault(label, [0, 0.0, 0.0])
+        s[0] += 1
+        s[1] += chain
+        s[2] += wait - pre
+    steps = sorted(b - a for a, b in zip(starts, starts[1:]) if 0 < b - a < 100_000_000)
+    nsteps = max(len(starts), 1)
+    print(f"{len(recs)} launches, {len(starts)} graph replays")
+    if steps:
+        print(f"step (first kernel to first kernel): median {steps[len(steps) // 2] / 1e3:.1f} µs")
+    print(f"{'label':<40} {'n/step':>6} {'chain':>7} {'early':>7} {'µs/step':>8}")
+    total = 0.0
+    for label, (n, chain, early) in stats.items():
+        per_step = chain / nsteps / 1e3
+        total += per_step
+        print(f"{label[2:]:<40} {n / nsteps:>6.1f} {chain / n / 1e3:>7.2f} {early / n / 1e3:>7.2f} {per_step:>8.1f}")
+    print(f"{'sum of chains':<40} {'':>6} {'':>7} {'':>7} {total:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()
