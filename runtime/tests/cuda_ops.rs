@@ -673,27 +673,26 @@ fn decode_attention_on_tensor_cores_matches_cpu() {
         let got = attend(&mma, &f, d, KvType::F16);
         let old = attend(&scalar, &f, d, KvType::F16);
         let single = attend(&one, &f, d, KvType::F16);
-        check(
-            &format!("decode attention, tensor cores, one split {d:?}"),
-            &single,
-            &want,
-            5e-4,
-        );
+        // The attention output, then the projection of it (its 8-bit copy
+        // on the GPU), each against the CPU on its own.
+        let n = batch * nh * hd;
+        for (part, r) in [("", 0..n), (", projected", n..want.len())] {
+            for (name, out) in [
+                ("tensor cores", &got),
+                ("tensor cores, one split", &single),
+                ("scalar", &old),
+            ] {
+                check(
+                    &format!("decode attention{part}, {name} {d:?}"),
+                    &out[r.clone()],
+                    &want[r.clone()],
+                    5e-4,
+                );
+            }
+        }
         // A cache seen by one split anyway (a short prefix) can give the
         // same bits both ways; the long ones must not.
         one_split_differs |= single != got;
-        check(
-            &format!("decode attention, tensor cores {d:?}"),
-            &got,
-            &want,
-            5e-4,
-        );
-        check(
-            &format!("decode attention, scalar {d:?}"),
-            &old,
-            &want,
-            5e-4,
-        );
         assert!(got != old, "{d:?}: the tensor-core kernel did not run");
     }
     assert!(one_split_differs, "the one-split form did not run");

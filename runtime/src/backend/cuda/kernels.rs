@@ -144,7 +144,11 @@ pub struct KernelConfig {
     /// Decode attention on the tensor cores over a cache of at most this
     /// many slots runs as one key split per KV head and writes the finished
     /// output and its 8-bit copy itself (no `attn_combine`); larger caches
-    /// split. Chosen on the host.
+    /// split. Chosen on the host. Measured on the H200
+    /// (docs/cuda-kernel-notes.md), 512 against 0 near the start of a
+    /// 512-slot cache: SmolLM2 shape +4 %, 0.5B −2 %; near its end both
+    /// −20 % (one block walks all 8 tiles); the 8B −3 % at 128 slots. So 0,
+    /// off.
     pub attn_one_split: u32,
     /// Device address of the timeline buffer, defined into the source as
     /// `TERN_TL` when non-zero (a diagnostic, `TERN_CUDA_TIMELINE`; set by
