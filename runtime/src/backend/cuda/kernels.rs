@@ -355,7 +355,8 @@ pub fn ptx_for(cfg: &KernelConfig, arch: u32) -> Result<String> {
     let ver = nvrtc_version()?;
     let src = source_with(cfg);
     let key = cache_key(&src, arch, ver);
-    let dir = cache_dir();
+    // A timeline build embeds this process's buffer address: never reused.
+    let dir = cache_dir().filter(|_| cfg.timeline == 0);
     if let Some(path) = dir.as_ref().map(|d| d.join(&key)) {
         if let Ok(text) = std::fs::read_to_string(&path) {
             if text.contains(".entry") {
