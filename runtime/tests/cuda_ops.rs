@@ -568,17 +568,23 @@ fn attend<B: Backend>(
         visibility: Visibility::Causal,
     };
     let mut o = b.alloc(batch, nh * hd).unwrap();
-    b.attention(&q, &kv, 1, prefix, &p, &mut o).unwrap();
-    let mut got = read(b, &o);
-    // With a projection "wo" in the file: its product with the output too
-    // (on the GPU a decode mat-vec takes the 8-bit copy the attention left).
-    if let Some(t) = f.tensor("wo") {
+    // With a projection "wo" in the file: its product with the output too.
+    // Loaded and allocated first (an allocation forgets the GPU's 8-bit
+    // copies), so on the GPU the decode mat-vec takes the copy the
+    // attention left.
+    let proj = f.tensor("wo").map(|t| {
         let w = b.load_weight(f, t, Op::MatMul).unwrap();
-        let mut y = b.alloc(batch, t.dims[1] as usize).unwrap();
+        (w, b.alloc(batch, t.dims[1] as usize).unwrap())
+    });
+    b.attention(&q, &kv, 1, prefix, &p, &mut o).unwrap();
+    let mut got = Vec::new();
+    if let Some((w, mut y)) = proj {
         b.matmul(&o, &w, &mut y).unwrap();
-        got.extend(read(b, &y));
+        got = read(b, &y);
     }
-    got
+    let mut all = read(b, &o);
+    all.extend(got);
+    all
 }
 
 #[test]

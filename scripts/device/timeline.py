@@ -4,8 +4,8 @@
 Each line of the file is one kernel launch: `label t_pre t_wait`, device
 global-timer nanoseconds taken by block 0's thread 0 when it reached
 pdl_entry() and when its wait for the previous kernel returned; label =
-"kernel gx x gy x gz threads", prefixed "g " for launches replayed from a
-captured decode graph.
+"kernel gx x gy x gz threads", prefixed "G " for the first launch of each
+replay of a captured decode graph and "g " for its other launches.
 
 For the graph-replayed launches it prints, per label in step order:
   chain  t_wait(next) - t_wait(this): what the launch adds to the step
@@ -31,18 +31,15 @@ def main():
     if not recs:
         sys.exit("no records")
     stats = OrderedDict()
-    first = None
     starts = []
     for i in range(len(recs) - 1):
         label, pre, wait = recs[i]
         nlabel, _, nwait = recs[i + 1]
-        if not label.startswith("g "):
-            continue
-        if first is None:
-            first = label
-        if label == first:
+        if label.startswith("G "):
             starts.append(wait)
-        if not nlabel.startswith("g ") or nlabel == first:
+        elif not label.startswith("g "):
+            continue
+        if not nlabel.startswith("g "):
             continue
         chain = nwait - wait
         if not 0 <= chain <= 200_000:

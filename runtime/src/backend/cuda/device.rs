@@ -92,7 +92,9 @@ impl Timeline {
         format!("{name} {}x{}x{} {block}", grid.0, grid.1, grid.2)
     }
 
-    /// Write the records as text: `label t_pre t_wait` (ns).
+    /// Write the records as text: `label t_pre t_wait` (ns). A record
+    /// whose grid differs from its label's (the names and the records out
+    /// of step) is counted in a warning.
     pub fn dump(&self, gpu: &Gpu) -> Result<()> {
         gpu.sync("timeline")?;
         let mut raw = vec![0u64; TL_WORDS * (TL_CAP + 1)];
@@ -100,10 +102,23 @@ impl Timeline {
         let n = (raw[0] as usize).min(TL_CAP);
         let order = self.order.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
+        let mut mismatched = 0usize;
         for i in 0..n {
             let r = &raw[TL_WORDS * (i + 1)..TL_WORDS * (i + 2)];
             let label = order.get(i).map_or("?", |s| s.as_str());
+            // The grid as common.cuh packs it: x, y (12 bits), z (8), block (11).
+            let grid = format!(
+                " {}x{}x{} {}",
+                r[2] & 0xffff_ffff,
+                r[2] >> 32 & 4095,
+                r[2] >> 44 & 255,
+                r[2] >> 52 & 2047
+            );
+            mismatched += usize::from(!label.ends_with(&grid));
             out.push_str(&format!("{label}\t{}\t{}\n", r[0], r[1]));
+        }
+        if mismatched > 0 {
+            log::warn!("cuda timeline: {mismatched} records do not match their launch's grid");
         }
         let tmp = self.path.with_extension("tmp");
         std::fs::write(&tmp, out)
@@ -345,18 +360,18 @@ pub(super) fn launch_smem(
         return Ok(());
     }
     let mut ptrs: Vec<*mut c_void> = args.iter_mut().map(Arg::as_void).collect();
-    if let Some(t) = gpu.tl.as_ref() {
+    let timed = gpu
+        .prof
+        .as_ref()
+        .and_then(|_| gpu.event_pair(format!("{name} {grid:?}x{block}")));
+    let r = launch_raw(gpu, f, name, grid, block, smem, &mut ptrs);
+    if let (Some(t), true) = (gpu.tl.as_ref(), r.is_ok()) {
         let label = t.label(f, grid, block);
         t.order
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(label);
     }
-    let timed = gpu
-        .prof
-        .as_ref()
-        .and_then(|_| gpu.event_pair(format!("{name} {grid:?}x{block}")));
-    let r = launch_raw(gpu, f, name, grid, block, smem, &mut ptrs);
     if let (Some(p), Some((label, ev0, ev1))) = (gpu.prof.as_ref(), timed) {
         // SAFETY: both events were created by event_pair on this context.
         unsafe {

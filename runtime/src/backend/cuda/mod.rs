@@ -2016,6 +2016,17 @@ impl CudaBackend {
         // SAFETY: ends the capture begun above on the same stream.
         let ended = unsafe { sys::cuStreamEndCapture(stream, &mut graph) }.result();
         let log = self.lock().capture_log.take().unwrap_or_default();
+        // The capture's launches did not run: their timeline labels move to
+        // the graph (the first marked as a step's start), or go.
+        let labels = g.tl.as_ref().map_or(Vec::new(), |t| {
+            let mut o = t.order.lock().unwrap_or_else(|e| e.into_inner());
+            let at = tl_mark.min(o.len());
+            o.split_off(at)
+                .into_iter()
+                .enumerate()
+                .map(|(i, l)| format!("{} {l}", if i == 0 { "G" } else { "g" }))
+                .collect()
+        });
         let captured = r.is_ok() && ended.is_ok() && !graph.is_null() && self.epoch() == epoch;
         if !captured {
             if !graph.is_null() {
@@ -2049,15 +2060,6 @@ impl CudaBackend {
             shape.0,
             log.len()
         );
-        // The capture's launches did not run: their labels move to the graph.
-        let labels = g.tl.as_ref().map_or(Vec::new(), |t| {
-            let mut o = t.order.lock().unwrap_or_else(|e| e.into_inner());
-            let at = tl_mark.min(o.len());
-            o.split_off(at)
-                .into_iter()
-                .map(|l| format!("g {l}"))
-                .collect()
-        });
         kv.graph = Some(StepGraph {
             shape,
             epoch,

@@ -123,6 +123,7 @@ __device__ __forceinline__ void pdl_entry() {
                    (u64)(blockDim.x & 2047) << 52;
         }
         b[0] = n + 1;
+        __threadfence(); // the count is out before the next launch may read it
     }
 #endif
 #if __CUDA_ARCH__ >= 900
