@@ -67,9 +67,11 @@ fn run_pp(s: &mut Session, depth: usize, toks: &[u32]) -> Result<f64> {
 
 fn run_tg(s: &mut Session, depth: usize, toks: &[u32]) -> Result<f64> {
     s.truncate(depth)?;
+    // As the generation loop runs it: one logits buffer, reused.
+    let mut logits = Vec::new();
     let t0 = Instant::now();
     for (i, &t) in toks.iter().enumerate() {
-        s.forward(&Batch::new(&[t], (depth + i) as u32))?;
+        s.forward_into(&Batch::new(&[t], (depth + i) as u32), &mut logits)?;
     }
     Ok(toks.len() as f64 / t0.elapsed().as_secs_f64())
 }
