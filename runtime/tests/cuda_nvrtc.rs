@@ -64,6 +64,13 @@ const WEIGHTS_BEFORE_WAIT: [&str; 4] = [
     "matvec_q",
 ];
 
+/// The one-cluster decode blocks (block.cu) copy their weights, norm
+/// weights, rotation inputs and cache slot (none written by a kernel) into
+/// shared memory before the wait: their entry points go straight to
+/// `fused_block_body`, which must call `pdl_entry()` before it touches the
+/// residual row (`x`) or the cache (`kc`, `vc`).
+const BLOCK_BEFORE_WAIT: [&str; 2] = ["fused_block_64", "fused_block_128"];
+
 /// What each kernel may index before its wait: the norm's weight in
 /// `rms_norm_q`; in `matvec_qkv_rope`, before it calls `matvec_q_impl`, the
 /// step inputs and RoPE table (copied before the step's first kernel or at
@@ -129,6 +136,14 @@ fn every_kernel_starts_with_the_dependent_launch_wait() {
             );
             continue;
         }
+        if BLOCK_BEFORE_WAIT.contains(&name.as_str()) {
+            let own = &body[..body.find("extern \"C\"").unwrap_or(body.len())];
+            assert!(
+                !own.contains("pdl_entry") && own.contains("fused_block_body<"),
+                "kernel {name}: the wait belongs in fused_block_body"
+            );
+            continue;
+        }
         if EARLY_READS.iter().any(|(k, _)| k == name) {
             continue;
         }
@@ -157,6 +172,44 @@ fn every_kernel_starts_with_the_dependent_launch_wait() {
         assert!(
             !idents.contains(&used),
             "matvec_q_impl uses `{used}` before the wait"
+        );
+    }
+    // fused_block_body: the same for the residual row and the cache.
+    let src = kernels::SOURCES
+        .iter()
+        .map(|(_, t)| *t)
+        .find(|t| t.contains("void fused_block_body("))
+        .expect("fused_block_body is in the sources");
+    let at = src.find("void fused_block_body(").unwrap();
+    let body = &src[at + src[at..].find('{').unwrap() + 1..];
+    let wait = body
+        .find("pdl_entry();")
+        .expect("fused_block_body calls pdl_entry()");
+    // Identifiers outside comments, leaving out members (`threadIdx.x`).
+    let code: String = body[..wait]
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let before = code.as_str();
+    let mut idents = Vec::new();
+    let mut start = None;
+    for (i, c) in before
+        .char_indices()
+        .chain(std::iter::once((before.len(), ' ')))
+    {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            start.get_or_insert(i);
+        } else if let Some(s0) = start.take() {
+            if !before[..s0].ends_with('.') {
+                idents.push(&before[s0..i]);
+            }
+        }
+    }
+    for used in ["x", "kc", "vc"] {
+        assert!(
+            !idents.contains(&used),
+            "fused_block_body uses `{used}` before the wait"
         );
     }
 }

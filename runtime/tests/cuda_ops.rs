@@ -1100,3 +1100,215 @@ fn fused_rope_kv_write_and_residual_projection_match_cpu() {
         }
     }
 }
+
+/// One token's whole decoder block as one cluster launch
+/// (`Backend::decode_block`, `fused_block_*` on sm_90) against the block's
+/// separate ops, on the CPU's exact path and on the GPU: three consecutive
+/// positions (each reads the cache slots the previous ones wrote), over a
+/// short and a long cache prefix (the attention's 512-key chunks), both
+/// head sizes, every weight type alone and mixed, query and model widths
+/// that differ, head counts that do not divide the cluster.
+#[test]
+fn decode_block_on_a_cluster_matches_cpu() {
+    // The cluster kernel is off by default (KernelConfig::fused_block_max_ctx).
+    let cfg = KernelConfig {
+        fused_block_max_ctx: 4096,
+        ..KernelConfig::default()
+    };
+    let Some(g) = gpu_with(&cfg) else { return };
+    if g.compute_capability().0 < 9 {
+        eprintln!("skipped: thread-block clusters need sm_90 (this GPU runs the separate ops)");
+        return;
+    }
+    use tern_runtime::backend::{BlockParams, BlockWeights};
+    let cpu = CpuBackend::exact(2);
+    let mut rng = Rng(4242);
+    let q40 = GgmlType::Q4_0;
+    let q41 = GgmlType::Q4_1;
+    let q80 = GgmlType::Q8_0;
+    // (head size, q heads, kv heads, model width, ffn width, types q k v o gate up down)
+    let cases: [(usize, usize, usize, usize, usize, [GgmlType; 7]); 5] = [
+        (64, 9, 3, 576, 1536, [q41; 7]),
+        (64, 9, 3, 576, 1536, [q40; 7]),
+        (64, 4, 2, 256, 512, [q80; 7]),
+        (64, 9, 3, 576, 1536, [q80, q41, q40, q41, q40, q40, q41]),
+        (128, 8, 2, 512, 1024, [q40, q41, q80, q40, q41, q80, q40]),
+    ];
+    for (ci, &(hd, nh, nkv, e, ff, ty)) in cases.iter().enumerate() {
+        for prefix in [5usize, 700] {
+            let (width, qw) = (nkv * hd, nh * hd);
+            let names = ["wq", "wk", "wv", "wo", "wg", "wu", "wd"];
+            let dims = [
+                (qw, e),
+                (width, e),
+                (width, e),
+                (e, qw),
+                (ff, e),
+                (ff, e),
+                (e, ff),
+            ];
+            let mut tensors: Vec<(&str, GgmlType, usize, usize, Vec<f32>)> = vec![
+                ("k0", GgmlType::F32, prefix, width, rng.vec(prefix * width)),
+                ("v0", GgmlType::F32, prefix, width, rng.vec(prefix * width)),
+                ("x", GgmlType::F32, 1, e, rng.vec(e)),
+                (
+                    "n1",
+                    GgmlType::F32,
+                    1,
+                    e,
+                    (0..e).map(|_| 1.0 + 0.5 * rng.f32()).collect(),
+                ),
+                (
+                    "n2",
+                    GgmlType::F32,
+                    1,
+                    e,
+                    (0..e).map(|_| 1.0 + 0.5 * rng.f32()).collect(),
+                ),
+            ];
+            for (i, n) in names.iter().enumerate() {
+                let (r, c) = dims[i];
+                // Scaled so activations stay O(1) through the block.
+                let v: Vec<f32> = rng.vec(r * c).iter().map(|v| v * 0.2).collect();
+                tensors.push((n, ty[i], r, c, v));
+            }
+            let f = file_with(&tensors);
+            fn run<B: Backend>(
+                b: &B,
+                f: &Arc<GgufFile>,
+                s: (usize, usize, usize, usize, usize),
+                fused: bool,
+            ) -> Vec<Vec<f32>> {
+                let (hd, nh, nkv, e, prefix) = s;
+                let w = |n: &str, op| b.load_weight(f, f.tensor(n).unwrap(), op).unwrap();
+                let (n1, n2) = (w("n1", Op::Vector), w("n2", Op::Vector));
+                let (wq, wk, wv, wo) = (
+                    w("wq", Op::MatMul),
+                    w("wk", Op::MatMul),
+                    w("wv", Op::MatMul),
+                    w("wo", Op::MatMul),
+                );
+                let (wg, wu, wd) = (
+                    w("wg", Op::MatMul),
+                    w("wu", Op::MatMul),
+                    w("wd", Op::MatMul),
+                );
+                let mut kv = b
+                    .alloc_kv(&KvSpec {
+                        n_layer: 2,
+                        n_ctx: 1024,
+                        n_head_kv: nkv,
+                        head_dim: hd,
+                        ty: KvType::F16,
+                    })
+                    .unwrap();
+                let k0 = input(b, f, "k0", prefix, nkv * hd);
+                let v0 = input(b, f, "v0", prefix, nkv * hd);
+                b.kv_write(&mut kv, 1, 0, &k0, &v0).unwrap();
+                let inv_freq: Vec<f64> = (0..hd / 4)
+                    .map(|i| 10000f64.powf(-2.0 * i as f64 / (hd / 2) as f64))
+                    .collect();
+                // Half the head rotated: the pass-through part is checked too.
+                let rope = |n_head| Rope {
+                    n_head,
+                    head_dim: hd,
+                    n_rot: hd / 2,
+                    inv_freq: inv_freq.clone(),
+                };
+                let (rq, rk) = (rope(nh), rope(nkv));
+                let attn = AttnParams {
+                    n_head: nh,
+                    n_head_kv: nkv,
+                    head_dim: hd,
+                    scale: 1.0 / (hd as f32).sqrt(),
+                    visibility: Visibility::Causal,
+                };
+                let p = BlockParams {
+                    eps: 1e-5,
+                    residual_scale: 0.8,
+                    attn: &attn,
+                    rope_q: &rq,
+                    rope_k: &rk,
+                };
+                let bw = BlockWeights {
+                    attn_norm: &n1,
+                    attn_q: &wq,
+                    attn_k: &wk,
+                    attn_v: &wv,
+                    attn_output: &wo,
+                    ffn_norm: &n2,
+                    ffn_gate: &wg,
+                    ffn_up: &wu,
+                    ffn_down: &wd,
+                };
+                let mut x = input(b, f, "x", 1, e);
+                let mut out = Vec::new();
+                for step in 0..3 {
+                    let slot = prefix + step;
+                    let pos = [(2000 + 3 * slot) as u32];
+                    if fused {
+                        assert!(
+                            b.decode_block(&mut x, &bw, &p, &pos, &mut kv, 1, slot)
+                                .unwrap(),
+                            "the cluster kernel did not take this shape"
+                        );
+                    } else {
+                        let q_rows = nh * hd;
+                        let mut xb = b.alloc(1, e).unwrap();
+                        let mut q = b.alloc(1, q_rows).unwrap();
+                        let mut k = b.alloc(1, nkv * hd).unwrap();
+                        let mut v = b.alloc(1, nkv * hd).unwrap();
+                        let mut att = b.alloc(1, q_rows).unwrap();
+                        let mut proj = b.alloc(1, e).unwrap();
+                        b.rms_norm(&x, &n1, 1e-5, &mut xb).unwrap();
+                        b.qkv_rope_kv_write(
+                            &xb,
+                            [&wq, &wk, &wv],
+                            &mut q,
+                            &mut k,
+                            &mut v,
+                            &pos,
+                            &rq,
+                            &rk,
+                            &mut kv,
+                            1,
+                            slot,
+                        )
+                        .unwrap();
+                        b.attention(&q, &kv, 1, slot, &attn, &mut att).unwrap();
+                        b.matmul_add(&att, &wo, &mut proj, &mut x, 0.8).unwrap();
+                        b.rms_norm(&x, &n2, 1e-5, &mut xb).unwrap();
+                        let n_ff = f.tensor("wg").unwrap().dims[1] as usize;
+                        let mut gate = b.alloc(1, n_ff).unwrap();
+                        let mut up = b.alloc(1, n_ff).unwrap();
+                        b.matmul_glu(&xb, &wg, &wu, &mut gate, &mut up).unwrap();
+                        b.matmul_add(&gate, &wd, &mut proj, &mut x, 0.8).unwrap();
+                    }
+                    out.push(read(b, &x));
+                }
+                out
+            }
+            let s = (hd, nh, nkv, e, prefix);
+            let want = run(&cpu, &f, s, false);
+            let ops = run(&g, &f, s, false);
+            let got = run(&g, &f, s, true);
+            for (step, ((gv, ov), wv)) in got.iter().zip(&ops).zip(&want).enumerate() {
+                let what = format!("block case {ci} (D {hd}), prefix {prefix}, step {step}");
+                // Like the separate decode kernels, the block quantizes each
+                // mat-vec's input to 8 bits: four chained products, so the
+                // whole-model decode bound (2e-3) against the CPU's exact
+                // path, and the matmul bound against the separate kernels
+                // (the same quantization, other rounding upstream of it).
+                check(&format!("{what}, against the CPU"), gv, wv, 2e-3);
+                check(
+                    &format!("{what}, against the separate kernels"),
+                    gv,
+                    ov,
+                    5e-4,
+                );
+                let sep = nmse(ov, wv);
+                eprintln!("{:<40} (separate kernels against the CPU: {sep:.3e})", "");
+            }
+        }
+    }
+}

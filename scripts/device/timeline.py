@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Summarise a CUDA timeline written by TERN_CUDA_TIMELINE=path.
 
-Each line of the file is one kernel launch: `label t_pre t_wait`, device
+Each line of the file is one kernel launch: `label t_pre t_wait [phases]`, device
 global-timer nanoseconds taken by block 0's thread 0 when it reached
 pdl_entry() and when its wait for the previous kernel returned; label =
 "kernel gx x gy x gz threads", prefixed "G " for the first launch of each
@@ -13,7 +13,9 @@ For the graph-replayed launches it prints, per label in step order:
   early  t_wait - t_pre: how long block 0 sat resident before its wait
          returned (launched early under programmatic dependent launch)
 means in microseconds over all replays (a step's last launch, and chains
-over 200 µs, are left out), and the median step. Usage: timeline.py FILE
+over 200 µs, are left out), and the median step. Kernels that time their
+own phases (block.cu's decode block: five lengths packed in `phases`) get
+a line of mean phase lengths. Usage: timeline.py FILE
 """
 import sys
 from collections import OrderedDict
@@ -26,15 +28,23 @@ def main():
     with open(sys.argv[1]) as f:
         for line in f:
             parts = line.rstrip("\n").split("\t")
-            if len(parts) == 3:
-                recs.append((parts[0], int(parts[1]), int(parts[2])))
+            if len(parts) in (3, 4):
+                ph = int(parts[3]) if len(parts) == 4 else 0
+                recs.append((parts[0], int(parts[1]), int(parts[2]), ph))
     if not recs:
         sys.exit("no records")
     stats = OrderedDict()
+    phases = OrderedDict()
     starts = []
     for i in range(len(recs) - 1):
-        label, pre, wait = recs[i]
-        nlabel, _, nwait = recs[i + 1]
+        label, pre, wait, ph = recs[i]
+        nlabel, _, nwait, _ = recs[i + 1]
+        if ph:
+            # Phases a kernel timed itself (block.cu: 5 × 12 bits, 8 ns units).
+            p = phases.setdefault(label, [0, [0.0] * 5])
+            p[0] += 1
+            for k in range(5):
+                p[1][k] += ((ph >> (12 * k)) & 4095) * 8
         if label.startswith("G "):
             starts.append(wait)
         elif not label.startswith("g "):
@@ -60,6 +70,9 @@ def main():
         total += per_step
         print(f"{label[2:]:<40} {n / nsteps:>6.1f} {chain / n / 1e3:>7.2f} {early / n / 1e3:>7.2f} {per_step:>8.1f}")
     print(f"{'sum of chains':<40} {'':>6} {'':>7} {'':>7} {total:>8.1f}")
+    for label, (n, sums) in phases.items():
+        each = " ".join(f"{v / n / 1e3:.2f}" for v in sums)
+        print(f"{label[2:]}: phase lengths A-E (µs, mean of {n}): {each}")
 
 
 if __name__ == "__main__":

@@ -130,6 +130,44 @@ pub struct AttnParams {
     pub visibility: Visibility,
 }
 
+/// The weights of one decoder block, for [`Backend::decode_block`].
+#[derive(Clone, Copy)]
+pub struct BlockWeights<'a, W> {
+    /// RMS-norm scales before attention.
+    pub attn_norm: &'a W,
+    /// Query, key and value projections.
+    pub attn_q: &'a W,
+    /// Key projection.
+    pub attn_k: &'a W,
+    /// Value projection.
+    pub attn_v: &'a W,
+    /// Attention output projection.
+    pub attn_output: &'a W,
+    /// RMS-norm scales before the feed-forward network.
+    pub ffn_norm: &'a W,
+    /// Feed-forward gate projection (SiLU applied).
+    pub ffn_gate: &'a W,
+    /// Feed-forward up projection.
+    pub ffn_up: &'a W,
+    /// Feed-forward down projection.
+    pub ffn_down: &'a W,
+}
+
+/// The scalars of one decoder block, for [`Backend::decode_block`].
+#[derive(Clone, Copy)]
+pub struct BlockParams<'a> {
+    /// RMSNorm epsilon.
+    pub eps: f32,
+    /// Each sub-block's output is scaled by this before the residual add.
+    pub residual_scale: f32,
+    /// Attention shape and scale.
+    pub attn: &'a AttnParams,
+    /// RoPE for the queries.
+    pub rope_q: &'a Rope,
+    /// RoPE for the keys.
+    pub rope_k: &'a Rope,
+}
+
 /// The host values of one forward step that change from step to step. A
 /// backend that replays recorded steps (CUDA graphs) substitutes these.
 #[derive(Clone, Copy, Debug)]
@@ -339,6 +377,30 @@ pub trait Backend: Send + Sync + Sized + 'static {
 
     /// `out[i] = x[rows[i]]`: keep the rows whose logits were asked for.
     fn gather_rows(&self, x: &Self::Tensor, rows: &[usize], out: &mut Self::Tensor) -> Result<()>;
+
+    /// One token's whole decoder block on the residual row `x` (at
+    /// `positions[0]`, its key and value stored in slot `first_slot` of
+    /// `layer`): what the block's separate operations compute (RMSNorm,
+    /// q/k/v with RoPE and the cache write, attention, the output
+    /// projection added to `x`, RMSNorm, SwiGLU, the down projection added
+    /// to `x`), within the backend's rounding. A backend may run it as one
+    /// unit (the CUDA decode step on sm_90 does); `Ok(false)` means it did
+    /// nothing and the caller runs the separate operations, which is what
+    /// the default answers.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_block(
+        &self,
+        x: &mut Self::Tensor,
+        w: &BlockWeights<'_, Self::Weight>,
+        p: &BlockParams<'_>,
+        positions: &[u32],
+        kv: &mut Self::KvCache,
+        layer: usize,
+        first_slot: usize,
+    ) -> Result<bool> {
+        let _ = (x, w, p, positions, kv, layer, first_slot);
+        Ok(false)
+    }
 
     /// Run the ops of one whole forward step over `kv`. `ops` issues the
     /// same op sequence every time it is called with inputs of the same

@@ -9,7 +9,7 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use crate::backend::{AttnParams, Backend, Rope, StepInputs, Visibility};
+use crate::backend::{AttnParams, Backend, BlockParams, Rope, StepInputs, Visibility};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::model::calib::{LinearInput, Observer};
@@ -241,6 +241,28 @@ impl<B: Backend> LlamaModel<B> {
     ) -> Result<ControlFlow<()>> {
         let c = &self.config;
         let b = &self.backend;
+        // One token without an observer: the backend may run the whole
+        // block as one unit.
+        if observe.is_none() && positions.len() == 1 {
+            let p = BlockParams {
+                eps: c.rms_eps,
+                residual_scale: c.residual_scale,
+                attn,
+                rope_q: &rope.q,
+                rope_k: &rope.k,
+            };
+            if b.decode_block(
+                &mut st.x,
+                &l.block_weights(),
+                &p,
+                positions,
+                kv,
+                kv_layer,
+                first_slot,
+            )? {
+                return Ok(ControlFlow::Continue(()));
+            }
+        }
         let mut seen = |site: LinearInput, t: &B::Tensor| -> Result<ControlFlow<()>> {
             match observe.as_mut() {
                 Some(f) => f(site, t),

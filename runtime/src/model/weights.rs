@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::{Backend, Op};
+use crate::backend::{Backend, BlockWeights, Op};
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::model::Config;
@@ -34,6 +34,23 @@ pub struct LayerWeights<B: Backend> {
     pub ffn_up: B::Weight,
     /// Feed-forward down projection, `[n_embd, n_ff]`.
     pub ffn_down: B::Weight,
+}
+
+impl<B: Backend> LayerWeights<B> {
+    /// The block's weights by reference, as [`Backend::decode_block`] takes them.
+    pub fn block_weights(&self) -> BlockWeights<'_, B::Weight> {
+        BlockWeights {
+            attn_norm: &self.attn_norm,
+            attn_q: &self.attn_q,
+            attn_k: &self.attn_k,
+            attn_v: &self.attn_v,
+            attn_output: &self.attn_output,
+            ffn_norm: &self.ffn_norm,
+            ffn_gate: &self.ffn_gate,
+            ffn_up: &self.ffn_up,
+            ffn_down: &self.ffn_down,
+        }
+    }
 }
 
 /// All weights of a llama-family model.

@@ -50,6 +50,8 @@ pub(super) struct Gpu {
     pub total_mem: usize,
     /// Streaming multiprocessors (grid-size choices).
     pub sm_count: usize,
+    /// Dynamic shared memory one block may opt into (bytes).
+    pub smem_optin: usize,
     /// Launch kernels with programmatic dependent launch (sm_90+, unless
     /// `TERN_CUDA_PDL=0`): each may start launching while the previous one
     /// runs; the kernels' `pdl_entry()` keeps the order (common.cuh).
@@ -92,7 +94,8 @@ impl Timeline {
         format!("{name} {}x{}x{} {block}", grid.0, grid.1, grid.2)
     }
 
-    /// Write the records as text: `label t_pre t_wait` (ns). A record
+    /// Write the records as text: `label t_pre t_wait phases` (ns; phases
+    /// as block.cu packs them, 0 for other kernels). A record
     /// whose grid differs from its label's (the names and the records out
     /// of step) is counted in a warning.
     pub fn dump(&self, gpu: &Gpu) -> Result<()> {
@@ -115,7 +118,9 @@ impl Timeline {
                 r[2] >> 52 & 2047
             );
             mismatched += usize::from(!label.ends_with(&grid));
-            out.push_str(&format!("{label}\t{}\t{}\n", r[0], r[1]));
+            // Word 3: kernels that time their own phases (block.cu) pack
+            // them there; 0 otherwise.
+            out.push_str(&format!("{label}\t{}\t{}\t{}\n", r[0], r[1], r[3]));
         }
         if mismatched > 0 {
             log::warn!("cuda timeline: {mismatched} records do not match their launch's grid");
@@ -173,6 +178,11 @@ impl Gpu {
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_or(1, |n| n.max(1) as usize);
+        let smem_optin = ctx
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_or(48 * 1024, |n| n.max(0) as usize);
         let pdl = cc.0 >= 9 && std::env::var_os("TERN_CUDA_PDL").is_none_or(|v| v != "0");
         let mut gpu = Gpu {
             ctx,
@@ -181,6 +191,7 @@ impl Gpu {
             name,
             total_mem,
             sm_count,
+            smem_optin,
             pdl,
             prof: profiling().then(|| std::sync::Mutex::new(Vec::new())),
             tl: None,
@@ -356,6 +367,96 @@ pub(super) fn launch_smem(
     smem: u32,
     args: &mut [Arg],
 ) -> Result<()> {
+    launch_ex(gpu, f, name, grid, block, smem, None, args)
+}
+
+/// One thread-block cluster of `nb` blocks (sm_90+) as the whole grid, with
+/// `smem` bytes of dynamic shared memory per block.
+pub(super) fn launch_cluster(
+    gpu: &Gpu,
+    f: sys::CUfunction,
+    name: &str,
+    nb: u32,
+    block: u32,
+    smem: u32,
+    args: &mut [Arg],
+) -> Result<()> {
+    launch_ex(gpu, f, name, (nb, 1, 1), block, smem, Some(nb), args)
+}
+
+/// How many clusters of `nb` blocks of kernel `f` (`block` threads, `smem`
+/// bytes each) the GPU can hold at once; 0 when it cannot run one.
+pub(super) fn max_active_clusters(
+    gpu: &Gpu,
+    f: sys::CUfunction,
+    nb: u32,
+    block: u32,
+    smem: u32,
+) -> Result<i32> {
+    let mut attr = [cluster_attr(nb)];
+    let cfg = launch_config(gpu, (nb, 1, 1), block, smem, &mut attr);
+    let mut n = 0;
+    gpu.bind()?;
+    // SAFETY: `cfg` and `attr` outlive the call, which writes one int.
+    unsafe {
+        sys::cuOccupancyMaxActiveClusters(&mut n, f, &cfg)
+            .result()
+            .map_err(|e| gpu_err("cluster occupancy", e))?;
+    }
+    Ok(n)
+}
+
+fn cluster_attr(nb: u32) -> sys::CUlaunchAttribute {
+    // SAFETY: a zeroed attribute is a valid plain-data value; only the id
+    // and the one union field the id names are then set.
+    let mut a: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    a.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    a.value.clusterDim.x = nb;
+    a.value.clusterDim.y = 1;
+    a.value.clusterDim.z = 1;
+    a
+}
+
+fn pdl_attr() -> sys::CUlaunchAttribute {
+    // SAFETY: as in cluster_attr.
+    let mut a: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    a.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    a.value.programmaticStreamSerializationAllowed = 1;
+    a
+}
+
+fn launch_config(
+    gpu: &Gpu,
+    grid: (u32, u32, u32),
+    block: u32,
+    smem: u32,
+    attrs: &mut [sys::CUlaunchAttribute],
+) -> sys::CUlaunchConfig {
+    sys::CUlaunchConfig {
+        gridDimX: grid.0,
+        gridDimY: grid.1,
+        gridDimZ: grid.2,
+        blockDimX: block,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: smem,
+        hStream: gpu.cu_stream(),
+        attrs: attrs.as_mut_ptr(),
+        numAttrs: attrs.len() as u32,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch_ex(
+    gpu: &Gpu,
+    f: sys::CUfunction,
+    name: &str,
+    grid: (u32, u32, u32),
+    block: u32,
+    smem: u32,
+    cluster: Option<u32>,
+    args: &mut [Arg],
+) -> Result<()> {
     if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
         return Ok(());
     }
@@ -364,7 +465,7 @@ pub(super) fn launch_smem(
         .prof
         .as_ref()
         .and_then(|_| gpu.event_pair(format!("{name} {grid:?}x{block}")));
-    let r = launch_raw(gpu, f, name, grid, block, smem, &mut ptrs);
+    let r = launch_raw(gpu, f, name, grid, block, smem, cluster, &mut ptrs);
     if let (Some(t), true) = (gpu.tl.as_ref(), r.is_ok()) {
         let label = t.label(f, grid, block);
         t.order
@@ -384,6 +485,7 @@ pub(super) fn launch_smem(
     r
 }
 
+#[allow(clippy::too_many_arguments)]
 fn launch_raw(
     gpu: &Gpu,
     f: sys::CUfunction,
@@ -391,27 +493,19 @@ fn launch_raw(
     grid: (u32, u32, u32),
     block: u32,
     smem: u32,
+    cluster: Option<u32>,
     ptrs: &mut [*mut c_void],
 ) -> Result<()> {
-    if gpu.pdl {
-        // SAFETY: a zeroed attribute is a valid plain-data value; only the
-        // id and the one union field the id names are then set.
-        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-        attr.value.programmaticStreamSerializationAllowed = 1;
-        let cfg = sys::CUlaunchConfig {
-            gridDimX: grid.0,
-            gridDimY: grid.1,
-            gridDimZ: grid.2,
-            blockDimX: block,
-            blockDimY: 1,
-            blockDimZ: 1,
-            sharedMemBytes: smem,
-            hStream: gpu.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: 1,
-        };
-        // SAFETY: as below; `cfg` and `attr` outlive the call.
+    if gpu.pdl || cluster.is_some() {
+        let mut attrs = Vec::with_capacity(2);
+        if gpu.pdl {
+            attrs.push(pdl_attr());
+        }
+        if let Some(nb) = cluster {
+            attrs.push(cluster_attr(nb));
+        }
+        let cfg = launch_config(gpu, grid, block, smem, &mut attrs);
+        // SAFETY: as below; `cfg` and `attrs` outlive the call.
         return unsafe {
             sys::cuLaunchKernelEx(&cfg, f, ptrs.as_mut_ptr(), std::ptr::null_mut())
                 .result()
@@ -607,6 +701,67 @@ impl Staging {
         // SAFETY: bounds checked above; the stream is idle when replays
         // rewrite (the previous step's results were read back).
         unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), self.host.add(at), vals.len()) }
+    }
+}
+
+/// A page-locked host buffer that device-to-host reads go through: a DMA
+/// straight into it, then one host copy, instead of the driver's staged
+/// copy into pageable memory.
+pub(super) struct PinnedRead {
+    host: *mut f32,
+    len: usize,
+}
+
+// SAFETY: the block is only touched under the backend's lock.
+unsafe impl Send for PinnedRead {}
+
+impl PinnedRead {
+    /// A buffer of `len` f32s (at least 1).
+    pub fn new(gpu: &Gpu, len: usize) -> Result<PinnedRead> {
+        gpu.bind()?;
+        let len = len.max(1);
+        // SAFETY: a plain page-locked allocation.
+        let host = unsafe { result::malloc_host(len * 4, 0) }
+            .map_err(|e| gpu_err("pinned allocation", e))? as *mut f32;
+        Ok(PinnedRead { host, len })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Copy `out.len()` values (≤ `len`) from `src` into `out` through the
+    /// buffer, waiting for the copy.
+    pub fn read(&mut self, gpu: &Gpu, src: &DevBuf, out: &mut [f32]) -> Result<()> {
+        let n = out.len();
+        if n > self.len || n * 4 > src.bytes {
+            return Err(Error::InvalidBatch(format!(
+                "pinned read of {n} values into {} from a buffer of {} bytes",
+                self.len, src.bytes
+            )));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        // SAFETY: `host` holds `len` ≥ n f32s, exclusively ours under the
+        // backend's lock; the copy is waited for before the slice is read.
+        unsafe {
+            let h = std::slice::from_raw_parts_mut(self.host, n);
+            result::memcpy_dtoh_async(h, src.ptr, gpu.cu_stream())
+                .map_err(|e| gpu_err("download", e))?;
+            gpu.sync("download")?;
+            out.copy_from_slice(h);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PinnedRead {
+    fn drop(&mut self) {
+        // SAFETY: allocated by malloc_host, freed once.
+        unsafe {
+            let _ = result::free_host(self.host as *mut c_void);
+        }
     }
 }
 

@@ -20,16 +20,17 @@ use super::device::{gpu_err, nvrtc_present, Gpu};
 use crate::error::{Error, Result};
 
 /// The kernel sources, in the order they are concatenated.
-pub const SOURCES: [(&str, &str); 5] = [
+pub const SOURCES: [(&str, &str); 6] = [
     ("common.cuh", include_str!("kernels/common.cuh")),
     ("elementwise.cu", include_str!("kernels/elementwise.cu")),
     ("matvec.cu", include_str!("kernels/matvec.cu")),
     ("matmul.cu", include_str!("kernels/matmul.cu")),
     ("attention.cu", include_str!("kernels/attention.cu")),
+    ("block.cu", include_str!("kernels/block.cu")),
 ];
 
 /// Every kernel entry point the backend launches.
-pub const KERNEL_NAMES: [&str; 31] = [
+pub const KERNEL_NAMES: [&str; 33] = [
     "embed",
     "rope_kv",
     "rms_norm",
@@ -61,7 +62,14 @@ pub const KERNEL_NAMES: [&str; 31] = [
     "attn_decode_mma_128",
     "attn_prefill_64",
     "attn_prefill_128",
+    "fused_block_64",
+    "fused_block_128",
 ];
+
+/// The one-cluster decode block kernels (`block.cu`): their shared memory
+/// depends on the model, so they may use all a block can opt into, and
+/// they run as clusters of up to 16 blocks.
+pub const CLUSTER_KERNELS: [&str; 2] = ["fused_block_64", "fused_block_128"];
 
 /// Kernels that take dynamic shared memory, and how many bytes under `cfg`.
 /// `matmul.cu`: per pipeline stage, 128 or 64 activation rows of 144
@@ -150,6 +158,18 @@ pub struct KernelConfig {
     /// −20 % (one block walks all 8 tiles); the 8B −3 % at 128 slots. So 0,
     /// off.
     pub attn_one_split: u32,
+    /// One token's whole decoder block in one launch on a thread-block
+    /// cluster (`fused_block_*`, sm_90 and newer, when the block's weights
+    /// fit the cluster's shared memory) for caches of at most this many
+    /// slots; 0 never. Chosen on the host. Measured on the H200
+    /// (docs/cuda-kernel-notes.md, seventh pass): the SmolLM2 shape's
+    /// tg128 1,887 with it against 1,903 without (the 0.5B and 8B do not
+    /// fit), so 0, off.
+    pub fused_block_max_ctx: u32,
+    /// Where a timeline build of `fused_block_*` stamps its five phase
+    /// times, defined into the source as `FB_PROBE` (a diagnostic; 0 the
+    /// ends of its phases, see block.cu).
+    pub fb_probe: u32,
     /// Device address of the timeline buffer, defined into the source as
     /// `TERN_TL` when non-zero (a diagnostic, `TERN_CUDA_TIMELINE`; set by
     /// the backend, never by hand).
@@ -171,6 +191,8 @@ impl Default for KernelConfig {
             mv_prefetch_max_kib: 8192,
             attn_mma: 2,
             attn_one_split: 0,
+            fused_block_max_ctx: 0,
+            fb_probe: 0,
             timeline: 0,
         }
     }
@@ -205,14 +227,15 @@ pub fn source() -> String {
 pub fn source_with(cfg: &KernelConfig) -> String {
     let mut s = format!(
         "#define MV_ROWS {}\n#define MV_UNROLL {}\n#define MQ_STAGES {}\n#define MQ_NARROW_MINB {}\n\
-         #define MQ_WIDE_MI {}\n#define MQ_WIDE_MINB {}\n#define MV_PREFETCH {}\n",
+         #define MQ_WIDE_MI {}\n#define MQ_WIDE_MINB {}\n#define MV_PREFETCH {}\n#define FB_PROBE {}\n",
         cfg.mv_rows,
         cfg.mv_unroll,
         cfg.mq_stages,
         cfg.mq_narrow_min_blocks,
         cfg.mq_wide_mi,
         cfg.mq_wide_min_blocks,
-        cfg.mv_prefetch
+        cfg.mv_prefetch,
+        cfg.fb_probe
     );
     if cfg.timeline != 0 {
         s.push_str(&format!("#define TERN_TL {:#x}ull\n", cfg.timeline));
@@ -416,7 +439,22 @@ impl Kernels {
                 .load_function(name)
                 .map_err(|e| gpu_err(&format!("load kernel {name}"), e))?;
             let func = f.cu_function();
-            let bytes = dynamic_smem(cfg, name);
+            let bytes = if CLUSTER_KERNELS.contains(&name) {
+                gpu.smem_optin as u32
+            } else {
+                dynamic_smem(cfg, name)
+            };
+            if CLUSTER_KERNELS.contains(&name) && gpu.cc.0 >= 9 {
+                // SAFETY: as below; a 0/1 flag.
+                unsafe {
+                    cudarc::driver::result::function::set_function_attribute(
+                        func,
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                        1,
+                    )
+                }
+                .map_err(|e| gpu_err(&format!("cluster size for kernel {name}"), e))?;
+            }
             if bytes > 0 {
                 // SAFETY: `func` was just loaded from this module and the
                 // attribute takes a plain byte count.

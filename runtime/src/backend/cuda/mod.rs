@@ -29,8 +29,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use cudarc::driver::sys;
 
 pub use self::device::{driver_present, nvrtc_present};
-use self::device::{launch, launch_smem, Arg, DevBuf, Gpu, Staging};
-use super::{AttnParams, Backend, KvSpec, KvType, Op, Rope, StepInputs};
+use self::device::{launch, launch_cluster, launch_smem, Arg, DevBuf, Gpu, PinnedRead, Staging};
+use super::{
+    AttnParams, Backend, BlockParams, BlockWeights, KvSpec, KvType, Op, Rope, StepInputs,
+    Visibility,
+};
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::quants::{self, GgmlType};
@@ -105,6 +108,12 @@ struct Mutable {
     hmemo: [Option<(u64, usize, usize)>; 2],
     part_o: Option<DevBuf>,
     part_ml: Option<DevBuf>,
+    /// Whether a cluster launch fits the GPU, by (kernel, blocks, shared
+    /// bytes), asked once each.
+    cluster_fits: Vec<((&'static str, u32, u32), bool)>,
+    /// Page-locked buffer reads of up to 64 MiB go through (grown on
+    /// demand); `TERN_CUDA_PINNED_READ=0` reads into pageable memory.
+    pinned: Option<PinnedRead>,
 }
 
 /// A step's inputs on the device: (values, address) per kind.
@@ -138,7 +147,15 @@ impl CudaBackend {
         // Experiment knobs: variable, field, accepted values (a value out of
         // range is ignored).
         type Knob<'a> = (&'static str, &'a mut u32, fn(u32) -> bool);
-        let knobs: [Knob; 10] = [
+        let knobs: [Knob; 12] = [
+            // Where a timeline build of the decode block stamps its phases.
+            ("TERN_CUDA_FB_PROBE", &mut cfg.fb_probe, |k| k <= 2),
+            // Largest cache whose decode runs one cluster launch per block.
+            (
+                "TERN_CUDA_FUSED_BLOCK",
+                &mut cfg.fused_block_max_ctx,
+                |_| true,
+            ),
             // Largest cache whose tensor-core decode attention is one split.
             ("TERN_CUDA_ATTN_ONE_SPLIT", &mut cfg.attn_one_split, |_| {
                 true
@@ -248,6 +265,8 @@ impl CudaBackend {
                     hmemo: [None, None],
                     part_o: None,
                     part_ml: None,
+                    cluster_fits: Vec::new(),
+                    pinned: None,
                 }),
                 step: Mutex::new(()),
                 mv_rows: cfg.mv_rows as usize,
@@ -506,6 +525,89 @@ fn rope_kv_fits(
         && (v.rows, v.cols) == (q.rows, width)
         && layer < spec.n_layer
         && first_slot + q.rows <= spec.n_ctx
+}
+
+/// Threads per block of `fused_block_*` (`FB_THREADS` in block.cu).
+const FB_THREADS: usize = 512;
+/// Most q/k/v heads one block of it may own (`FB_MAXH`).
+const FB_MAXH: usize = 8;
+
+/// Bytes `fb_load_slice` (block.cu) puts in shared memory for rows
+/// `r0..r1` of a packed `rows × cols` weight of type `ty`.
+fn fb_slice_bytes(ty: GgmlType, rows: usize, cols: usize, r0: usize, r1: usize) -> usize {
+    if r1 <= r0 {
+        return 0;
+    }
+    let nb = cols / 32;
+    let qb = if ty == GgmlType::Q8_0 { 32 } else { 16 };
+    let mut n = (r1 - r0) * nb * qb;
+    let parts = if ty == GgmlType::Q4_1 { 2 } else { 1 };
+    for p in 0..parts {
+        let sec = rows * nb * qb + p * rows * nb * 2;
+        let (st, en) = (sec + r0 * nb * 2, sec + r1 * nb * 2);
+        n += en.next_multiple_of(16) - (st & !15);
+    }
+    n
+}
+
+/// The shape of one decoder block, as `fused_block_*` sees it.
+#[derive(Clone, Copy, Debug)]
+struct FbShape {
+    e: usize,
+    f: usize,
+    hq: usize,
+    hkv: usize,
+    d: usize,
+    /// q, k, v, o, gate, up, down.
+    ty: [GgmlType; 7],
+}
+
+/// Dynamic shared memory `fused_block_*` needs with clusters of `nb`
+/// blocks (the largest block's), or `None` when the shape does not fit its
+/// limits (heads per block, rows per block). Mirrors block.cu's layout.
+fn fb_smem(s: &FbShape, nb: usize) -> Option<usize> {
+    let ht = s.hq + 2 * s.hkv;
+    let (rpb, upb) = (s.e.div_ceil(nb), s.f.div_ceil(nb).next_multiple_of(32));
+    let maxh = ht.div_ceil(nb);
+    if maxh > FB_MAXH || rpb > 2048 || upb > 2048 || s.e > 8 * FB_THREADS {
+        return None;
+    }
+    let a4 = |n: usize| n.next_multiple_of(4);
+    let qw = s.e.max(s.hq * s.d);
+    let floats = a4(s.e)
+        + a4(maxh * s.d)
+        + 2 * a4(s.e)
+        + FB_THREADS
+        + FB_THREADS * 8
+        + 32
+        + 2 * (qw / 32).div_ceil(2) * 2
+        + 2 * (s.f / 32).div_ceil(2) * 2;
+    // The 8-bit input and the pushed 8-bit silu(g)·u.
+    let quant = qw.next_multiple_of(16) + s.f.next_multiple_of(16);
+    let mut most = 0;
+    for b in 0..nb {
+        let mut n = 0;
+        let mut j = b;
+        while j < ht {
+            let (ty, rows, h) = if j < s.hq {
+                (s.ty[0], s.hq * s.d, j)
+            } else if j < s.hq + s.hkv {
+                (s.ty[1], s.hkv * s.d, j - s.hq)
+            } else {
+                (s.ty[2], s.hkv * s.d, j - s.hq - s.hkv)
+            };
+            n += fb_slice_bytes(ty, rows, s.e, h * s.d, (h + 1) * s.d);
+            j += nb;
+        }
+        let (r0, u0) = ((b * rpb).min(s.e), (b * upb).min(s.f));
+        let (r1, u1) = ((r0 + rpb).min(s.e), (u0 + upb).min(s.f));
+        n += fb_slice_bytes(s.ty[3], s.e, s.hq * s.d, r0, r1);
+        n += fb_slice_bytes(s.ty[4], s.f, s.e, u0, u1);
+        n += fb_slice_bytes(s.ty[5], s.f, s.e, u0, u1);
+        n += fb_slice_bytes(s.ty[6], s.e, s.f, r0, r1);
+        most = most.max(n);
+    }
+    Some(floats * 4 + quant + most)
 }
 
 fn freq_words(inv_freq: &[f64]) -> Vec<u32> {
@@ -1043,6 +1145,19 @@ impl Backend for CudaBackend {
         }
         let _step = self.step_guard();
         let g = self.gpu()?;
+        static PINNED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let pinned = *PINNED
+            .get_or_init(|| std::env::var_os("TERN_CUDA_PINNED_READ").is_none_or(|v| v != "0"));
+        if pinned && out.len() <= 16 << 20 {
+            let mut m = self.lock();
+            if m.pinned.as_ref().is_none_or(|p| p.len() < out.len()) {
+                m.pinned = None;
+                m.pinned = Some(PinnedRead::new(g, out.len())?);
+            }
+            if let Some(p) = m.pinned.as_mut() {
+                return p.read(g, &t.buf, out);
+            }
+        }
         t.buf.download(g, out)
     }
 
@@ -1412,6 +1527,164 @@ impl Backend for CudaBackend {
                 self.prefetch_arg(w.iter().map(|w| w.buf.bytes).sum()),
             ],
         )
+    }
+
+    fn decode_block(
+        &self,
+        x: &mut CudaTensor,
+        w: &BlockWeights<'_, CudaWeight>,
+        p: &BlockParams<'_>,
+        positions: &[u32],
+        kv: &mut CudaKvCache,
+        layer: usize,
+        first_slot: usize,
+    ) -> Result<bool> {
+        let g = self.gpu()?;
+        let spec = kv.spec;
+        let max_ctx = self.sh.cfg.fused_block_max_ctx as usize;
+        if max_ctx == 0 || spec.n_ctx > max_ctx || g.cc.0 < 9 || x.rows != 1 || positions.len() != 1
+        {
+            return Ok(false);
+        }
+        let kernel = match spec.head_dim {
+            64 => "fused_block_64",
+            128 => "fused_block_128",
+            _ => return Ok(false),
+        };
+        let a = p.attn;
+        let (e, d, hq, hkv) = (x.cols, spec.head_dim, a.n_head, a.n_head_kv);
+        let f = w.ffn_gate.rows;
+        let quant = |t: &CudaWeight, rows: usize, cols: usize| {
+            matches!(t.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+                && (t.rows, t.cols) == (rows, cols)
+        };
+        let norm = |t: &CudaWeight| t.ty == GgmlType::F32 && t.rows * t.cols == e;
+        let (rq, rk) = (p.rope_q, p.rope_k);
+        let fits = spec.ty == KvType::F16
+            && layer < spec.n_layer
+            && first_slot < spec.n_ctx
+            && hkv == spec.n_head_kv
+            && hkv > 0
+            && hq.is_multiple_of(hkv)
+            && a.head_dim == d
+            && a.visibility == Visibility::Causal
+            && e.is_multiple_of(32)
+            && f.is_multiple_of(32)
+            && quant(w.attn_q, hq * d, e)
+            && quant(w.attn_k, hkv * d, e)
+            && quant(w.attn_v, hkv * d, e)
+            && quant(w.attn_output, e, hq * d)
+            && quant(w.ffn_gate, f, e)
+            && quant(w.ffn_up, f, e)
+            && quant(w.ffn_down, e, f)
+            && norm(w.attn_norm)
+            && norm(w.ffn_norm)
+            && rq.inv_freq == rk.inv_freq
+            && rq.n_rot == rk.n_rot
+            && rq.head_dim == d
+            && rk.head_dim == d
+            && rq.n_rot <= d
+            && rq.n_rot.is_multiple_of(2)
+            && rq.inv_freq.len() == rq.n_rot / 2;
+        if !fits {
+            return Ok(false);
+        }
+        let shape = FbShape {
+            e,
+            f,
+            hq,
+            hkv,
+            d,
+            ty: [
+                w.attn_q.ty,
+                w.attn_k.ty,
+                w.attn_v.ty,
+                w.attn_output.ty,
+                w.ffn_gate.ty,
+                w.ffn_up.ty,
+                w.ffn_down.ty,
+            ],
+        };
+        // The largest cluster that fits: more blocks, less work each.
+        let mut plan = None;
+        for nb in [16usize, 8] {
+            let Some(bytes) = fb_smem(&shape, nb).filter(|&b| b <= g.smem_optin) else {
+                continue;
+            };
+            let key = (kernel, nb as u32, bytes as u32);
+            let known = self
+                .lock()
+                .cluster_fits
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|v| v.1);
+            let ok = match known {
+                Some(ok) => ok,
+                None => {
+                    let n = device::max_active_clusters(
+                        g,
+                        self.f(kernel),
+                        nb as u32,
+                        FB_THREADS as u32,
+                        bytes as u32,
+                    )
+                    .unwrap_or(0);
+                    log::debug!("cuda: {kernel} as {nb}-block clusters of {bytes} bytes: {n} fit");
+                    self.lock().cluster_fits.push((key, n > 0));
+                    n > 0
+                }
+            };
+            if ok {
+                plan = Some((nb, bytes));
+                break;
+            }
+        }
+        let Some((nb, bytes)) = plan else {
+            return Ok(false);
+        };
+        self.wrote(x);
+        let (pos, fr, fs) = self.stage_rope(positions, rq, first_slot)?;
+        let tys = shape
+            .ty
+            .iter()
+            .enumerate()
+            .fold(0i32, |acc, (i, &t)| acc | ty_code(t) << (4 * i));
+        let (kc, vc) = &kv.layers[layer];
+        launch_cluster(
+            g,
+            self.f(kernel),
+            "decode block",
+            nb as u32,
+            FB_THREADS as u32,
+            bytes as u32,
+            &mut [
+                Arg::Ptr(x.buf.ptr),
+                Arg::Ptr(w.attn_norm.buf.ptr),
+                Arg::Ptr(w.ffn_norm.buf.ptr),
+                Arg::F32(p.eps),
+                Arg::F32(p.residual_scale),
+                Arg::Ptr(w.attn_q.buf.ptr),
+                Arg::Ptr(w.attn_k.buf.ptr),
+                Arg::Ptr(w.attn_v.buf.ptr),
+                Arg::Ptr(w.attn_output.buf.ptr),
+                Arg::Ptr(w.ffn_gate.buf.ptr),
+                Arg::Ptr(w.ffn_up.buf.ptr),
+                Arg::Ptr(w.ffn_down.buf.ptr),
+                Arg::I32(tys),
+                Arg::I32(e as i32),
+                Arg::I32(f as i32),
+                Arg::I32(hq as i32),
+                Arg::I32(hkv as i32),
+                Arg::Ptr(pos),
+                Arg::Ptr(fr),
+                Arg::I32(rq.n_rot as i32),
+                Arg::Ptr(kc.ptr),
+                Arg::Ptr(vc.ptr),
+                Arg::Ptr(fs),
+                Arg::F32(a.scale),
+            ],
+        )?;
+        Ok(true)
     }
 
     fn rope_kv_write(
