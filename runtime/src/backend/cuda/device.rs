@@ -497,14 +497,17 @@ fn launch_raw(
     ptrs: &mut [*mut c_void],
 ) -> Result<()> {
     if gpu.pdl || cluster.is_some() {
-        let mut attrs = Vec::with_capacity(2);
-        if gpu.pdl {
-            attrs.push(pdl_attr());
-        }
-        if let Some(nb) = cluster {
-            attrs.push(cluster_attr(nb));
-        }
-        let cfg = launch_config(gpu, grid, block, smem, &mut attrs);
+        // No allocation per launch: at most two attributes.
+        let mut attrs = [pdl_attr(), cluster_attr(cluster.unwrap_or(1))];
+        let n = match (gpu.pdl, cluster.is_some()) {
+            (true, true) => 2,
+            (true, false) => 1,
+            (false, _) => {
+                attrs.swap(0, 1);
+                1
+            }
+        };
+        let cfg = launch_config(gpu, grid, block, smem, &mut attrs[..n]);
         // SAFETY: as below; `cfg` and `attrs` outlive the call.
         return unsafe {
             sys::cuLaunchKernelEx(&cfg, f, ptrs.as_mut_ptr(), std::ptr::null_mut())
@@ -723,6 +726,9 @@ impl PinnedRead {
         // SAFETY: a plain page-locked allocation.
         let host = unsafe { result::malloc_host(len * 4, 0) }
             .map_err(|e| gpu_err("pinned allocation", e))? as *mut f32;
+        // SAFETY: the block was just allocated for `len` f32s; zeroed so a
+        // slice over it is always initialised.
+        unsafe { std::ptr::write_bytes(host, 0, len) };
         Ok(PinnedRead { host, len })
     }
 

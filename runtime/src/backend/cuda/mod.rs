@@ -1152,7 +1152,12 @@ impl Backend for CudaBackend {
             let mut m = self.lock();
             if m.pinned.as_ref().is_none_or(|p| p.len() < out.len()) {
                 m.pinned = None;
-                m.pinned = Some(PinnedRead::new(g, out.len())?);
+                // Grown by powers of two; without page-locked memory (a
+                // memlock limit) the plain read below still works.
+                match PinnedRead::new(g, out.len().next_power_of_two()) {
+                    Ok(p) => m.pinned = Some(p),
+                    Err(e) => log::debug!("cuda: pinned read buffer: {e}"),
+                }
             }
             if let Some(p) = m.pinned.as_mut() {
                 return p.read(g, &t.buf, out);

@@ -587,7 +587,7 @@ __device__ __forceinline__ void fused_block_body(
 #ifdef TERN_TL
     // The phases' lengths (A–E, 8 ns units, 12 bits each) in the launch's
     // record's free word; timeline.py prints them.
-    if (tl_me) {
+    if (tl_me && tl_n < TL_CAP) { // pdl_entry writes records only that far
         u64 packed = 0;
         for (int i = 0; i < 5; i++) {
             u64 dt = (tl_t[i] - (i ? tl_t[i - 1] : tl_t0)) / 8;
