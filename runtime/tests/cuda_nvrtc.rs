@@ -99,6 +99,43 @@ fn indexed(text: &str) -> Vec<&str> {
         .collect()
 }
 
+/// The identifiers device function `func` names between its opening brace
+/// and its `pdl_entry();`, outside comments and leaving out members
+/// (`threadIdx.x`).
+fn idents_before_wait(func: &str) -> Vec<String> {
+    let sig = format!("void {func}(");
+    let src = kernels::SOURCES
+        .iter()
+        .map(|(_, t)| *t)
+        .find(|t| t.contains(&sig))
+        .unwrap_or_else(|| panic!("{func} is not in the sources"));
+    let at = src.find(&sig).unwrap();
+    let body = &src[at + src[at..].find('{').unwrap() + 1..];
+    let wait = body
+        .find("pdl_entry();")
+        .unwrap_or_else(|| panic!("{func} does not call pdl_entry()"));
+    let code: String = body[..wait]
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut idents = Vec::new();
+    let mut start = None;
+    for (i, c) in code
+        .char_indices()
+        .chain(std::iter::once((code.len(), ' ')))
+    {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            start.get_or_insert(i);
+        } else if let Some(s0) = start.take() {
+            if !code[..s0].ends_with('.') {
+                idents.push(code[s0..i].to_string());
+            }
+        }
+    }
+    idents
+}
+
 #[test]
 fn every_kernel_starts_with_the_dependent_launch_wait() {
     let entries = entry_points();
@@ -154,61 +191,18 @@ fn every_kernel_starts_with_the_dependent_launch_wait() {
     }
     // matvec_q_impl: between its opening brace and the wait, no use of
     // the activations or the output.
-    let src = kernels::SOURCES
-        .iter()
-        .map(|(_, t)| *t)
-        .find(|t| t.contains("void matvec_q_impl("))
-        .expect("matvec_q_impl is in the sources");
-    let at = src.find("void matvec_q_impl(").unwrap();
-    let body = &src[at + src[at..].find('{').unwrap() + 1..];
-    let wait = body
-        .find("pdl_entry();")
-        .expect("matvec_q_impl calls pdl_entry()");
-    let before = &body[..wait];
-    let idents: Vec<&str> = before
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .collect();
+    let idents = idents_before_wait("matvec_q_impl");
     for used in ["xq", "xs", "out"] {
         assert!(
-            !idents.contains(&used),
+            !idents.iter().any(|i| i == used),
             "matvec_q_impl uses `{used}` before the wait"
         );
     }
     // fused_block_body: the same for the residual row and the cache.
-    let src = kernels::SOURCES
-        .iter()
-        .map(|(_, t)| *t)
-        .find(|t| t.contains("void fused_block_body("))
-        .expect("fused_block_body is in the sources");
-    let at = src.find("void fused_block_body(").unwrap();
-    let body = &src[at + src[at..].find('{').unwrap() + 1..];
-    let wait = body
-        .find("pdl_entry();")
-        .expect("fused_block_body calls pdl_entry()");
-    // Identifiers outside comments, leaving out members (`threadIdx.x`).
-    let code: String = body[..wait]
-        .lines()
-        .map(|l| l.split("//").next().unwrap_or(""))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let before = code.as_str();
-    let mut idents = Vec::new();
-    let mut start = None;
-    for (i, c) in before
-        .char_indices()
-        .chain(std::iter::once((before.len(), ' ')))
-    {
-        if c.is_ascii_alphanumeric() || c == '_' {
-            start.get_or_insert(i);
-        } else if let Some(s0) = start.take() {
-            if !before[..s0].ends_with('.') {
-                idents.push(&before[s0..i]);
-            }
-        }
-    }
+    let idents = idents_before_wait("fused_block_body");
     for used in ["x", "kc", "vc"] {
         assert!(
-            !idents.contains(&used),
+            !idents.iter().any(|i| i == used),
             "fused_block_body uses `{used}` before the wait"
         );
     }

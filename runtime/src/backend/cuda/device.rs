@@ -465,7 +465,35 @@ fn launch_ex(
         .prof
         .as_ref()
         .and_then(|_| gpu.event_pair(format!("{name} {grid:?}x{block}")));
-    let r = launch_raw(gpu, f, name, grid, block, smem, cluster, &mut ptrs);
+    let r = if gpu.pdl || cluster.is_some() {
+        // No allocation per launch: at most two attributes.
+        let mut attrs = [pdl_attr(), cluster_attr(cluster.unwrap_or(1))];
+        let n = match (gpu.pdl, cluster.is_some()) {
+            (true, true) => 2,
+            (true, false) => 1,
+            (false, _) => {
+                attrs.swap(0, 1);
+                1
+            }
+        };
+        let cfg = launch_config(gpu, grid, block, smem, &mut attrs[..n]);
+        // SAFETY: as below; `cfg` and `attrs` outlive the call.
+        unsafe {
+            sys::cuLaunchKernelEx(&cfg, f, ptrs.as_mut_ptr(), std::ptr::null_mut())
+                .result()
+                .map_err(|e| gpu_err(name, e))
+        }
+    } else {
+        // SAFETY: the argument list matches the kernel's signature (each
+        // call site is written against its kernel), every pointer argument
+        // is a live device buffer of the size the kernel indexes, and
+        // `ptrs` outlives the call (cuLaunchKernel copies the values before
+        // returning).
+        unsafe {
+            result::launch_kernel(f, grid, (block, 1, 1), smem, gpu.cu_stream(), &mut ptrs)
+                .map_err(|e| gpu_err(name, e))
+        }
+    };
     if let (Some(t), true) = (gpu.tl.as_ref(), r.is_ok()) {
         let label = t.label(f, grid, block);
         t.order
@@ -483,46 +511,6 @@ fn launch_ex(
             .push(TimedLaunch(label, ev0, ev1));
     }
     r
-}
-
-#[allow(clippy::too_many_arguments)]
-fn launch_raw(
-    gpu: &Gpu,
-    f: sys::CUfunction,
-    name: &str,
-    grid: (u32, u32, u32),
-    block: u32,
-    smem: u32,
-    cluster: Option<u32>,
-    ptrs: &mut [*mut c_void],
-) -> Result<()> {
-    if gpu.pdl || cluster.is_some() {
-        // No allocation per launch: at most two attributes.
-        let mut attrs = [pdl_attr(), cluster_attr(cluster.unwrap_or(1))];
-        let n = match (gpu.pdl, cluster.is_some()) {
-            (true, true) => 2,
-            (true, false) => 1,
-            (false, _) => {
-                attrs.swap(0, 1);
-                1
-            }
-        };
-        let cfg = launch_config(gpu, grid, block, smem, &mut attrs[..n]);
-        // SAFETY: as below; `cfg` and `attrs` outlive the call.
-        return unsafe {
-            sys::cuLaunchKernelEx(&cfg, f, ptrs.as_mut_ptr(), std::ptr::null_mut())
-                .result()
-                .map_err(|e| gpu_err(name, e))
-        };
-    }
-    // SAFETY: the argument list matches the kernel's signature (each call
-    // site is written against its kernel), every pointer argument is a live
-    // device buffer of the size the kernel indexes, and `ptrs` outlives the
-    // call (cuLaunchKernel copies the values before returning).
-    unsafe {
-        result::launch_kernel(f, grid, (block, 1, 1), smem, gpu.cu_stream(), ptrs)
-            .map_err(|e| gpu_err(name, e))
-    }
 }
 
 /// One timed launch: its label and the events recorded around it.

@@ -271,6 +271,18 @@ __device__ __forceinline__ void fb_push_q(const signed char* src, signed char* d
     }
 }
 
+// acc[e] += p · v[e] for the 8 halves of one value row's 16 bytes.
+__device__ __forceinline__ void fb_pv(float (&acc)[8], float p, uint4 v) {
+    acc[0] += p * h2f((u16)(v.x & 0xffff));
+    acc[1] += p * h2f((u16)(v.x >> 16));
+    acc[2] += p * h2f((u16)(v.y & 0xffff));
+    acc[3] += p * h2f((u16)(v.y >> 16));
+    acc[4] += p * h2f((u16)(v.z & 0xffff));
+    acc[5] += p * h2f((u16)(v.z >> 16));
+    acc[6] += p * h2f((u16)(v.w & 0xffff));
+    acc[7] += p * h2f((u16)(v.w >> 16));
+}
+
 __device__ __forceinline__ u32 fb_align(u32 n_floats) { return (n_floats + 3) & ~3u; }
 #endif
 
@@ -471,31 +483,10 @@ __device__ __forceinline__ void fused_block_body(
 #pragma unroll
             for (int r = 0; r < VPRE; r++) {
                 int k = kg + r * NG;
-                if (k < len) {
-                    float pk = SC[k];
-                    uint4 v = vv[r];
-                    acc[0] += pk * h2f((u16)(v.x & 0xffff));
-                    acc[1] += pk * h2f((u16)(v.x >> 16));
-                    acc[2] += pk * h2f((u16)(v.y & 0xffff));
-                    acc[3] += pk * h2f((u16)(v.y >> 16));
-                    acc[4] += pk * h2f((u16)(v.z & 0xffff));
-                    acc[5] += pk * h2f((u16)(v.z >> 16));
-                    acc[6] += pk * h2f((u16)(v.w & 0xffff));
-                    acc[7] += pk * h2f((u16)(v.w >> 16));
-                }
+                if (k < len) fb_pv(acc, SC[k], vv[r]);
             }
-            for (int k = kg + VPRE * NG; k < len; k += NG) {
-                uint4 v = fb_ld_cg(vbase + (k0 + k) * width);
-                float pk = SC[k];
-                acc[0] += pk * h2f((u16)(v.x & 0xffff));
-                acc[1] += pk * h2f((u16)(v.x >> 16));
-                acc[2] += pk * h2f((u16)(v.y & 0xffff));
-                acc[3] += pk * h2f((u16)(v.y >> 16));
-                acc[4] += pk * h2f((u16)(v.z & 0xffff));
-                acc[5] += pk * h2f((u16)(v.z >> 16));
-                acc[6] += pk * h2f((u16)(v.w & 0xffff));
-                acc[7] += pk * h2f((u16)(v.w >> 16));
-            }
+            for (int k = kg + VPRE * NG; k < len; k += NG)
+                fb_pv(acc, SC[k], fb_ld_cg(vbase + (k0 + k) * width));
             __syncthreads(); // SC is rewritten by the next chunk
             if (i == 0 && k0 == 0) FB_AT(2, 2);
         }
