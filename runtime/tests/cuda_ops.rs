@@ -97,6 +97,31 @@ fn input<B: Backend>(
     t
 }
 
+/// A two-layer KV cache of `n_ctx` slots for `nkv` heads of `hd`, its layer
+/// 1 holding the file's `names` (keys, values) rows in slots `0..rows`.
+fn cache_with<B: Backend>(
+    b: &B,
+    f: &Arc<GgufFile>,
+    names: (&str, &str),
+    rows: usize,
+    (n_ctx, nkv, hd): (usize, usize, usize),
+    ty: KvType,
+) -> B::KvCache {
+    let mut kv = b
+        .alloc_kv(&KvSpec {
+            n_layer: 2,
+            n_ctx,
+            n_head_kv: nkv,
+            head_dim: hd,
+            ty,
+        })
+        .unwrap();
+    let k = input(b, f, names.0, rows, nkv * hd);
+    let v = input(b, f, names.1, rows, nkv * hd);
+    b.kv_write(&mut kv, 1, 0, &k, &v).unwrap();
+    kv
+}
+
 fn read<B: Backend>(b: &B, t: &B::Tensor) -> Vec<f32> {
     let (r, c) = b.shape(t);
     let mut v = vec![f32::NAN; r * c];
@@ -275,18 +300,7 @@ fn fused_qkv_rope_kv_write_matches_cpu() {
                 fn run<B: Backend>(b: &B, f: &Arc<GgufFile>, d: (usize, KvType)) -> Vec<Vec<f32>> {
                     let (n_rot, ty) = d;
                     let (nh, nkv, hd, prefix, cols) = (9usize, 3usize, 64usize, 3usize, 256usize);
-                    let mut kv = b
-                        .alloc_kv(&KvSpec {
-                            n_layer: 2,
-                            n_ctx: 300,
-                            n_head_kv: nkv,
-                            head_dim: hd,
-                            ty,
-                        })
-                        .unwrap();
-                    let k0 = input(b, f, "k0", prefix, nkv * hd);
-                    let v0 = input(b, f, "v0", prefix, nkv * hd);
-                    b.kv_write(&mut kv, 1, 0, &k0, &v0).unwrap();
+                    let mut kv = cache_with(b, f, ("k0", "v0"), prefix, (300, nkv, hd), ty);
                     let w: Vec<B::Weight> = ["wq", "wk", "wv"]
                         .iter()
                         .map(|n| b.load_weight(f, f.tensor(n).unwrap(), Op::MatMul).unwrap())
@@ -547,18 +561,7 @@ fn attend<B: Backend>(
 ) -> Vec<f32> {
     let (nh, nkv, hd, n_ctx, prefix, batch) = d;
     let total = prefix + batch;
-    let mut kv = b
-        .alloc_kv(&KvSpec {
-            n_layer: 2,
-            n_ctx,
-            n_head_kv: nkv,
-            head_dim: hd,
-            ty,
-        })
-        .unwrap();
-    let k = input(b, f, "k", total, nkv * hd);
-    let v = input(b, f, "v", total, nkv * hd);
-    b.kv_write(&mut kv, 1, 0, &k, &v).unwrap();
+    let kv = cache_with(b, f, ("k", "v"), total, (n_ctx, nkv, hd), ty);
     let q = input(b, f, "q", batch, nh * hd);
     let p = AttnParams {
         n_head: nh,
@@ -1029,18 +1032,7 @@ fn fused_rope_kv_write_and_residual_projection_match_cpu() {
                 ) -> Vec<Vec<f32>> {
                     let (ntok, n_rot, ty) = d;
                     let (nh, nkv, hd, n_ctx, prefix) = (9usize, 3usize, 64usize, 300usize, 40);
-                    let mut kv = b
-                        .alloc_kv(&KvSpec {
-                            n_layer: 2,
-                            n_ctx,
-                            n_head_kv: nkv,
-                            head_dim: hd,
-                            ty,
-                        })
-                        .unwrap();
-                    let k0 = input(b, f, "k0", prefix, nkv * hd);
-                    let v0 = input(b, f, "v0", prefix, nkv * hd);
-                    b.kv_write(&mut kv, 1, 0, &k0, &v0).unwrap();
+                    let mut kv = cache_with(b, f, ("k0", "v0"), prefix, (n_ctx, nkv, hd), ty);
                     let mut q = input(b, f, "q", ntok, nh * hd);
                     let mut k = input(b, f, "k", ntok, nkv * hd);
                     let v = input(b, f, "v", ntok, nkv * hd);
@@ -1197,18 +1189,7 @@ fn decode_block_on_a_cluster_matches_cpu() {
                     w("wu", Op::MatMul),
                     w("wd", Op::MatMul),
                 );
-                let mut kv = b
-                    .alloc_kv(&KvSpec {
-                        n_layer: 2,
-                        n_ctx: 1024,
-                        n_head_kv: nkv,
-                        head_dim: hd,
-                        ty: KvType::F16,
-                    })
-                    .unwrap();
-                let k0 = input(b, f, "k0", prefix, nkv * hd);
-                let v0 = input(b, f, "v0", prefix, nkv * hd);
-                b.kv_write(&mut kv, 1, 0, &k0, &v0).unwrap();
+                let mut kv = cache_with(b, f, ("k0", "v0"), prefix, (1024, nkv, hd), KvType::F16);
                 let inv_freq: Vec<f64> = (0..hd / 4)
                     .map(|i| 10000f64.powf(-2.0 * i as f64 / (hd / 2) as f64))
                     .collect();
