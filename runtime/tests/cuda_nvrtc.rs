@@ -71,20 +71,35 @@ const WEIGHTS_BEFORE_WAIT: [&str; 4] = [
 /// residual row (`x`) or the cache (`kc`, `vc`).
 const BLOCK_BEFORE_WAIT: [&str; 2] = ["fused_block_64", "fused_block_128"];
 
+/// The tensor-core decode attention reads its first slot (a step input)
+/// and the first key/value tiles of the cache below it (slots this step
+/// does not write) before the wait: its entry points index only the first
+/// slot and go straight to `attn_decode_mma_body`, which must call
+/// `pdl_entry()` before it touches the queries or its outputs.
+const CACHE_BEFORE_WAIT: [&str; 2] = ["attn_decode_mma_64", "attn_decode_mma_128"];
+
+/// Launched on a side stream, outside the dependent-launch chain, and
+/// touching no memory (L2 prefetch hints only): it must not wait, and must
+/// not stamp the timeline, whose records assume one launch at a time.
+const OFF_CHAIN: [&str; 1] = ["l2_prefetch"];
+
 /// What each kernel may index before its wait: the norm's weight in
 /// `rms_norm_q`; in `matvec_qkv_rope`, before it calls `matvec_q_impl`, the
 /// step inputs and RoPE table (copied before the step's first kernel or at
 /// load, never written by a kernel) and its own shared array; the decode
 /// attention's first slot (a step input).
-const EARLY_READS: [(&str, &[&str]); 4] = [
+const EARLY_READS: [(&str, &[&str]); 2] = [
     ("rms_norm_q", &["w"]),
-    ("attn_decode_mma_64", &["first_slot"]),
-    ("attn_decode_mma_128", &["first_slot"]),
     (
         "matvec_qkv_rope",
         &["pos", "inv_freq", "first_slot", "keep"],
     ),
 ];
+
+/// A kernel's own text: its body up to the next entry point.
+fn own_text(body: &str) -> &str {
+    &body[..body.find("extern \"C\"").unwrap_or(body.len())]
+}
 
 /// The identifiers written right before a `[` in `text`.
 fn indexed(text: &str) -> Vec<&str> {
@@ -146,7 +161,7 @@ fn every_kernel_starts_with_the_dependent_launch_wait() {
             "kernel {name} is not in KERNEL_NAMES (so not loaded or compile-checked)"
         );
         if let Some((_, allowed)) = EARLY_READS.iter().find(|(k, _)| k == name) {
-            let own = &body[..body.find("extern \"C\"").unwrap_or(body.len())];
+            let own = own_text(body);
             let stop = ["pdl_entry();", "matvec_q_impl<"]
                 .iter()
                 .filter_map(|m| own.find(m))
@@ -162,7 +177,7 @@ fn every_kernel_starts_with_the_dependent_launch_wait() {
         if WEIGHTS_BEFORE_WAIT.contains(&name.as_str()) {
             // Its own text, up to the next entry point, has no wait of its
             // own and reaches memory only through matvec_q_impl.
-            let own = &body[..body.find("extern \"C\"").unwrap_or(body.len())];
+            let own = own_text(body);
             assert!(
                 !own.contains("pdl_entry"),
                 "kernel {name}: the wait belongs in matvec_q_impl"
@@ -174,10 +189,32 @@ fn every_kernel_starts_with_the_dependent_launch_wait() {
             continue;
         }
         if BLOCK_BEFORE_WAIT.contains(&name.as_str()) {
-            let own = &body[..body.find("extern \"C\"").unwrap_or(body.len())];
+            let own = own_text(body);
             assert!(
                 !own.contains("pdl_entry") && own.contains("fused_block_body<"),
                 "kernel {name}: the wait belongs in fused_block_body"
+            );
+            continue;
+        }
+        if CACHE_BEFORE_WAIT.contains(&name.as_str()) {
+            let own = own_text(body);
+            assert!(
+                !own.contains("pdl_entry") && own.contains("attn_decode_mma_body<"),
+                "kernel {name}: the wait belongs in attn_decode_mma_body"
+            );
+            for id in indexed(own) {
+                assert!(
+                    ["first_slot", "ap_smem"].contains(&id),
+                    "kernel {name} indexes `{id}` before its wait"
+                );
+            }
+            continue;
+        }
+        if OFF_CHAIN.contains(&name.as_str()) {
+            let own = own_text(body);
+            assert!(
+                !own.contains("pdl_entry") && own.contains("prefetch"),
+                "kernel {name} is off the chain: no wait, no timeline"
             );
             continue;
         }
@@ -196,6 +233,14 @@ fn every_kernel_starts_with_the_dependent_launch_wait() {
         assert!(
             !idents.iter().any(|i| i == used),
             "matvec_q_impl uses `{used}` before the wait"
+        );
+    }
+    // attn_decode_mma_body: the same for the queries and the outputs.
+    let idents = idents_before_wait("attn_decode_mma_body");
+    for used in ["q", "part_o", "part_ml", "xq", "xs"] {
+        assert!(
+            !idents.iter().any(|i| i == used),
+            "attn_decode_mma_body uses `{used}` before the wait"
         );
     }
     // fused_block_body: the same for the residual row and the cache.

@@ -707,6 +707,82 @@ fn decode_attention_on_tensor_cores_matches_cpu() {
     assert!(one_split_differs, "the one-split form did not run");
 }
 
+/// L2 prefetch hints (`Backend::prefetch`, on a side stream forked from and
+/// joined back into the step) change no result: the same decode steps,
+/// eager, captured and replayed, with the hints on (a 1 KiB cap, so every
+/// quantized weight is prefetched in part: quants, scales and minima of its
+/// first rows) and off, are bit for bit equal and match the CPU.
+#[test]
+fn l2_prefetch_hints_change_no_result() {
+    use tern_runtime::backend::StepInputs;
+    let cpu = CpuBackend::exact(8);
+    let mut rng = Rng(0x5eed_0011);
+    let cols = 512;
+    let f = file_with(&[
+        ("w0", GgmlType::Q4_1, 300, cols, rng.vec(300 * cols)),
+        ("w1", GgmlType::Q8_0, 130, cols, rng.vec(130 * cols)),
+        ("w2", GgmlType::Q4_0, 64, cols, rng.vec(64 * cols)),
+        ("x", GgmlType::F32, 1, cols, rng.vec(cols)),
+    ]);
+    fn steps<B: Backend>(b: &B, f: &Arc<GgufFile>) -> Vec<Vec<f32>> {
+        let w: Vec<B::Weight> = ["w0", "w1", "w2"]
+            .iter()
+            .map(|n| b.load_weight(f, f.tensor(n).unwrap(), Op::MatMul).unwrap())
+            .collect();
+        let x = input(b, f, "x", 1, 512);
+        let mut o: Vec<B::Tensor> = [300, 130, 64]
+            .iter()
+            .map(|&r| b.alloc(1, r).unwrap())
+            .collect();
+        let mut kv = b
+            .alloc_kv(&KvSpec {
+                n_layer: 1,
+                n_ctx: 8,
+                n_head_kv: 1,
+                head_dim: 64,
+                ty: KvType::F16,
+            })
+            .unwrap();
+        let mut res = Vec::new();
+        // Eager, eager again (steady), captured, then replayed.
+        for _ in 0..5 {
+            let inputs = StepInputs {
+                tokens: &[1],
+                positions: &[0],
+                first_slot: 0,
+                outputs: &[0],
+            };
+            b.run_step(&mut kv, &inputs, &mut |_| {
+                b.prefetch(&[&w[0], &w[1]])?;
+                b.matmul(&x, &w[0], &mut o[0])?;
+                b.prefetch(&[&w[2]])?;
+                b.matmul(&x, &w[1], &mut o[1])?;
+                b.matmul(&x, &w[2], &mut o[2])
+            })
+            .unwrap();
+            res.push(o.iter().flat_map(|t| read(b, t)).collect());
+        }
+        res
+    }
+    let Some(plain) = gpu() else { return };
+    let Some(hinted) = gpu_with(&KernelConfig {
+        l2_prefetch_kib: 1,
+        ..KernelConfig::default()
+    }) else {
+        return;
+    };
+    let want = steps(&cpu, &f);
+    let a = steps(&plain, &f);
+    let b = steps(&hinted, &f);
+    for (i, ((av, bv), wv)) in a.iter().zip(&b).zip(&want).enumerate() {
+        assert!(
+            av.iter().zip(bv).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "step {i}: the prefetch hints changed a result"
+        );
+        check(&format!("prefetch-hinted step {i}"), bv, wv, 5e-4);
+    }
+}
+
 #[test]
 fn argmax_on_device_matches_host() {
     let Some(g) = gpu() else { return };

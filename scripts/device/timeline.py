@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Summarise a CUDA timeline written by TERN_CUDA_TIMELINE=path.
 
-Each line of the file is one kernel launch: `label t_pre t_wait [phases]`, device
+Each line of the file is one kernel launch: `label t_pre t_wait [phases [grid]]`, device
 global-timer nanoseconds taken by block 0's thread 0 when it reached
 pdl_entry() and when its wait for the previous kernel returned; label =
 "kernel gx x gy x gz threads", prefixed "G " for the first launch of each
@@ -12,6 +12,8 @@ For the graph-replayed launches it prints, per label in step order:
          (its own run plus the hand-off to the next kernel)
   early  t_wait - t_pre: how long block 0 sat resident before its wait
          returned (launched early under programmatic dependent launch)
+and the median time from a step's last launch to the next step's first
+(that launch's run, the read-back and the host's work between steps).
 means in microseconds over all replays (a step's last launch, and chains
 over 200 µs, are left out), and the median step. Kernels that time their
 own phases (block.cu's decode block: five lengths packed in `phases`) get
@@ -21,24 +23,60 @@ import sys
 from collections import OrderedDict
 
 
+def realign(recs, grids):
+    """Labels come from the host's launch order, records from the device.
+    If some launch left no record (or the reverse) they drift apart; the
+    record's own grid (5th column) shows by how much. Shift the labels by
+    the offset that matches the most grids, and say so."""
+    if not any(grids):
+        return recs
+    def score(k):
+        hit = tot = 0
+        for i in range(max(0, -k), min(len(recs), len(recs) - k), 7):
+            g = grids[i]
+            if g:
+                tot += 1
+                hit += recs[i + k][0].endswith(" " + g)
+        return hit / max(tot, 1)
+    best = max(range(-8, 9), key=lambda k: (score(k), -abs(k)))
+    if best == 0:
+        return recs
+    print(f"labels shifted by {best} to match the records' grids "
+          f"({score(0):.0%} matched unshifted, {score(best):.0%} shifted)")
+    out = []
+    for i, (_, pre, wait, ph) in enumerate(recs):
+        j = i + best
+        if 0 <= j < len(recs):
+            out.append((recs[j][0], pre, wait, ph))
+    return out
+
+
 def main():
     if len(sys.argv) < 2:
         sys.exit("usage: timeline.py FILE")
     recs = []
+    grids = []
     with open(sys.argv[1]) as f:
         for line in f:
             parts = line.rstrip("\n").split("\t")
-            if len(parts) in (3, 4):
-                ph = int(parts[3]) if len(parts) == 4 else 0
+            if len(parts) in (3, 4, 5):
+                ph = int(parts[3]) if len(parts) >= 4 else 0
                 recs.append((parts[0], int(parts[1]), int(parts[2]), ph))
+                grids.append(parts[4] if len(parts) == 5 else None)
     if not recs:
         sys.exit("no records")
+    recs = realign(recs, grids)
     stats = OrderedDict()
     phases = OrderedDict()
     starts = []
+    gaps = []
     for i in range(len(recs) - 1):
         label, pre, wait, ph = recs[i]
         nlabel, _, nwait, _ = recs[i + 1]
+        if label.startswith(("G ", "g ")) and nlabel.startswith("G "):
+            # A step's last launch to the next step's first: that launch's
+            # run, the read-back, and the host's work between the steps.
+            gaps.append((nwait - wait, label[2:]))
         if ph:
             # Phases a kernel timed itself (block.cu: 5 × 12 bits, 8 ns units).
             p = phases.setdefault(label, [0, [0.0] * 5])
@@ -63,6 +101,10 @@ def main():
     print(f"{len(recs)} launches, {len(starts)} graph replays")
     if steps:
         print(f"step (first kernel to first kernel): median {steps[len(steps) // 2] / 1e3:.1f} µs")
+    gaps.sort()
+    if gaps:
+        g, last = gaps[len(gaps) // 2]
+        print(f"last launch ({last}) to the next step's first: median {g / 1e3:.1f} µs")
     print(f"{'label':<40} {'n/step':>6} {'chain':>7} {'early':>7} {'µs/step':>8}")
     total = 0.0
     for label, (n, chain, early) in stats.items():

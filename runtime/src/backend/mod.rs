@@ -214,6 +214,14 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// Copy an activation to host memory (`out.len() == rows · cols`).
     fn read(&self, t: &Self::Tensor, out: &mut [f32]) -> Result<()>;
 
+    /// [`read`](Backend::read), and whether every value read is finite: a
+    /// backend that stages the copy checks each piece while it is in cache
+    /// (one pass over the logits instead of two).
+    fn read_finite(&self, t: &Self::Tensor, out: &mut [f32]) -> Result<bool> {
+        self.read(t, out)?;
+        Ok(all_finite(out))
+    }
+
     /// A KV cache for `spec`.
     fn alloc_kv(&self, spec: &KvSpec) -> Result<Self::KvCache>;
 
@@ -402,6 +410,16 @@ pub trait Backend: Send + Sync + Sized + 'static {
         Ok(false)
     }
 
+    /// A hint that `ws` are read soon after the work queued so far: a
+    /// backend may start moving (a first part of) them closer to the
+    /// compute meanwhile (CUDA: into L2, on a side stream, while the decode
+    /// chain runs kernels that are short of memory traffic). Never changes
+    /// a result; the default does nothing.
+    fn prefetch(&self, ws: &[&Self::Weight]) -> Result<()> {
+        let _ = ws;
+        Ok(())
+    }
+
     /// Run the ops of one whole forward step over `kv`. `ops` issues the
     /// same op sequence every time it is called with inputs of the same
     /// shape, and reads nothing else from the host than `inputs`, so a
@@ -416,4 +434,14 @@ pub trait Backend: Send + Sync + Sized + 'static {
         let _ = inputs;
         ops(kv)
     }
+}
+
+/// Whether every value is finite. A value is not when its exponent bits are
+/// all set, and then adding one to the exponent carries into bit 31: one
+/// OR-fold of integer operations, which vectorizes.
+pub fn all_finite(v: &[f32]) -> bool {
+    let carry = v.iter().fold(0u32, |a, x| {
+        a | (x.to_bits() & 0x7f80_0000).wrapping_add(0x0080_0000)
+    });
+    carry & 0x8000_0000 == 0
 }

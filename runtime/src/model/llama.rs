@@ -176,6 +176,10 @@ impl<B: Backend> LlamaModel<B> {
                 // Without an observer a block always runs to the end.
                 let _: ControlFlow<()> =
                     self.block(st, kv, il, l, rope, positions, first_slot, &attn, None)?;
+                match w.layers.get(il + 1) {
+                    Some(n) => b.prefetch(&[&n.attn_q, &n.attn_k, &n.attn_v])?,
+                    None => b.prefetch(&[&w.output])?,
+                }
             }
 
             // logits = W_out · norm(h) / logit_scale, only for the rows asked for.
@@ -288,6 +292,9 @@ impl<B: Backend> LlamaModel<B> {
             kv_layer,
             first_slot,
         )?;
+        // The output projection and the FFN's first matrices, moved closer
+        // while the attention runs (a hint; most backends ignore it).
+        b.prefetch(&[&l.attn_output, &l.ffn_gate, &l.ffn_up])?;
         b.attention(&st.q, kv, kv_layer, first_slot, attn, &mut st.att)?;
         if seen(LinearInput::AttnOutput, &st.att)?.is_break() {
             return Ok(ControlFlow::Break(()));
@@ -306,6 +313,7 @@ impl<B: Backend> LlamaModel<B> {
             return Ok(ControlFlow::Break(()));
         }
         b.matmul_glu(&st.xb, &l.ffn_gate, &l.ffn_up, &mut st.gate, &mut st.up)?;
+        b.prefetch(&[&l.ffn_down])?;
         if seen(LinearInput::FfnDown, &st.gate)?.is_break() {
             return Ok(ControlFlow::Break(()));
         }
@@ -319,8 +327,9 @@ impl<B: Backend> LlamaModel<B> {
         Ok(ControlFlow::Continue(()))
     }
 
-    /// Copy the logits of the last `forward` (`[n_out, n_vocab]`) to `out`.
-    pub fn read_logits(&self, st: &State<B>, out: &mut [f32]) -> Result<()> {
-        self.backend.read(&st.logits, out)
+    /// Copy the logits of the last `forward` (`[n_out, n_vocab]`) to `out`;
+    /// true when all of them are finite.
+    pub fn read_logits(&self, st: &State<B>, out: &mut [f32]) -> Result<bool> {
+        self.backend.read_finite(&st.logits, out)
     }
 }

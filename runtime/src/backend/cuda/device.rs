@@ -94,8 +94,9 @@ impl Timeline {
         format!("{name} {}x{}x{} {block}", grid.0, grid.1, grid.2)
     }
 
-    /// Write the records as text: `label t_pre t_wait phases` (ns; phases
-    /// as block.cu packs them, 0 for other kernels). A record
+    /// Write the records as text: `label t_pre t_wait phases grid` (ns;
+    /// phases as block.cu packs them, 0 for other kernels; the grid the
+    /// record's kernel ran with, to check the label against). A record
     /// whose grid differs from its label's (the names and the records out
     /// of step) is counted in a warning.
     pub fn dump(&self, gpu: &Gpu) -> Result<()> {
@@ -120,7 +121,13 @@ impl Timeline {
             mismatched += usize::from(!label.ends_with(&grid));
             // Word 3: kernels that time their own phases (block.cu) pack
             // them there; 0 otherwise.
-            out.push_str(&format!("{label}\t{}\t{}\t{}\n", r[0], r[1], r[3]));
+            out.push_str(&format!(
+                "{label}\t{}\t{}\t{}\t{}\n",
+                r[0],
+                r[1],
+                r[3],
+                grid.trim()
+            ));
         }
         if mismatched > 0 {
             log::warn!("cuda timeline: {mismatched} records do not match their launch's grid");
@@ -334,7 +341,7 @@ pub(super) enum Arg {
 }
 
 impl Arg {
-    fn as_void(&mut self) -> *mut c_void {
+    pub(super) fn as_void(&mut self) -> *mut c_void {
         match self {
             Arg::Ptr(v) => v as *mut u64 as *mut c_void,
             Arg::I32(v) => v as *mut i32 as *mut c_void,
@@ -523,7 +530,9 @@ unsafe impl Send for TimedLaunch {}
 /// Whether `TERN_CUDA_PROFILE=1` asks for per-kernel timing (which also
 /// turns graph capture off, so every step runs eagerly).
 pub(super) fn profiling() -> bool {
-    std::env::var_os("TERN_CUDA_PROFILE").is_some_and(|v| v == "1")
+    // Read once: the decode step asks every step.
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("TERN_CUDA_PROFILE").is_some_and(|v| v == "1"))
 }
 
 impl Gpu {
@@ -657,9 +666,11 @@ impl Staging {
     }
 
     /// Write several arrays back to back (each 16-byte aligned) at the
-    /// cursor and copy them to the device with one transfer; returns each
-    /// array's device address. The caller has checked that they fit.
-    pub fn push_many(&mut self, gpu: &Gpu, arrays: &[&[u32]]) -> Result<Vec<u64>> {
+    /// cursor and, with `upload`, copy them to the device with one
+    /// transfer; returns each array's device address. Without `upload` only
+    /// the host slots change (a graph replay, whose captured copy carries
+    /// them). The caller has checked that they fit.
+    pub fn push_many(&mut self, gpu: &Gpu, arrays: &[&[u32]], upload: bool) -> Result<Vec<u64>> {
         let start = self.cursor.next_multiple_of(4);
         let mut at = start;
         let mut ptrs = Vec::with_capacity(arrays.len());
@@ -671,6 +682,9 @@ impl Staging {
             at = (at + a.len().max(1)).next_multiple_of(4);
         }
         self.cursor = at;
+        if !upload {
+            return Ok(ptrs);
+        }
         // SAFETY: both ranges lie inside their allocations.
         unsafe {
             sys::cuMemcpyHtoDAsync_v2(
@@ -725,8 +739,9 @@ impl PinnedRead {
     }
 
     /// Copy `out.len()` values (≤ `len`) from `src` into `out` through the
-    /// buffer, waiting for the copy.
-    pub fn read(&mut self, gpu: &Gpu, src: &DevBuf, out: &mut [f32]) -> Result<()> {
+    /// buffer, waiting for the copy; true when every value is finite. The
+    /// host copy goes in pieces, each checked while it is in cache.
+    pub fn read(&mut self, gpu: &Gpu, src: &DevBuf, out: &mut [f32]) -> Result<bool> {
         let n = out.len();
         if n > self.len || n * 4 > src.bytes {
             return Err(Error::InvalidBatch(format!(
@@ -735,18 +750,23 @@ impl PinnedRead {
             )));
         }
         if n == 0 {
-            return Ok(());
+            return Ok(true);
         }
         // SAFETY: `host` holds `len` ≥ n f32s, exclusively ours under the
         // backend's lock; the copy is waited for before the slice is read.
-        unsafe {
+        let h = unsafe {
             let h = std::slice::from_raw_parts_mut(self.host, n);
             result::memcpy_dtoh_async(h, src.ptr, gpu.cu_stream())
                 .map_err(|e| gpu_err("download", e))?;
             gpu.sync("download")?;
-            out.copy_from_slice(h);
+            h
+        };
+        let mut finite = true;
+        for (o, i) in out.chunks_mut(2048).zip(h.chunks(2048)) {
+            o.copy_from_slice(i);
+            finite &= crate::backend::all_finite(o);
         }
-        Ok(())
+        Ok(finite)
     }
 }
 

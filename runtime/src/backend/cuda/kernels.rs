@@ -30,7 +30,7 @@ pub const SOURCES: [(&str, &str); 6] = [
 ];
 
 /// Every kernel entry point the backend launches.
-pub const KERNEL_NAMES: [&str; 33] = [
+pub const KERNEL_NAMES: [&str; 34] = [
     "embed",
     "rope_kv",
     "rms_norm",
@@ -64,6 +64,7 @@ pub const KERNEL_NAMES: [&str; 33] = [
     "attn_prefill_128",
     "fused_block_64",
     "fused_block_128",
+    "l2_prefetch",
 ];
 
 /// The one-cluster decode block kernels (`block.cu`): their shared memory
@@ -170,6 +171,13 @@ pub struct KernelConfig {
     /// times, defined into the source as `FB_PROBE` (a diagnostic; 0 the
     /// ends of its phases, see block.cu).
     pub fb_probe: u32,
+    /// Bytes (KiB) of each weight the decode step asks L2 for ahead of its
+    /// mat-vec (`Backend::prefetch`: on a side stream, while latency-bound
+    /// kernels run); 0 never. Chosen on the host.
+    pub l2_prefetch_kib: u32,
+    /// Bytes per bulk prefetch instruction of `l2_prefetch` (sm_90); 0 one
+    /// 128-byte line per instruction.
+    pub l2_prefetch_chunk: u32,
     /// Device address of the timeline buffer, defined into the source as
     /// `TERN_TL` when non-zero (a diagnostic, `TERN_CUDA_TIMELINE`; set by
     /// the backend, never by hand).
@@ -193,6 +201,8 @@ impl Default for KernelConfig {
             attn_one_split: 0,
             fused_block_max_ctx: 0,
             fb_probe: 0,
+            l2_prefetch_kib: 0,
+            l2_prefetch_chunk: 2048,
             timeline: 0,
         }
     }

@@ -114,7 +114,24 @@ struct Mutable {
     /// Page-locked buffer reads of up to 64 MiB go through (grown on
     /// demand); `TERN_CUDA_PINNED_READ=0` reads into pageable memory.
     pinned: Option<PinnedRead>,
+    /// Whether `prefetch` hints are taken now (inside a decode step, with
+    /// `KernelConfig::l2_prefetch_kib` set).
+    pf_on: bool,
+    /// The stream L2 prefetches run on (made on first use).
+    side: Option<SideStream>,
+    /// With trace logging: events around the last graph replay, and
+    /// whether they await reading (the replay's device time is logged by
+    /// the read that follows it).
+    replay_ev: Option<EventPair>,
+    replay_timed: bool,
 }
+
+/// Two timing events (a diagnostic).
+#[derive(Clone, Copy)]
+struct EventPair(sys::CUevent, sys::CUevent);
+
+// SAFETY: plain driver handles, used under the backend's lock.
+unsafe impl Send for EventPair {}
 
 /// A step's inputs on the device: (values, address) per kind.
 struct StepBlock {
@@ -147,7 +164,19 @@ impl CudaBackend {
         // Experiment knobs: variable, field, accepted values (a value out of
         // range is ignored).
         type Knob<'a> = (&'static str, &'a mut u32, fn(u32) -> bool);
-        let knobs: [Knob; 12] = [
+        let knobs: [Knob; 14] = [
+            // Bytes (KiB) of each weight asked into L2 ahead of its mat-vec.
+            (
+                "TERN_CUDA_L2_PREFETCH_KIB",
+                &mut cfg.l2_prefetch_kib,
+                |_| true,
+            ),
+            // Bytes per bulk prefetch instruction (0: one line each).
+            (
+                "TERN_CUDA_L2_PREFETCH_CHUNK",
+                &mut cfg.l2_prefetch_chunk,
+                |k| k <= 1 << 20,
+            ),
             // Where a timeline build of the decode block stamps its phases.
             ("TERN_CUDA_FB_PROBE", &mut cfg.fb_probe, |k| k <= 2),
             // Largest cache whose decode runs one cluster launch per block.
@@ -267,6 +296,10 @@ impl CudaBackend {
                     part_ml: None,
                     cluster_fits: Vec::new(),
                     pinned: None,
+                    pf_on: false,
+                    side: None,
+                    replay_ev: None,
+                    replay_timed: false,
                 }),
                 step: Mutex::new(()),
                 mv_rows: cfg.mv_rows as usize,
@@ -1137,6 +1170,77 @@ impl Backend for CudaBackend {
     }
 
     fn read(&self, t: &CudaTensor, out: &mut [f32]) -> Result<()> {
+        self.read_finite(t, out).map(|_| ())
+    }
+
+    fn prefetch(&self, ws: &[&CudaWeight]) -> Result<()> {
+        let cap = self.sh.cfg.l2_prefetch_kib as usize * 1024;
+        let mut m = self.lock();
+        if cap == 0 || !m.pf_on {
+            return Ok(());
+        }
+        let ranges: Vec<(u64, usize)> = ws.iter().flat_map(|w| prefetch_ranges(w, cap)).collect();
+        let g = self.gpu()?;
+        if m.side.is_none() {
+            match SideStream::new(g) {
+                Ok(s) => m.side = Some(s),
+                Err(e) => {
+                    // A hint: without its stream the step runs as before.
+                    log::debug!("cuda: no side stream for prefetches: {e}");
+                    m.pf_on = false;
+                    return Ok(());
+                }
+            }
+        }
+        let f = self.sh.k.get("l2_prefetch");
+        let Some(side) = m.side.as_mut() else {
+            return Ok(());
+        };
+        // SAFETY: live handles; the fork orders the prefetch after the work
+        // queued on the main stream so far.
+        unsafe {
+            sys::cuEventRecord(side.fork, g.cu_stream())
+                .result()
+                .and_then(|_| sys::cuStreamWaitEvent(side.stream, side.fork, 0).result())
+                .map_err(|e| device::gpu_err("fork side stream", e))?;
+        }
+        side.pending = true;
+        let chunk = self.sh.cfg.l2_prefetch_chunk as usize;
+        for four in ranges.chunks(4) {
+            let mut args: Vec<Arg> = Vec::with_capacity(9);
+            let mut total = 0usize;
+            for k in 0..4 {
+                let (p, n) = four.get(k).copied().unwrap_or((0, 0));
+                total += n;
+                args.push(Arg::Ptr(p));
+                args.push(Arg::I64(n as i64));
+            }
+            args.push(Arg::I32(chunk as i32));
+            // Spread over the SMs: one pass of 128 threads, each a `chunk`
+            // (or one line) of the ranges.
+            let per_block = 128 * if chunk > 0 { chunk } else { 128 };
+            let grid = total.div_ceil(per_block).clamp(1, 1024) as u32;
+            let mut ptrs: Vec<*mut std::ffi::c_void> =
+                args.iter_mut().map(|a| a.as_void()).collect();
+            // SAFETY: the arguments match l2_prefetch's signature (four
+            // pointer/length pairs), each range lies inside a live weight
+            // buffer, and `ptrs` outlives the call.
+            unsafe {
+                cudarc::driver::result::launch_kernel(
+                    f,
+                    (grid, 1, 1),
+                    (128, 1, 1),
+                    0,
+                    side.stream,
+                    &mut ptrs,
+                )
+                .map_err(|e| device::gpu_err("l2_prefetch", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn read_finite(&self, t: &CudaTensor, out: &mut [f32]) -> Result<bool> {
         if out.len() != t.rows * t.cols {
             return Err(shape_err(
                 "read",
@@ -1160,10 +1264,15 @@ impl Backend for CudaBackend {
                 }
             }
             if let Some(p) = m.pinned.as_mut() {
-                return p.read(g, &t.buf, out);
+                let r = p.read(g, &t.buf, out);
+                drop(m);
+                self.log_replay_time();
+                return r;
             }
         }
-        t.buf.download(g, out)
+        t.buf.download(g, out)?;
+        self.log_replay_time();
+        Ok(crate::backend::all_finite(out))
     }
 
     fn alloc_kv(&self, spec: &KvSpec) -> Result<CudaKvCache> {
@@ -2191,19 +2300,43 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let _step = self.sh.step.lock().unwrap_or_else(|e| e.into_inner());
         let g = self.gpu()?;
+        let t0 = std::time::Instant::now();
         // Everything queued before has drained: the staging arena is free.
         g.sync("step")?;
-        self.begin_step(inputs)?;
-        let r = self.run_step_inner(kv, inputs, ops);
-        self.lock().step = None;
+        let t1 = std::time::Instant::now();
+        self.lock().pf_on = self.sh.cfg.l2_prefetch_kib > 0
+            && inputs.tokens.len() <= MATVEC_MAX_ROWS
+            && !device::profiling();
+        // The step's inputs go up first, in one transfer (inside a capture,
+        // as the graph's first node: a replay only rewrites the host slots);
+        // the step's prefetches rejoin the stream before it ends (a capture
+        // must end with every forked stream joined).
+        let mut whole = |kv: &mut CudaKvCache| -> Result<()> {
+            self.begin_step(inputs, true)?;
+            let r = ops(kv);
+            let j = self.join_side();
+            r.and(j)
+        };
+        let r = self.run_step_inner(kv, inputs, &mut whole);
+        {
+            let mut m = self.lock();
+            m.step = None;
+            m.pf_on = false;
+        }
+        log::trace!(
+            "step launch times (µs): sync {:.1} ops or replay {:.1}",
+            (t1 - t0).as_secs_f64() * 1e6,
+            t1.elapsed().as_secs_f64() * 1e6
+        );
         r
     }
 }
 
 impl CudaBackend {
-    /// Upload the step's inputs in one transfer at the start of the arena
-    /// (the same addresses every step of a shape, so a graph reads them).
-    fn begin_step(&self, inputs: &StepInputs) -> Result<()> {
+    /// Put the step's inputs at the start of the arena (the same addresses
+    /// every step of a shape, so a graph reads them) and, with `upload`,
+    /// queue their copy to the device in one transfer.
+    fn begin_step(&self, inputs: &StepInputs, upload: bool) -> Result<()> {
         let g = self.gpu()?;
         let first = [inputs.first_slot as u32];
         let outputs: Vec<u32> = inputs.outputs.iter().map(|&o| o as u32).collect();
@@ -2216,9 +2349,11 @@ impl CudaBackend {
         if !m.staging.fits(total) {
             return Ok(()); // a huge batch: ops stage their own values
         }
-        let ptrs = m
-            .staging
-            .push_many(g, &[&first, inputs.tokens, inputs.positions, &outputs])?;
+        let ptrs = m.staging.push_many(
+            g,
+            &[&first, inputs.tokens, inputs.positions, &outputs],
+            upload,
+        )?;
         m.step = Some(StepBlock {
             entries: vec![
                 (Staged::FirstSlot, first.to_vec(), ptrs[0]),
@@ -2238,8 +2373,10 @@ impl CudaBackend {
     ) -> Result<()> {
         let g = self.gpu()?;
         let shape = (inputs.tokens.len(), inputs.outputs.len());
-        let graphs_on =
-            std::env::var_os("TERN_CUDA_GRAPHS").is_none_or(|v| v != "0") && !device::profiling();
+        static GRAPHS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let graphs_on = *GRAPHS
+            .get_or_init(|| std::env::var_os("TERN_CUDA_GRAPHS").is_none_or(|v| v != "0"))
+            && !device::profiling();
         if !graphs_on || shape.0 > MATVEC_MAX_ROWS {
             return ops(kv);
         }
@@ -2350,7 +2487,152 @@ impl CudaBackend {
     }
 }
 
+/// A second stream for L2 prefetches: forked from the main stream by
+/// `fork` (the prefetch starts when the work queued before it is done) and
+/// joined back by `join` at the end of the step.
+struct SideStream {
+    stream: sys::CUstream,
+    fork: sys::CUevent,
+    join: sys::CUevent,
+    /// Prefetches were queued since the last join.
+    pending: bool,
+}
+
+// SAFETY: plain driver handles, used under the backend's lock.
+unsafe impl Send for SideStream {}
+
+impl SideStream {
+    fn new(g: &device::Gpu) -> Result<SideStream> {
+        g.bind()?;
+        let flags = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
+        let mut s = SideStream {
+            stream: std::ptr::null_mut(),
+            fork: std::ptr::null_mut(),
+            join: std::ptr::null_mut(),
+            pending: false,
+        };
+        // SAFETY: creating handles we own; Drop destroys whichever exist.
+        unsafe {
+            sys::cuStreamCreate(
+                &mut s.stream,
+                sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32,
+            )
+            .result()
+            .map_err(|e| device::gpu_err("side stream", e))?;
+            sys::cuEventCreate(&mut s.fork, flags)
+                .result()
+                .map_err(|e| device::gpu_err("side stream event", e))?;
+            sys::cuEventCreate(&mut s.join, flags)
+                .result()
+                .map_err(|e| device::gpu_err("side stream event", e))?;
+        }
+        Ok(s)
+    }
+}
+
+impl Drop for SideStream {
+    fn drop(&mut self) {
+        // SAFETY: each handle was created by SideStream::new and is
+        // destroyed once; null ones were never made.
+        unsafe {
+            if !self.join.is_null() {
+                let _ = sys::cuEventDestroy_v2(self.join);
+            }
+            if !self.fork.is_null() {
+                let _ = sys::cuEventDestroy_v2(self.fork);
+            }
+            if !self.stream.is_null() {
+                let _ = sys::cuStreamDestroy_v2(self.stream);
+            }
+        }
+    }
+}
+
+/// The byte ranges (device address, length) holding the first `cap` bytes'
+/// worth of `w`'s rows: for a packed quantized weight the quants, scales
+/// and minima of its first rows (`pack_weight`'s layout), otherwise a
+/// prefix.
+fn prefetch_ranges(w: &CudaWeight, cap: usize) -> Vec<(u64, usize)> {
+    let bytes = w.buf.bytes;
+    if cap >= bytes {
+        return vec![(w.buf.ptr, bytes)];
+    }
+    let (qb, parts) = match w.ty {
+        GgmlType::Q4_0 => (16, 2),
+        GgmlType::Q4_1 => (16, 3),
+        GgmlType::Q8_0 => (32, 2),
+        _ => return vec![(w.buf.ptr, cap)],
+    };
+    let nb = w.cols / 32;
+    let n = w.rows * nb;
+    let rows = (w.rows * cap / bytes).max(1);
+    let q = n * qb;
+    let mut v = vec![(w.buf.ptr, rows * nb * qb)];
+    for k in 1..parts {
+        v.push((w.buf.ptr + (q + (k - 1) * n * 2) as u64, rows * nb * 2));
+    }
+    v
+}
+
 impl CudaBackend {
+    /// The pair of timing events around graph replays (trace logging only),
+    /// made on first use.
+    fn replay_events(&self) -> Option<EventPair> {
+        let mut m = self.lock();
+        if m.replay_ev.is_none() {
+            let (mut a, mut b) = (std::ptr::null_mut(), std::ptr::null_mut());
+            // SAFETY: creating two events on the bound context; kept for
+            // the backend's life (a diagnostic, two handles).
+            unsafe {
+                if sys::cuEventCreate(&mut a, 0).result().is_err() {
+                    return None;
+                }
+                if sys::cuEventCreate(&mut b, 0).result().is_err() {
+                    let _ = sys::cuEventDestroy_v2(a);
+                    return None;
+                }
+            }
+            m.replay_ev = Some(EventPair(a, b));
+        }
+        m.replay_ev
+    }
+
+    /// After a read has waited for the stream: log the device time of the
+    /// graph replay before it, if one was timed.
+    fn log_replay_time(&self) {
+        let mut m = self.lock();
+        if !std::mem::take(&mut m.replay_timed) {
+            return;
+        }
+        if let Some(EventPair(a, b)) = m.replay_ev {
+            let mut ms = 0f32;
+            // SAFETY: both events were recorded and the stream has drained.
+            if unsafe { sys::cuEventElapsedTime(&mut ms, a, b) }
+                .result()
+                .is_ok()
+            {
+                log::trace!("graph replay on the device (µs): {:.1}", ms * 1e3);
+            }
+        }
+    }
+
+    /// Join the side stream's prefetches back into the main stream.
+    fn join_side(&self) -> Result<()> {
+        let mut m = self.lock();
+        let Some(side) = m.side.as_mut().filter(|s| s.pending) else {
+            return Ok(());
+        };
+        side.pending = false;
+        let g = self.gpu()?;
+        // SAFETY: both handles are live; the main stream is ours.
+        unsafe {
+            sys::cuEventRecord(side.join, side.stream)
+                .result()
+                .and_then(|_| sys::cuStreamWaitEvent(g.cu_stream(), side.join, 0).result())
+                .map_err(|e| device::gpu_err("join side stream", e))
+        }
+    }
+
     /// Put this step's values where the captured copies read them, then
     /// launch the graph.
     fn replay(&self, kv: &mut CudaKvCache, inputs: &StepInputs) -> Result<()> {
@@ -2360,6 +2642,8 @@ impl CudaBackend {
                 msg: "no graph".into(),
             });
         };
+        // The graph's first node copies these slots up.
+        self.begin_step(inputs, false)?;
         let outputs: Vec<u32> = inputs.outputs.iter().map(|&o| o as u32).collect();
         let first_slot = [inputs.first_slot as u32];
         let mut m = self.lock();
@@ -2398,9 +2682,27 @@ impl CudaBackend {
                 .unwrap_or_else(|e| e.into_inner())
                 .extend(gr.labels.iter().cloned());
         }
-        // SAFETY: the exec graph is live; the stream is ours.
-        unsafe { sys::cuGraphLaunch(gr.exec, g.cu_stream()) }
-            .result()
-            .map_err(|e| device::gpu_err("graph launch", e))
+        let ev = if log::log_enabled!(log::Level::Trace) {
+            self.replay_events()
+        } else {
+            None
+        };
+        let t0 = std::time::Instant::now();
+        // SAFETY: the exec graph is live; the stream is ours; the events
+        // (if any) are live timing events of this context.
+        let r = unsafe {
+            if let Some(EventPair(a, _)) = ev {
+                let _ = sys::cuEventRecord(a, g.cu_stream());
+            }
+            let r = sys::cuGraphLaunch(gr.exec, g.cu_stream()).result();
+            if let Some(EventPair(_, b)) = ev {
+                let _ = sys::cuEventRecord(b, g.cu_stream());
+                self.lock().replay_timed = true;
+            }
+            r
+        }
+        .map_err(|e| device::gpu_err("graph launch", e));
+        log::trace!("graph launch (µs): {:.1}", t0.elapsed().as_secs_f64() * 1e6);
+        r
     }
 }

@@ -646,20 +646,41 @@ __device__ __forceinline__ void attn_decode_mma_body(const float* q, const u16* 
     const long long k1 = min(k0 + chunk, n_vis);
     const int nkt = k1 > k0 ? (int)((k1 - k0 + AP_K - 1) / AP_K) : 0;
 
-    auto load_kv = [&](int kt, int slot) {
+    // `early`: issued before the wait, so the rows this step writes (slots
+    // from `first` on, the previous kernel's cache write) are left for
+    // after it; rows past the split's end are zero-filled (P·V reads them
+    // with weight 0).
+    auto load_kv = [&](int kt, int slot, bool early) {
         for (int c = tid; c < AP_K * HD / 8; c += 128) {
             int r = c / (HD / 8), part = c % (HD / 8);
             long long j = k0 + (long long)kt * AP_K + r;
             bool ok = j < k1;
+            if (early && ok && j >= first) continue;
             long long off = ok ? j * width + (long long)hk * HD + part * 8 : 0;
             cp_async16(sk + slot * KT + r * LD + part * 8, kc + off, ok);
             cp_async16(sv + slot * KT + r * LD + part * 8, vc + off, ok);
         }
     };
+    // The cache below `first` is never written in this step: its first
+    // tiles are read before the wait, overlapping the kernel before.
 #pragma unroll
     for (int i = 0; i < ST - 1; i++) {
-        if (i < nkt) load_kv(i, i);
+        if (i < nkt) load_kv(i, i, true);
         cp_async_commit();
+    }
+    pdl_entry();
+    // This step's rows in those tiles (at most a batch's few), now written:
+    // plain loads, in shared memory before the first tile's barrier.
+    {
+        long long j0 = max(k0, (long long)first), j1 = min(k1, k0 + (long long)(ST - 1) * AP_K);
+        for (long long c = tid; c < (j1 - j0) * (HD / 8); c += 128) {
+            long long j = j0 + c / (HD / 8);
+            int part = (int)(c % (HD / 8));
+            int rr = (int)(j - k0), slot = rr / AP_K, r = rr % AP_K;
+            long long off = j * width + (long long)hk * HD + part * 8;
+            *(int4*)(sk + slot * KT + r * LD + part * 8) = __ldcg((const int4*)(kc + off));
+            *(int4*)(sv + slot * KT + r * LD + part * 8) = __ldcg((const int4*)(vc + off));
+        }
     }
 
     // Q: the G heads of hk, f16, pre-scaled into the base-2 exponent domain.
@@ -695,7 +716,7 @@ __device__ __forceinline__ void attn_decode_mma_body(const float* q, const u16* 
     float mx[2] = {NEG_INF, NEG_INF}, sum[2] = {0.f, 0.f};
 
     for (int kt = 0; kt < nkt; kt++) {
-        if (kt + ST - 1 < nkt) load_kv(kt + ST - 1, (kt + ST - 1) % ST);
+        if (kt + ST - 1 < nkt) load_kv(kt + ST - 1, (kt + ST - 1) % ST, false);
         cp_async_commit();
         cp_async_wait<ST - 1>();
         __syncthreads();
@@ -809,8 +830,9 @@ extern "C" __global__ void __launch_bounds__(128) attn_decode_mma_64(
     const float* q, const u16* kc, const u16* vc, const u32* first_slot, int n_head,
     int n_head_kv, float scale, int chunk, int n_split, float* part_o, float2* part_ml,
     signed char* xq, float2* xs) {
-    u32 first = first_slot[0]; // a step input, read before the wait (common.cuh)
-    pdl_entry();
+    // The wait is in the body, after the cache reads that may precede it;
+    // the first slot is a step input (copied before the step's first kernel).
+    u32 first = first_slot[0];
     extern __shared__ __align__(16) u16 ap_smem[];
     attn_decode_mma_body<64>(q, kc, vc, first, n_head, n_head_kv, scale, chunk, n_split,
                              part_o, part_ml, xq, xs, ap_smem);
@@ -820,8 +842,9 @@ extern "C" __global__ void __launch_bounds__(128) attn_decode_mma_128(
     const float* q, const u16* kc, const u16* vc, const u32* first_slot, int n_head,
     int n_head_kv, float scale, int chunk, int n_split, float* part_o, float2* part_ml,
     signed char* xq, float2* xs) {
-    u32 first = first_slot[0]; // a step input, read before the wait (common.cuh)
-    pdl_entry();
+    // The wait is in the body, after the cache reads that may precede it;
+    // the first slot is a step input (copied before the step's first kernel).
+    u32 first = first_slot[0];
     extern __shared__ __align__(16) u16 ap_smem[];
     attn_decode_mma_body<128>(q, kc, vc, first, n_head, n_head_kv, scale, chunk, n_split,
                              part_o, part_ml, xq, xs, ap_smem);

@@ -273,3 +273,41 @@ extern "C" __global__ void argmax_rows(const float* x, int cols, u32* out) {
         out[blockIdx.x] = (u32)idx;
     }
 }
+
+// Ask L2 for up to four byte ranges (a weight's quants, scales and minima
+// ahead of the mat-vec that reads them), launched on a side stream while
+// the decode chain runs latency-bound kernels. It reads and writes nothing,
+// so it needs no wait and stamps no timeline record. chunk > 0 (sm_90):
+// bulk prefetches of `chunk` bytes per thread per pass, issued by the
+// copy engine inside the SM; otherwise one 128-byte line per instruction.
+extern "C" __global__ void l2_prefetch(const u8* p0, long long n0, const u8* p1, long long n1,
+                                       const u8* p2, long long n2, const u8* p3, long long n3,
+                                       int chunk) {
+    const u8* ps[4] = {p0, p1, p2, p3};
+    long long ns[4] = {n0, n1, n2, n3};
+    long long me = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long all = (long long)gridDim.x * blockDim.x;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const u8* p = ps[k];
+        long long n = ns[k];
+#if __CUDA_ARCH__ >= 900
+        if (chunk > 0) {
+            // Sizes and addresses multiples of 16 (the range's start is
+            // rounded down, its end down: at most 15 bytes are left out).
+            unsigned long long a = (unsigned long long)p & ~15ull;
+            long long len = ((unsigned long long)p + n - a) & ~15ll;
+            long long c = chunk & ~15;
+            for (long long off = me * c; off < len; off += all * c) {
+                unsigned sz = (unsigned)min(c, len - off);
+                asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(a + off), "r"(sz)
+                             : "memory");
+            }
+            continue;
+        }
+#endif
+        unsigned long long a = (unsigned long long)p & ~127ull, e = (unsigned long long)p + n;
+        for (unsigned long long x = a + me * 128ull; x < e; x += all * 128ull)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(x));
+    }
+}
