@@ -636,8 +636,10 @@ fn attention_prefill_and_decode_match_cpu() {
 #[test]
 fn decode_attention_on_tensor_cores_matches_cpu() {
     let cpu = CpuBackend::exact(2);
+    // Always split (the one-split form below is checked on its own).
     let Some(mma) = gpu_with(&KernelConfig {
         attn_mma: 2,
+        attn_one_split: 0,
         ..KernelConfig::default()
     }) else {
         return;
@@ -707,6 +709,76 @@ fn decode_attention_on_tensor_cores_matches_cpu() {
     assert!(one_split_differs, "the one-split form did not run");
 }
 
+/// Decode steps across the line where the tensor-core attention changes
+/// from one key split to several (192 visible keys at head size 64): each
+/// step writes its key and value into the cache, then attends over it (the
+/// kernel reads the older tiles before its wait, the new row after), as
+/// eager, captured and replayed steps on both sides of the line and through
+/// the recapture. Every step matches the CPU.
+#[test]
+fn decode_steps_across_the_one_split_line_match_cpu() {
+    use tern_runtime::backend::StepInputs;
+    let cpu = CpuBackend::exact(2);
+    let Some(g) = gpu() else { return };
+    let (nh, nkv, hd, n_ctx, prefix) = (9usize, 3usize, 64usize, 512usize, 183usize);
+    let w = nkv * hd;
+    let mut rng = Rng(0xa77f);
+    let f = file_with(&[
+        ("k", GgmlType::F32, prefix, w, rng.vec(prefix * w)),
+        ("v", GgmlType::F32, prefix, w, rng.vec(prefix * w)),
+        ("q", GgmlType::F32, 1, nh * hd, rng.vec(nh * hd)),
+        ("kn", GgmlType::F32, 1, w, rng.vec(w)),
+        ("vn", GgmlType::F32, 1, w, rng.vec(w)),
+    ]);
+    fn steps<B: Backend>(
+        b: &B,
+        f: &Arc<GgufFile>,
+        d: (usize, usize, usize, usize, usize),
+    ) -> Vec<Vec<f32>> {
+        let (nh, nkv, hd, n_ctx, prefix) = d;
+        let mut kv = cache_with(b, f, ("k", "v"), prefix, (n_ctx, nkv, hd), KvType::F16);
+        let q = input(b, f, "q", 1, nh * hd);
+        let kn = input(b, f, "kn", 1, nkv * hd);
+        let vn = input(b, f, "vn", 1, nkv * hd);
+        let mut o = b.alloc(1, nh * hd).unwrap();
+        let p = AttnParams {
+            n_head: nh,
+            n_head_kv: nkv,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            visibility: Visibility::Causal,
+        };
+        let mut res = Vec::new();
+        for slot in prefix..prefix + 20 {
+            let pos = [slot as u32];
+            let inputs = StepInputs {
+                tokens: &[1],
+                positions: &pos,
+                first_slot: slot,
+                outputs: &[0],
+            };
+            b.run_step(&mut kv, &inputs, &mut |kv| {
+                b.kv_write(kv, 1, slot, &kn, &vn)?;
+                b.attention(&q, kv, 1, slot, &p, &mut o)
+            })
+            .unwrap();
+            res.push(read(b, &o));
+        }
+        res
+    }
+    let d = (nh, nkv, hd, n_ctx, prefix);
+    let want = steps(&cpu, &f, d);
+    let got = steps(&g, &f, d);
+    for (i, (gv, wv)) in got.iter().zip(&want).enumerate() {
+        check(
+            &format!("decode step at slot {} of a {n_ctx}-slot cache", prefix + i),
+            gv,
+            wv,
+            5e-4,
+        );
+    }
+}
+
 /// L2 prefetch hints (`Backend::prefetch`, on a side stream forked from and
 /// joined back into the step) change no result: the same decode steps,
 /// eager, captured and replayed, with the hints on (a 1 KiB cap, so every
@@ -764,22 +836,37 @@ fn l2_prefetch_hints_change_no_result() {
         }
         res
     }
-    let Some(plain) = gpu() else { return };
-    let Some(hinted) = gpu_with(&KernelConfig {
-        l2_prefetch_kib: 1,
+    let Some(plain) = gpu_with(&KernelConfig {
+        l2_prefetch_kib: 0,
         ..KernelConfig::default()
     }) else {
         return;
     };
     let want = steps(&cpu, &f);
     let a = steps(&plain, &f);
-    let b = steps(&hinted, &f);
-    for (i, ((av, bv), wv)) in a.iter().zip(&b).zip(&want).enumerate() {
-        assert!(
-            av.iter().zip(bv).all(|(x, y)| x.to_bits() == y.to_bits()),
-            "step {i}: the prefetch hints changed a result"
-        );
-        check(&format!("prefetch-hinted step {i}"), bv, wv, 5e-4);
+    // One line per instruction, then bulk prefetches of 2 KB.
+    for chunk in [0, 2048] {
+        let Some(hinted) = gpu_with(&KernelConfig {
+            l2_prefetch_kib: 1,
+            l2_prefetch_min_kib: 0,
+            l2_prefetch_chunk: chunk,
+            ..KernelConfig::default()
+        }) else {
+            return;
+        };
+        let b = steps(&hinted, &f);
+        for (i, ((av, bv), wv)) in a.iter().zip(&b).zip(&want).enumerate() {
+            assert!(
+                av.iter().zip(bv).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "step {i}, chunk {chunk}: the prefetch hints changed a result"
+            );
+            check(
+                &format!("prefetch-hinted (chunk {chunk}) step {i}"),
+                bv,
+                wv,
+                5e-4,
+            );
+        }
     }
 }
 

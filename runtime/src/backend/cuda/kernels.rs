@@ -150,14 +150,20 @@ pub struct KernelConfig {
     /// (docs/cuda-kernel-notes.md): 8B tg64 at depth 32768 188 → 381 t/s;
     /// 2 over 1 at short caches: SmolLM2 +7–10 %, 0.5B +6–8 %, 8B +1 %.
     pub attn_mma: u32,
-    /// Decode attention on the tensor cores over a cache of at most this
-    /// many slots runs as one key split per KV head and writes the finished
-    /// output and its 8-bit copy itself (no `attn_combine`); larger caches
-    /// split. Chosen on the host. Measured on the H200
-    /// (docs/cuda-kernel-notes.md), 512 against 0 near the start of a
-    /// 512-slot cache: SmolLM2 shape +4 %, 0.5B −2 %; near its end both
-    /// −20 % (one block walks all 8 tiles); the 8B −3 % at 128 slots. So 0,
-    /// off.
+    /// When decode attention on the tensor cores runs as one key split per
+    /// KV head, writing the finished output and its 8-bit copy itself (no
+    /// `attn_combine`): 1 while all visible keys fit the key tiles the
+    /// kernel loads before its dependent-launch wait (192 keys at head size
+    /// 64; never at 128); N > 1 while at most N keys are visible; 0 never.
+    /// Decided per step on the host (the decode graph is recaptured when a
+    /// sequence crosses the line). Measured on the H200
+    /// (docs/cuda-kernel-notes.md, eighth pass): with the tiles read before
+    /// the wait, one split over a 128-slot cache took the SmolLM2 shape
+    /// from 1,969 / 1,949 to 2,069 / 2,009 t/s and the 0.5B from 1,953 /
+    /// 2,055 to 2,094 / 2,156; the 8B (head size 128, 2 stages) lost 4 %
+    /// with one split over all 128 keys and 2–4 % over the first 64, so
+    /// never at head size 128. Before the early reads one split only won
+    /// near a cache's start.
     pub attn_one_split: u32,
     /// One token's whole decoder block in one launch on a thread-block
     /// cluster (`fused_block_*`, sm_90 and newer, when the block's weights
@@ -173,8 +179,16 @@ pub struct KernelConfig {
     pub fb_probe: u32,
     /// Bytes (KiB) of each weight the decode step asks L2 for ahead of its
     /// mat-vec (`Backend::prefetch`: on a side stream, while latency-bound
-    /// kernels run); 0 never. Chosen on the host.
+    /// kernels run); 0 never. Chosen on the host. Measured on the H200
+    /// (docs/cuda-kernel-notes.md, eighth pass), the 8B shape's tg128:
+    /// 1 MiB per weight one line per instruction 539 → 555 t/s (twice);
+    /// 512 KiB 543, 2 MiB 548, 4 MiB and more slower, bulk prefetches no
+    /// gain; on the small models' weights (< 8 MiB) it only cost (0.5B
+    /// 2,037 → 1,974 at 1 MiB). So 1 MiB, for weights of at least
+    /// `l2_prefetch_min_kib`.
     pub l2_prefetch_kib: u32,
+    /// Weights smaller than this (KiB) are not prefetched.
+    pub l2_prefetch_min_kib: u32,
     /// Bytes per bulk prefetch instruction of `l2_prefetch` (sm_90); 0 one
     /// 128-byte line per instruction.
     pub l2_prefetch_chunk: u32,
@@ -198,11 +212,12 @@ impl Default for KernelConfig {
             mv_prefetch: 2,
             mv_prefetch_max_kib: 8192,
             attn_mma: 2,
-            attn_one_split: 0,
+            attn_one_split: 1,
             fused_block_max_ctx: 0,
             fb_probe: 0,
-            l2_prefetch_kib: 0,
-            l2_prefetch_chunk: 2048,
+            l2_prefetch_kib: 1024,
+            l2_prefetch_min_kib: 8192,
+            l2_prefetch_chunk: 0,
             timeline: 0,
         }
     }

@@ -164,11 +164,17 @@ impl CudaBackend {
         // Experiment knobs: variable, field, accepted values (a value out of
         // range is ignored).
         type Knob<'a> = (&'static str, &'a mut u32, fn(u32) -> bool);
-        let knobs: [Knob; 14] = [
+        let knobs: [Knob; 15] = [
             // Bytes (KiB) of each weight asked into L2 ahead of its mat-vec.
             (
                 "TERN_CUDA_L2_PREFETCH_KIB",
                 &mut cfg.l2_prefetch_kib,
+                |_| true,
+            ),
+            // The smallest weight (KiB) prefetched.
+            (
+                "TERN_CUDA_L2_PREFETCH_MIN_KIB",
+                &mut cfg.l2_prefetch_min_kib,
                 |_| true,
             ),
             // Bytes per bulk prefetch instruction (0: one line each).
@@ -470,11 +476,12 @@ pub struct CudaKvCache {
     layers: Vec<(DevBuf, DevBuf)>,
     graph: Option<StepGraph>,
     /// The last eager step: (shape, epoch before, epoch after).
-    last_eager: Option<((usize, usize), u64, u64)>,
+    last_eager: Option<((usize, usize, bool), u64, u64)>,
 }
 
 struct StepGraph {
-    shape: (usize, usize),
+    /// (tokens, outputs, whether the decode attention runs as one split).
+    shape: (usize, usize, bool),
     epoch: u64,
     exec: sys::CUgraphExec,
     graph: sys::CUgraph,
@@ -1179,7 +1186,15 @@ impl Backend for CudaBackend {
         if cap == 0 || !m.pf_on {
             return Ok(());
         }
-        let ranges: Vec<(u64, usize)> = ws.iter().flat_map(|w| prefetch_ranges(w, cap)).collect();
+        let min = self.sh.cfg.l2_prefetch_min_kib as usize * 1024;
+        let ranges: Vec<(u64, usize)> = ws
+            .iter()
+            .filter(|w| w.buf.bytes >= min)
+            .flat_map(|w| prefetch_ranges(w, cap))
+            .collect();
+        if ranges.is_empty() {
+            return Ok(());
+        }
         let g = self.gpu()?;
         if m.side.is_none() {
             match SideStream::new(g) {
@@ -2038,10 +2053,10 @@ impl Backend for CudaBackend {
             && spec.n_ctx > 64;
         let (chunk, n_split) = if q.rows <= MATVEC_MAX_ROWS
             && mma_kernel.is_some()
-            && spec.n_ctx <= self.sh.cfg.attn_one_split as usize
+            && self.attn_one_split(&spec, first_slot + q.rows)
         {
-            // A short cache on the tensor cores: one block per KV head
-            // walks it all and writes the finished output (no merge).
+            // Few visible keys on the tensor cores: one block per KV head
+            // walks them all and writes the finished output (no merge).
             (spec.n_ctx, 1)
         } else if q.rows <= MATVEC_MAX_ROWS {
             // About attn_blocks() blocks per token, keys at least 64 per block.
@@ -2372,7 +2387,14 @@ impl CudaBackend {
         ops: &mut dyn FnMut(&mut CudaKvCache) -> Result<()>,
     ) -> Result<()> {
         let g = self.gpu()?;
-        let shape = (inputs.tokens.len(), inputs.outputs.len());
+        // The attention's split depends on the visible keys: a graph is
+        // captured for each side of that line (and recaptured as a sequence
+        // crosses it).
+        let shape = (
+            inputs.tokens.len(),
+            inputs.outputs.len(),
+            self.attn_one_split(&kv.spec, inputs.first_slot + inputs.tokens.len()),
+        );
         static GRAPHS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let graphs_on = *GRAPHS
             .get_or_init(|| std::env::var_os("TERN_CUDA_GRAPHS").is_none_or(|v| v != "0"))
@@ -2575,6 +2597,26 @@ fn prefetch_ranges(w: &CudaWeight, cap: usize) -> Vec<(u64, usize)> {
 }
 
 impl CudaBackend {
+    /// Whether decode attention over `n_vis` visible keys of a cache like
+    /// `spec` runs as one key split per KV head (no merge kernel):
+    /// `KernelConfig::attn_one_split` 1 (the default) while every key tile
+    /// fits the stages the kernel issues before its dependent-launch wait
+    /// (3 tiles of 64 keys at head size 64), so the one block waits for
+    /// memory once, overlapped with the kernel before (never at head size
+    /// 128: one stage before the wait, and the 8B shape measured slower);
+    /// N > 1 while at most N keys; 0 never. The step's graph is keyed on it.
+    fn attn_one_split(&self, spec: &KvSpec, n_vis: usize) -> bool {
+        let upto = match self.sh.cfg.attn_one_split {
+            0 => return false,
+            1 => match spec.head_dim {
+                64 => 3 * 64,
+                _ => 0,
+            },
+            n => n as usize,
+        };
+        spec.ty == KvType::F16 && n_vis <= upto
+    }
+
     /// The pair of timing events around graph replays (trace logging only),
     /// made on first use.
     fn replay_events(&self) -> Option<EventPair> {
