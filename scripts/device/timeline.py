@@ -25,29 +25,36 @@ from collections import OrderedDict
 
 def realign(recs, grids):
     """Labels come from the host's launch order, records from the device.
-    If some launch left no record (or the reverse) they drift apart; the
-    record's own grid (5th column) shows by how much. Shift the labels by
-    the offset that matches the most grids, and say so."""
+    When a launch leaves no record the two drift apart; each record's own
+    grid (5th column) shows where. Walk both: a label whose grid matches
+    the record's names it; otherwise skip the fewest labels (at most 16)
+    after which the next three grids match too; failing that the record is
+    named "? <grid>". Says how many labels were skipped."""
     if not any(grids):
         return recs
-    def score(k):
-        hit = tot = 0
-        for i in range(max(0, -k), min(len(recs), len(recs) - k), 7):
-            g = grids[i]
-            if g:
-                tot += 1
-                hit += recs[i + k][0].endswith(" " + g)
-        return hit / max(tot, 1)
-    best = max(range(-8, 9), key=lambda k: (score(k), -abs(k)))
-    if best == 0:
-        return recs
-    print(f"labels shifted by {best} to match the records' grids "
-          f"({score(0):.0%} matched unshifted, {score(best):.0%} shifted)")
+    labels = [r[0] for r in recs]
+    n = len(recs)
+
+    def fits(li, ri):
+        return li < n and ri < n and (not grids[ri] or labels[li].endswith(" " + grids[ri]))
+
     out = []
+    j = skipped = unnamed = 0
     for i, (_, pre, wait, ph) in enumerate(recs):
-        j = i + best
-        if 0 <= j < len(recs):
-            out.append((recs[j][0], pre, wait, ph))
+        if not fits(j, i):
+            d = next((d for d in range(1, 17) if all(fits(j + d + e, i + e) for e in range(3))), None)
+            if d is None:
+                unnamed += 1
+                out.append(("? " + grids[i], pre, wait, ph))
+                j += 1
+                continue
+            skipped += d
+            j += d
+        out.append((labels[j] if j < n else "? " + grids[i], pre, wait, ph))
+        j += 1
+    if skipped or unnamed:
+        print(f"labels realigned to the records' grids: {skipped} labels without a record skipped, "
+              f"{unnamed} records left unnamed")
     return out
 
 
