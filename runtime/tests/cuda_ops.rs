@@ -659,6 +659,15 @@ fn decode_attention_on_tensor_cores_matches_cpu() {
     }) else {
         return;
     };
+    // Two key/value stages at head size 128 (the default is 3).
+    let Some(two) = gpu_with(&KernelConfig {
+        attn_mma: 2,
+        attn_one_split: 0,
+        attn_stages_128: 2,
+        ..KernelConfig::default()
+    }) else {
+        return;
+    };
     let mut rng = Rng(0xa77e);
     let mut one_split_differs = false;
     // (n_head, n_head_kv, head_dim, n_ctx, prefix, batch)
@@ -684,6 +693,7 @@ fn decode_attention_on_tensor_cores_matches_cpu() {
         let got = attend(&mma, &f, d, KvType::F16);
         let old = attend(&scalar, &f, d, KvType::F16);
         let single = attend(&one, &f, d, KvType::F16);
+        let staged2 = attend(&two, &f, d, KvType::F16);
         // The attention output, then the projection of it (its 8-bit copy
         // on the GPU), each against the CPU on its own.
         let n = batch * nh * hd;
@@ -691,6 +701,7 @@ fn decode_attention_on_tensor_cores_matches_cpu() {
             for (name, out) in [
                 ("tensor cores", &got),
                 ("tensor cores, one split", &single),
+                ("tensor cores, 2 stages at 128", &staged2),
                 ("scalar", &old),
             ] {
                 check(

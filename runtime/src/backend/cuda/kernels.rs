@@ -86,11 +86,11 @@ pub fn dynamic_smem(cfg: &KernelConfig, name: &str) -> u32 {
         }
         "attn_prefill_64" => 5 * 64 * (64 + 8) * 2,
         "attn_prefill_128" => 5 * 64 * (128 + 8) * 2,
-        // A 16-row query tile and AD_STAGES (4 for head size 64, 2 for
-        // 128) stages of 64 keys and 64 values; the final merge of the 4
-        // warps reuses the key/value stages.
+        // A 16-row query tile and AD_STAGES (4 for head size 64,
+        // `attn_stages_128` for 128) stages of 64 keys and 64 values; the
+        // final merge of the 4 warps reuses the key/value stages.
         "attn_decode_mma_64" => (16 + 2 * 4 * 64) * (64 + 8) * 2,
-        "attn_decode_mma_128" => (16 + 2 * 2 * 64) * (128 + 8) * 2,
+        "attn_decode_mma_128" => (16 + 2 * cfg.attn_stages_128 * 64) * (128 + 8) * 2,
         _ => 0,
     }
 }
@@ -161,8 +161,9 @@ pub struct KernelConfig {
     /// the wait, one split over a 128-slot cache took the SmolLM2 shape
     /// from 1,969 / 1,949 to 2,069 / 2,009 t/s and the 0.5B from 1,953 /
     /// 2,055 to 2,094 / 2,156; the 8B (head size 128, 2 stages) lost 4 %
-    /// with one split over all 128 keys and 2–4 % over the first 64, so
-    /// never at head size 128. Before the early reads one split only won
+    /// with one split over all 128 keys and 2–4 % over the first 64 (2
+    /// stages), 9 % over all 128 with 3 stages (two early tiles), so never
+    /// at head size 128. Before the early reads one split only won
     /// near a cache's start.
     pub attn_one_split: u32,
     /// One token's whole decoder block in one launch on a thread-block
@@ -177,6 +178,14 @@ pub struct KernelConfig {
     /// times, defined into the source as `FB_PROBE` (a diagnostic; 0 the
     /// ends of its phases, see block.cu).
     pub fb_probe: u32,
+    /// Key/value stages of the tensor-core decode attention at head size
+    /// 128, defined into the source as `AD_STAGES_128` (2 or 3; head size
+    /// 64 has 4). All but one are loaded before the dependent-launch wait.
+    /// Measured on the H200 (docs/cuda-kernel-notes.md, eighth pass), 8B
+    /// shape, 3 against 2: tg128 at depth 8192 / 32768 475.6 / 452.5
+    /// against 449.9 / 429.1, at depth 0 equal (553.6 / 552.9 against
+    /// 553.9 / 554.9). So 3.
+    pub attn_stages_128: u32,
     /// Bytes (KiB) of each weight the decode step asks L2 for ahead of its
     /// mat-vec (`Backend::prefetch`: on a side stream, while latency-bound
     /// kernels run); 0 never. Chosen on the host. Measured on the H200
@@ -215,6 +224,7 @@ impl Default for KernelConfig {
             attn_one_split: 1,
             fused_block_max_ctx: 0,
             fb_probe: 0,
+            attn_stages_128: 3,
             l2_prefetch_kib: 1024,
             l2_prefetch_min_kib: 8192,
             l2_prefetch_chunk: 0,
@@ -252,7 +262,8 @@ pub fn source() -> String {
 pub fn source_with(cfg: &KernelConfig) -> String {
     let mut s = format!(
         "#define MV_ROWS {}\n#define MV_UNROLL {}\n#define MQ_STAGES {}\n#define MQ_NARROW_MINB {}\n\
-         #define MQ_WIDE_MI {}\n#define MQ_WIDE_MINB {}\n#define MV_PREFETCH {}\n#define FB_PROBE {}\n",
+         #define MQ_WIDE_MI {}\n#define MQ_WIDE_MINB {}\n#define MV_PREFETCH {}\n#define FB_PROBE {}\n\
+         #define AD_STAGES_128 {}\n",
         cfg.mv_rows,
         cfg.mv_unroll,
         cfg.mq_stages,
@@ -260,7 +271,8 @@ pub fn source_with(cfg: &KernelConfig) -> String {
         cfg.mq_wide_mi,
         cfg.mq_wide_min_blocks,
         cfg.mv_prefetch,
-        cfg.fb_probe
+        cfg.fb_probe,
+        cfg.attn_stages_128
     );
     if cfg.timeline != 0 {
         s.push_str(&format!("#define TERN_TL {:#x}ull\n", cfg.timeline));

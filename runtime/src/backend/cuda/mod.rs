@@ -164,7 +164,7 @@ impl CudaBackend {
         // Experiment knobs: variable, field, accepted values (a value out of
         // range is ignored).
         type Knob<'a> = (&'static str, &'a mut u32, fn(u32) -> bool);
-        let knobs: [Knob; 15] = [
+        let knobs: [Knob; 16] = [
             // Bytes (KiB) of each weight asked into L2 ahead of its mat-vec.
             (
                 "TERN_CUDA_L2_PREFETCH_KIB",
@@ -177,6 +177,10 @@ impl CudaBackend {
                 &mut cfg.l2_prefetch_min_kib,
                 |_| true,
             ),
+            // Key/value stages of the decode attention at head size 128.
+            ("TERN_CUDA_ATTN_STAGES_128", &mut cfg.attn_stages_128, |k| {
+                [2, 3].contains(&k)
+            }),
             // Bytes per bulk prefetch instruction (0: one line each).
             (
                 "TERN_CUDA_L2_PREFETCH_CHUNK",
@@ -252,6 +256,7 @@ impl CudaBackend {
             || ![0, 1, 2, 4].contains(&cfg.mv_ksplit)
             || ![1, 2].contains(&cfg.mq_wide_mi)
             || cfg.mv_prefetch > 3
+            || ![2, 3].contains(&cfg.attn_stages_128)
             || cfg.attn_mma > 2
             || !(2..=4).contains(&cfg.mq_stages)
             || !(1..=4).contains(&cfg.mq_narrow_min_blocks)
@@ -2603,11 +2608,13 @@ impl CudaBackend {
     /// fits the stages the kernel issues before its dependent-launch wait
     /// (3 tiles of 64 keys at head size 64), so the one block waits for
     /// memory once, overlapped with the kernel before (never at head size
-    /// 128: one stage before the wait, and the 8B shape measured slower);
+    /// 128, where the 8B shape measured slower with 1 or 2 early tiles);
     /// N > 1 while at most N keys; 0 never. The step's graph is keyed on it.
     fn attn_one_split(&self, spec: &KvSpec, n_vis: usize) -> bool {
         let upto = match self.sh.cfg.attn_one_split {
             0 => return false,
+            // Head size 128: the 8B measured slower with one split, with
+            // one early stage (2 stages) and with two (3 stages).
             1 => match spec.head_dim {
                 64 => 3 * 64,
                 _ => 0,

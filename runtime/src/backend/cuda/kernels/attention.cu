@@ -621,8 +621,8 @@ extern "C" __global__ void __launch_bounds__(128) attn_prefill_128(
 // spent ~2,600 instructions a key tile per warp on Q·K from shared memory;
 // here a 64-key tile is 32 mma per warp.
 // K/V tile stages of the decode kernel: 4 for head size 64 (a split of up
-// to 4 tiles waits for memory once), 2 for 128 (shared memory).
-#define AD_STAGES(HD) ((HD) <= 64 ? 4 : 2)
+// to 4 tiles waits for memory once), AD_STAGES_128 (KernelConfig) for 128.
+#define AD_STAGES(HD) ((HD) <= 64 ? 4 : AD_STAGES_128)
 
 template <int HD>
 __device__ __forceinline__ void attn_decode_mma_body(const float* q, const u16* kc, const u16* vc,
