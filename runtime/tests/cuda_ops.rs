@@ -722,36 +722,47 @@ fn decode_attention_on_tensor_cores_matches_cpu() {
 
 /// Decode steps across the line where the tensor-core attention changes
 /// from one key split to several (192 visible keys at head size 64): each
-/// step writes its key and value into the cache, then attends over it (the
-/// kernel reads the older tiles before its wait, the new row after), as
-/// eager, captured and replayed steps on both sides of the line and through
-/// the recapture. Every step matches the CPU.
+/// step writes its keys and values into the cache, then attends over it
+/// (the kernel reads the older tiles before its wait, the new rows after),
+/// one token a step and three (whose rows straddle the line), as eager,
+/// captured and replayed steps on both sides of the line and through the
+/// recapture. Every step matches the CPU; the GPU captured a graph on each
+/// side and replayed them; and below the line its bits differ from an
+/// always-split GPU's, so the one-split form ran.
 #[test]
 fn decode_steps_across_the_one_split_line_match_cpu() {
     use tern_runtime::backend::StepInputs;
     let cpu = CpuBackend::exact(2);
     let Some(g) = gpu() else { return };
-    let (nh, nkv, hd, n_ctx, prefix) = (9usize, 3usize, 64usize, 512usize, 183usize);
+    let Some(split) = gpu_with(&KernelConfig {
+        attn_one_split: 0,
+        ..KernelConfig::default()
+    }) else {
+        return;
+    };
+    let (nh, nkv, hd, n_ctx, prefix) = (9usize, 3usize, 64usize, 512usize, 171usize);
     let w = nkv * hd;
     let mut rng = Rng(0xa77f);
     let f = file_with(&[
         ("k", GgmlType::F32, prefix, w, rng.vec(prefix * w)),
         ("v", GgmlType::F32, prefix, w, rng.vec(prefix * w)),
-        ("q", GgmlType::F32, 1, nh * hd, rng.vec(nh * hd)),
-        ("kn", GgmlType::F32, 1, w, rng.vec(w)),
-        ("vn", GgmlType::F32, 1, w, rng.vec(w)),
+        ("q", GgmlType::F32, 3, nh * hd, rng.vec(3 * nh * hd)),
+        ("kn", GgmlType::F32, 3, w, rng.vec(3 * w)),
+        ("vn", GgmlType::F32, 3, w, rng.vec(3 * w)),
     ]);
+    /// (first slot, outputs) of each step of `ntok` tokens from `prefix`.
     fn steps<B: Backend>(
         b: &B,
         f: &Arc<GgufFile>,
         d: (usize, usize, usize, usize, usize),
-    ) -> Vec<Vec<f32>> {
+        ntok: usize,
+    ) -> Vec<(usize, Vec<f32>)> {
         let (nh, nkv, hd, n_ctx, prefix) = d;
         let mut kv = cache_with(b, f, ("k", "v"), prefix, (n_ctx, nkv, hd), KvType::F16);
-        let q = input(b, f, "q", 1, nh * hd);
-        let kn = input(b, f, "kn", 1, nkv * hd);
-        let vn = input(b, f, "vn", 1, nkv * hd);
-        let mut o = b.alloc(1, nh * hd).unwrap();
+        let q = input(b, f, "q", ntok, nh * hd);
+        let kn = input(b, f, "kn", ntok, nkv * hd);
+        let vn = input(b, f, "vn", ntok, nkv * hd);
+        let mut o = b.alloc(ntok, nh * hd).unwrap();
         let p = AttnParams {
             n_head: nh,
             n_head_kv: nkv,
@@ -759,11 +770,12 @@ fn decode_steps_across_the_one_split_line_match_cpu() {
             scale: 1.0 / (hd as f32).sqrt(),
             visibility: Visibility::Causal,
         };
+        let tokens = vec![1u32; ntok];
         let mut res = Vec::new();
-        for slot in prefix..prefix + 20 {
-            let pos = [slot as u32];
+        for slot in (prefix..prefix + 36).step_by(ntok) {
+            let pos: Vec<u32> = (slot as u32..(slot + ntok) as u32).collect();
             let inputs = StepInputs {
-                tokens: &[1],
+                tokens: &tokens,
                 positions: &pos,
                 first_slot: slot,
                 outputs: &[0],
@@ -773,19 +785,35 @@ fn decode_steps_across_the_one_split_line_match_cpu() {
                 b.attention(&q, kv, 1, slot, &p, &mut o)
             })
             .unwrap();
-            res.push(read(b, &o));
+            res.push((slot, read(b, &o)));
         }
         res
     }
     let d = (nh, nkv, hd, n_ctx, prefix);
-    let want = steps(&cpu, &f, d);
-    let got = steps(&g, &f, d);
-    for (i, (gv, wv)) in got.iter().zip(&want).enumerate() {
-        check(
-            &format!("decode step at slot {} of a {n_ctx}-slot cache", prefix + i),
-            gv,
-            wv,
-            5e-4,
+    for ntok in [1, 3] {
+        let before = g.step_stats();
+        let want = steps(&cpu, &f, d, ntok);
+        let got = steps(&g, &f, d, ntok);
+        let after = g.step_stats();
+        let alt = steps(&split, &f, d, ntok);
+        let mut one_split_ran = false;
+        for (((slot, gv), (_, wv)), (_, av)) in got.iter().zip(&want).zip(&alt) {
+            check(
+                &format!("decode step of {ntok} at slot {slot} of a {n_ctx}-slot cache"),
+                gv,
+                wv,
+                5e-4,
+            );
+            check(&format!("  always split, slot {slot}"), av, wv, 5e-4);
+            one_split_ran |= slot + ntok <= 192 && gv != av;
+        }
+        assert!(
+            one_split_ran,
+            "{ntok} a step: the one-split form did not run"
+        );
+        assert!(
+            after.captures >= before.captures + 2 && after.replays > before.replays,
+            "{ntok} a step: expected a graph on each side of the line, replayed: {before:?} -> {after:?}"
         );
     }
 }
@@ -866,6 +894,12 @@ fn l2_prefetch_hints_change_no_result() {
             return;
         };
         let b = steps(&hinted, &f);
+        // The hints were taken, and the steps replayed with them.
+        let st = hinted.step_stats();
+        assert!(
+            st.prefetches > 0 && st.captures > 0 && st.replays > 0,
+            "chunk {chunk}: prefetches not queued or steps not replayed: {st:?}"
+        );
         for (i, ((av, bv), wv)) in a.iter().zip(&b).zip(&want).enumerate() {
             assert!(
                 av.iter().zip(bv).all(|(x, y)| x.to_bits() == y.to_bits()),

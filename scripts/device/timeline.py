@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Summarise a CUDA timeline written by TERN_CUDA_TIMELINE=path.
 
-Each line of the file is one kernel launch: `label t_pre t_wait [phases [grid]]`, device
+Each line of the file is one kernel launch: `label t_pre t_wait [phases [grid]]`
+(launches beyond the device's records: `label - - - -`), device
 global-timer nanoseconds taken by block 0's thread 0 when it reached
 pdl_entry() and when its wait for the previous kernel returned; label =
 "kernel gx x gy x gz threads", prefixed "G " for the first launch of each
@@ -23,7 +24,7 @@ import sys
 from collections import OrderedDict
 
 
-def realign(recs, grids):
+def realign(recs, grids, extra=()):
     """Labels come from the host's launch order, records from the device.
     When a launch leaves no record the two drift apart; each record's own
     grid (5th column) shows where. Walk both: a label whose grid matches
@@ -32,11 +33,11 @@ def realign(recs, grids):
     named "? <grid>". Says how many labels were skipped."""
     if not any(grids):
         return recs
-    labels = [r[0] for r in recs]
+    labels = [r[0] for r in recs] + list(extra)
     n = len(recs)
 
     def fits(li, ri):
-        return li < n and ri < n and (not grids[ri] or labels[li].endswith(" " + grids[ri]))
+        return li < len(labels) and ri < n and (not grids[ri] or labels[li].endswith(" " + grids[ri]))
 
     out = []
     j = skipped = unnamed = 0
@@ -50,7 +51,7 @@ def realign(recs, grids):
                 continue
             skipped += d
             j += d
-        out.append((labels[j] if j < n else "? " + grids[i], pre, wait, ph))
+        out.append((labels[j] if j < len(labels) else "? " + grids[i], pre, wait, ph))
         j += 1
     if skipped or unnamed:
         print(f"labels realigned to the records' grids: {skipped} labels without a record skipped, "
@@ -63,16 +64,19 @@ def main():
         sys.exit("usage: timeline.py FILE")
     recs = []
     grids = []
+    extra = []
     with open(sys.argv[1]) as f:
         for line in f:
             parts = line.rstrip("\n").split("\t")
-            if len(parts) in (3, 4, 5):
+            if len(parts) == 5 and parts[1] == "-":
+                extra.append(parts[0])  # a launch's label beyond the records
+            elif len(parts) in (3, 4, 5):
                 ph = int(parts[3]) if len(parts) >= 4 else 0
                 recs.append((parts[0], int(parts[1]), int(parts[2]), ph))
                 grids.append(parts[4] if len(parts) == 5 else None)
     if not recs:
         sys.exit("no records")
-    recs = realign(recs, grids)
+    recs = realign(recs, grids, extra)
     stats = OrderedDict()
     phases = OrderedDict()
     starts = []

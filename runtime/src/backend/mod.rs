@@ -330,6 +330,9 @@ pub trait Backend: Send + Sync + Sized + 'static {
 
     /// Attention of the batch's queries (row t was written to slot
     /// `first_slot + t`) over the cache of `layer`, by `params.visibility`.
+    /// Slots below `first_slot` must not be written by work still running
+    /// when this is queued (a CUDA decode attention reads them before it
+    /// waits for the kernel ahead of it); within `run_step` they never are.
     fn attention(
         &self,
         q: &Self::Tensor,

@@ -96,7 +96,8 @@ impl Timeline {
 
     /// Write the records as text: `label t_pre t_wait phases grid` (ns;
     /// phases as block.cu packs them, 0 for other kernels; the grid the
-    /// record's kernel ran with, to check the label against). A record
+    /// record's kernel ran with, to check the label against), then any
+    /// labels beyond the records with `-` for the rest. A record
     /// whose grid differs from its label's (the names and the records out
     /// of step) is counted in a warning.
     pub fn dump(&self, gpu: &Gpu) -> Result<()> {
@@ -128,6 +129,11 @@ impl Timeline {
                 r[3],
                 grid.trim()
             ));
+        }
+        // Launches without a record (the records fell behind): their labels
+        // too, with no times, so timeline.py can name every record.
+        for label in order.iter().skip(n) {
+            out.push_str(&format!("{label}\t-\t-\t-\t-\n"));
         }
         if mismatched > 0 {
             log::warn!("cuda timeline: {mismatched} records do not match their launch's grid");

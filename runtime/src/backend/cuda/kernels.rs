@@ -184,7 +184,8 @@ pub struct KernelConfig {
     /// Measured on the H200 (docs/cuda-kernel-notes.md, eighth pass), 8B
     /// shape, 3 against 2: tg128 at depth 8192 / 32768 475.6 / 452.5
     /// against 449.9 / 429.1, at depth 0 equal (553.6 / 552.9 against
-    /// 553.9 / 554.9). So 3.
+    /// 553.9 / 554.9). So 3, where a block may have the 106 KiB of shared
+    /// memory that takes; on sm_86/sm_89 (99 KiB) the backend builds 2.
     pub attn_stages_128: u32,
     /// Bytes (KiB) of each weight the decode step asks L2 for ahead of its
     /// mat-vec (`Backend::prefetch`: on a side stream, while latency-bound
@@ -198,8 +199,9 @@ pub struct KernelConfig {
     pub l2_prefetch_kib: u32,
     /// Weights smaller than this (KiB) are not prefetched.
     pub l2_prefetch_min_kib: u32,
-    /// Bytes per bulk prefetch instruction of `l2_prefetch` (sm_90); 0 one
-    /// 128-byte line per instruction.
+    /// Bytes per bulk prefetch instruction of `l2_prefetch` (sm_90; a
+    /// multiple of 16 up to 1 MiB, checked at open); 0 one 128-byte line per
+    /// instruction.
     pub l2_prefetch_chunk: u32,
     /// Device address of the timeline buffer, defined into the source as
     /// `TERN_TL` when non-zero (a diagnostic, `TERN_CUDA_TIMELINE`; set by

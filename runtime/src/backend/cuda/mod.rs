@@ -79,6 +79,26 @@ struct Shared {
     /// Prefill producers leave f16 copies for the 4-bit mat-muls (`hmemo`);
     /// `TERN_CUDA_F16_COPY=0` turns it off, for measuring.
     f16_copy: bool,
+    /// What decode steps did, for tests (`CudaBackend::step_stats`).
+    stats: Stats,
+}
+
+#[derive(Default)]
+struct Stats {
+    captures: AtomicU64,
+    replays: AtomicU64,
+    prefetches: AtomicU64,
+}
+
+/// Counts of what the backend's decode steps did since it opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepStats {
+    /// Steps captured as a CUDA graph.
+    pub captures: u64,
+    /// Graph replays.
+    pub replays: u64,
+    /// Prefetch hints that queued work on the side stream.
+    pub prefetches: u64,
 }
 
 /// Scratch and staging, touched under the lock.
@@ -122,16 +142,37 @@ struct Mutable {
     /// With trace logging: events around the last graph replay, and
     /// whether they await reading (the replay's device time is logged by
     /// the read that follows it).
-    replay_ev: Option<EventPair>,
+    replay_ev: Option<ReplayEvents>,
     replay_timed: bool,
 }
 
-/// Two timing events (a diagnostic).
+/// Two timing events (a diagnostic), copied out of the lock for one step
+/// (the step lock is held meanwhile) and destroyed with the backend's
+/// state (`ReplayEvents`).
 #[derive(Clone, Copy)]
 struct EventPair(sys::CUevent, sys::CUevent);
 
-// SAFETY: plain driver handles, used under the backend's lock.
+// SAFETY: plain driver handles, used by one step at a time (the step lock).
 unsafe impl Send for EventPair {}
+
+/// The replay-timing events and the context they belong to.
+struct ReplayEvents {
+    ev: EventPair,
+    ctx: Arc<cudarc::driver::CudaContext>,
+}
+
+impl Drop for ReplayEvents {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: both events were created on this context by
+            // replay_events and are destroyed once.
+            unsafe {
+                let _ = sys::cuEventDestroy_v2(self.ev.0);
+                let _ = sys::cuEventDestroy_v2(self.ev.1);
+            }
+        }
+    }
+}
 
 /// A step's inputs on the device: (values, address) per kind.
 struct StepBlock {
@@ -185,7 +226,7 @@ impl CudaBackend {
             (
                 "TERN_CUDA_L2_PREFETCH_CHUNK",
                 &mut cfg.l2_prefetch_chunk,
-                |k| k <= 1 << 20,
+                chunk_ok,
             ),
             // Where a timeline build of the decode block stamps its phases.
             ("TERN_CUDA_FB_PROBE", &mut cfg.fb_probe, |k| k <= 2),
@@ -195,7 +236,9 @@ impl CudaBackend {
                 &mut cfg.fused_block_max_ctx,
                 |_| true,
             ),
-            // Largest cache whose tensor-core decode attention is one split.
+            // When the tensor-core decode attention is one split: 1 while
+            // the visible keys fit its early tiles, N > 1 while at most N
+            // keys, 0 never.
             ("TERN_CUDA_ATTN_ONE_SPLIT", &mut cfg.attn_one_split, |_| {
                 true
             }),
@@ -257,6 +300,7 @@ impl CudaBackend {
             || ![1, 2].contains(&cfg.mq_wide_mi)
             || cfg.mv_prefetch > 3
             || ![2, 3].contains(&cfg.attn_stages_128)
+            || !chunk_ok(cfg.l2_prefetch_chunk)
             || cfg.attn_mma > 2
             || !(2..=4).contains(&cfg.mq_stages)
             || !(1..=4).contains(&cfg.mq_narrow_min_blocks)
@@ -270,6 +314,17 @@ impl CudaBackend {
         let gpu = Gpu::open(ordinal)?;
         let mut cfg = *cfg;
         cfg.timeline = gpu.tl.as_ref().map_or(0, |t| t.buf.ptr);
+        // Three key/value stages at head size 128 take 106 KiB of shared
+        // memory a block: more than sm_86/sm_89 allow (99 KiB). Two there.
+        if cfg.attn_stages_128 > 2
+            && kernels::dynamic_smem(&cfg, "attn_decode_mma_128") as usize > gpu.smem_optin
+        {
+            log::debug!(
+                "cuda: {} KiB of shared memory a block: 2 attention stages at head size 128",
+                gpu.smem_optin / 1024
+            );
+            cfg.attn_stages_128 = 2;
+        }
         let cfg = &cfg;
         let k = kernels::Kernels::load(&gpu, cfg)?;
         if let Some(t) = gpu.tl.as_ref() {
@@ -293,6 +348,7 @@ impl CudaBackend {
                 gpu,
                 k,
                 epoch: AtomicU64::new(0),
+                stats: Stats::default(),
                 m: Mutex::new(Mutable {
                     staging,
                     capture_log: None,
@@ -1216,47 +1272,15 @@ impl Backend for CudaBackend {
         let Some(side) = m.side.as_mut() else {
             return Ok(());
         };
-        // SAFETY: live handles; the fork orders the prefetch after the work
-        // queued on the main stream so far.
-        unsafe {
-            sys::cuEventRecord(side.fork, g.cu_stream())
-                .result()
-                .and_then(|_| sys::cuStreamWaitEvent(side.stream, side.fork, 0).result())
-                .map_err(|e| device::gpu_err("fork side stream", e))?;
-        }
-        side.pending = true;
         let chunk = self.sh.cfg.l2_prefetch_chunk as usize;
-        for four in ranges.chunks(4) {
-            let mut args: Vec<Arg> = Vec::with_capacity(9);
-            let mut total = 0usize;
-            for k in 0..4 {
-                let (p, n) = four.get(k).copied().unwrap_or((0, 0));
-                total += n;
-                args.push(Arg::Ptr(p));
-                args.push(Arg::I64(n as i64));
-            }
-            args.push(Arg::I32(chunk as i32));
-            // Spread over the SMs: one pass of 128 threads, each a `chunk`
-            // (or one line) of the ranges.
-            let per_block = 128 * if chunk > 0 { chunk } else { 128 };
-            let grid = total.div_ceil(per_block).clamp(1, 1024) as u32;
-            let mut ptrs: Vec<*mut std::ffi::c_void> =
-                args.iter_mut().map(|a| a.as_void()).collect();
-            // SAFETY: the arguments match l2_prefetch's signature (four
-            // pointer/length pairs), each range lies inside a live weight
-            // buffer, and `ptrs` outlives the call.
-            unsafe {
-                cudarc::driver::result::launch_kernel(
-                    f,
-                    (grid, 1, 1),
-                    (128, 1, 1),
-                    0,
-                    side.stream,
-                    &mut ptrs,
-                )
-                .map_err(|e| device::gpu_err("l2_prefetch", e))?;
-            }
+        if let Err(e) = fork_prefetch(g, side, f, &ranges, chunk) {
+            // A hint: the step goes on without it (and without further
+            // prefetches this step).
+            log::debug!("cuda: prefetch not queued: {e}");
+            m.pf_on = false;
+            return Ok(());
         }
+        self.sh.stats.prefetches.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -2497,6 +2521,7 @@ impl CudaBackend {
             kv.last_eager = None;
             return ops(kv);
         }
+        self.sh.stats.captures.fetch_add(1, Ordering::Relaxed);
         log::info!(
             "cuda: captured a {}-token decode step as a CUDA graph ({} staged inputs)",
             shape.0,
@@ -2523,6 +2548,8 @@ struct SideStream {
     join: sys::CUevent,
     /// Prefetches were queued since the last join.
     pending: bool,
+    /// Kept alive, and bound, until the handles are destroyed.
+    ctx: Arc<cudarc::driver::CudaContext>,
 }
 
 // SAFETY: plain driver handles, used under the backend's lock.
@@ -2537,6 +2564,7 @@ impl SideStream {
             fork: std::ptr::null_mut(),
             join: std::ptr::null_mut(),
             pending: false,
+            ctx: g.ctx.clone(),
         };
         // SAFETY: creating handles we own; Drop destroys whichever exist.
         unsafe {
@@ -2559,8 +2587,12 @@ impl SideStream {
 
 impl Drop for SideStream {
     fn drop(&mut self) {
-        // SAFETY: each handle was created by SideStream::new and is
-        // destroyed once; null ones were never made.
+        if self.ctx.bind_to_thread().is_err() {
+            return;
+        }
+        // SAFETY: each handle was created by SideStream::new on this
+        // (bound, still alive) context and is destroyed once; null ones
+        // were never made.
         unsafe {
             if !self.join.is_null() {
                 let _ = sys::cuEventDestroy_v2(self.join);
@@ -2573,6 +2605,63 @@ impl Drop for SideStream {
             }
         }
     }
+}
+
+/// Fork `side` from the main stream after the work queued so far and
+/// launch `l2_prefetch` on it for `ranges` (four a launch).
+fn fork_prefetch(
+    g: &device::Gpu,
+    side: &mut SideStream,
+    f: sys::CUfunction,
+    ranges: &[(u64, usize)],
+    chunk: usize,
+) -> Result<()> {
+    // SAFETY: live handles; the fork orders the prefetch after the work
+    // queued on the main stream so far.
+    unsafe {
+        sys::cuEventRecord(side.fork, g.cu_stream())
+            .result()
+            .and_then(|_| sys::cuStreamWaitEvent(side.stream, side.fork, 0).result())
+            .map_err(|e| device::gpu_err("fork side stream", e))?;
+    }
+    side.pending = true;
+    for four in ranges.chunks(4) {
+        let mut args: Vec<Arg> = Vec::with_capacity(9);
+        let mut total = 0usize;
+        for k in 0..4 {
+            let (p, n) = four.get(k).copied().unwrap_or((0, 0));
+            total += n;
+            args.push(Arg::Ptr(p));
+            args.push(Arg::I64(n as i64));
+        }
+        args.push(Arg::I32(chunk as i32));
+        // Spread over the SMs: one pass of 128 threads, each a `chunk`
+        // (or one line) of the ranges.
+        let per_block = 128 * if chunk > 0 { chunk } else { 128 };
+        let grid = total.div_ceil(per_block).clamp(1, 1024) as u32;
+        let mut ptrs: Vec<*mut std::ffi::c_void> = args.iter_mut().map(|a| a.as_void()).collect();
+        // SAFETY: the arguments match l2_prefetch's signature (four
+        // pointer/length pairs), each range lies inside a live weight
+        // buffer, and `ptrs` outlives the call.
+        unsafe {
+            cudarc::driver::result::launch_kernel(
+                f,
+                (grid, 1, 1),
+                (128, 1, 1),
+                0,
+                side.stream,
+                &mut ptrs,
+            )
+            .map_err(|e| device::gpu_err("l2_prefetch", e))?;
+        }
+    }
+    Ok(())
+}
+
+/// An accepted `KernelConfig::l2_prefetch_chunk`: 0 (one line per
+/// instruction) or a multiple of 16 bytes up to 1 MiB.
+fn chunk_ok(k: u32) -> bool {
+    k == 0 || (k.is_multiple_of(16) && k <= 1 << 20)
 }
 
 /// The byte ranges (device address, length) holding the first `cap` bytes'
@@ -2602,6 +2691,18 @@ fn prefetch_ranges(w: &CudaWeight, cap: usize) -> Vec<(u64, usize)> {
 }
 
 impl CudaBackend {
+    /// What the decode steps did since the backend opened: graphs captured
+    /// and replayed, prefetch hints queued (tests check that the paths they
+    /// mean to cover ran).
+    pub fn step_stats(&self) -> StepStats {
+        let s = &self.sh.stats;
+        StepStats {
+            captures: s.captures.load(Ordering::Relaxed),
+            replays: s.replays.load(Ordering::Relaxed),
+            prefetches: s.prefetches.load(Ordering::Relaxed),
+        }
+    }
+
     /// Whether decode attention over `n_vis` visible keys of a cache like
     /// `spec` runs as one key split per KV head (no merge kernel):
     /// `KernelConfig::attn_one_split` 1 (the default) while every key tile
@@ -2627,6 +2728,7 @@ impl CudaBackend {
     /// The pair of timing events around graph replays (trace logging only),
     /// made on first use.
     fn replay_events(&self) -> Option<EventPair> {
+        let ctx = self.gpu().ok()?.ctx.clone();
         let mut m = self.lock();
         if m.replay_ev.is_none() {
             let (mut a, mut b) = (std::ptr::null_mut(), std::ptr::null_mut());
@@ -2641,9 +2743,12 @@ impl CudaBackend {
                     return None;
                 }
             }
-            m.replay_ev = Some(EventPair(a, b));
+            m.replay_ev = Some(ReplayEvents {
+                ev: EventPair(a, b),
+                ctx,
+            });
         }
-        m.replay_ev
+        m.replay_ev.as_ref().map(|r| r.ev)
     }
 
     /// After a read has waited for the stream: log the device time of the
@@ -2653,7 +2758,7 @@ impl CudaBackend {
         if !std::mem::take(&mut m.replay_timed) {
             return;
         }
-        if let Some(EventPair(a, b)) = m.replay_ev {
+        if let Some(EventPair(a, b)) = m.replay_ev.as_ref().map(|r| r.ev) {
             let mut ms = 0f32;
             // SAFETY: both events were recorded and the stream has drained.
             if unsafe { sys::cuEventElapsedTime(&mut ms, a, b) }
@@ -2752,6 +2857,9 @@ impl CudaBackend {
         }
         .map_err(|e| device::gpu_err("graph launch", e));
         log::trace!("graph launch (µs): {:.1}", t0.elapsed().as_secs_f64() * 1e6);
+        if r.is_ok() {
+            self.sh.stats.replays.fetch_add(1, Ordering::Relaxed);
+        }
         r
     }
 }

@@ -297,7 +297,7 @@ extern "C" __global__ void l2_prefetch(const u8* p0, long long n0, const u8* p1,
             // rounded down, its end down: at most 15 bytes are left out).
             unsigned long long a = (unsigned long long)p & ~15ull;
             long long len = ((unsigned long long)p + n - a) & ~15ll;
-            long long c = chunk & ~15;
+            long long c = max(chunk & ~15, 16); // the host passes a multiple of 16
             for (long long off = me * c; off < len; off += all * c) {
                 unsigned sz = (unsigned)min(c, len - off);
                 asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(a + off), "r"(sz)
