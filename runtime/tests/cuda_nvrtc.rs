@@ -64,19 +64,30 @@ const WEIGHTS_BEFORE_WAIT: [&str; 4] = [
     "matvec_q",
 ];
 
-/// The one-cluster decode blocks (block.cu) copy their weights, norm
-/// weights, rotation inputs and cache slot (none written by a kernel) into
-/// shared memory before the wait: their entry points go straight to
-/// `fused_block_body`, which must call `pdl_entry()` before it touches the
-/// residual row (`x`) or the cache (`kc`, `vc`).
-const BLOCK_BEFORE_WAIT: [&str; 2] = ["fused_block_64", "fused_block_128"];
-
-/// The tensor-core decode attention reads its first slot (a step input)
-/// and the first key/value tiles of the cache below it (slots this step
-/// does not write) before the wait: its entry points index only the first
-/// slot and go straight to `attn_decode_mma_body`, which must call
-/// `pdl_entry()` before it touches the queries or its outputs.
-const CACHE_BEFORE_WAIT: [&str; 2] = ["attn_decode_mma_64", "attn_decode_mma_128"];
+/// Kernels whose entry point goes straight to a body function that calls
+/// `pdl_entry()` itself, after reads of memory no kernel writes: (kernel,
+/// body, what the entry itself may index). The one-cluster decode blocks
+/// (block.cu) copy their weights, norm weights, rotation inputs and cache
+/// slot into shared memory before the wait, and `fused_block_body` must
+/// wait before it touches the residual row (`x`) or the cache (`kc`, `vc`).
+/// The tensor-core decode attention reads its first slot (a step input) in
+/// the entry and the first key/value tiles of the cache below it (slots
+/// this step does not write) in the body, which must wait before it
+/// touches the queries or its outputs.
+const WAIT_IN_BODY: [(&str, &str, &[&str]); 4] = [
+    ("fused_block_64", "fused_block_body<", &[]),
+    ("fused_block_128", "fused_block_body<", &[]),
+    (
+        "attn_decode_mma_64",
+        "attn_decode_mma_body<",
+        &["first_slot", "ap_smem"],
+    ),
+    (
+        "attn_decode_mma_128",
+        "attn_decode_mma_body<",
+        &["first_slot", "ap_smem"],
+    ),
+];
 
 /// Launched on a side stream, outside the dependent-launch chain, and
 /// touching no memory (L2 prefetch hints only): it must not wait, and must
@@ -188,23 +199,15 @@ fn every_kernel_starts_with_the_dependent_launch_wait() {
             );
             continue;
         }
-        if BLOCK_BEFORE_WAIT.contains(&name.as_str()) {
+        if let Some((_, via, allowed)) = WAIT_IN_BODY.iter().find(|(k, _, _)| k == name) {
             let own = own_text(body);
             assert!(
-                !own.contains("pdl_entry") && own.contains("fused_block_body<"),
-                "kernel {name}: the wait belongs in fused_block_body"
-            );
-            continue;
-        }
-        if CACHE_BEFORE_WAIT.contains(&name.as_str()) {
-            let own = own_text(body);
-            assert!(
-                !own.contains("pdl_entry") && own.contains("attn_decode_mma_body<"),
-                "kernel {name}: the wait belongs in attn_decode_mma_body"
+                !own.contains("pdl_entry") && own.contains(via),
+                "kernel {name}: the wait belongs in {via}"
             );
             for id in indexed(own) {
                 assert!(
-                    ["first_slot", "ap_smem"].contains(&id),
+                    allowed.contains(&id),
                     "kernel {name} indexes `{id}` before its wait"
                 );
             }
