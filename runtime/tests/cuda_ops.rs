@@ -122,6 +122,18 @@ fn cache_with<B: Backend>(
     kv
 }
 
+/// Causal attention over `nh` query heads, `nkv` KV heads of size `hd`,
+/// with the usual 1/√hd scale.
+fn causal(nh: usize, nkv: usize, hd: usize) -> AttnParams {
+    AttnParams {
+        n_head: nh,
+        n_head_kv: nkv,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+        visibility: Visibility::Causal,
+    }
+}
+
 fn read<B: Backend>(b: &B, t: &B::Tensor) -> Vec<f32> {
     let (r, c) = b.shape(t);
     let mut v = vec![f32::NAN; r * c];
@@ -332,13 +344,7 @@ fn fused_qkv_rope_kv_write_matches_cpu() {
                         prefix,
                     )
                     .unwrap();
-                    let p = AttnParams {
-                        n_head: nh,
-                        n_head_kv: nkv,
-                        head_dim: hd,
-                        scale: 1.0 / (hd as f32).sqrt(),
-                        visibility: Visibility::Causal,
-                    };
+                    let p = causal(nh, nkv, hd);
                     let mut att = b.alloc(1, nh * hd).unwrap();
                     b.attention(&q, &kv, 1, prefix, &p, &mut att).unwrap();
                     vec![read(b, &q), read(b, &k), read(b, &v), read(b, &att)]
@@ -563,13 +569,7 @@ fn attend<B: Backend>(
     let total = prefix + batch;
     let kv = cache_with(b, f, ("k", "v"), total, (n_ctx, nkv, hd), ty);
     let q = input(b, f, "q", batch, nh * hd);
-    let p = AttnParams {
-        n_head: nh,
-        n_head_kv: nkv,
-        head_dim: hd,
-        scale: 1.0 / (hd as f32).sqrt(),
-        visibility: Visibility::Causal,
-    };
+    let p = causal(nh, nkv, hd);
     let mut o = b.alloc(batch, nh * hd).unwrap();
     // With a projection "wo" in the file: its product with the output too.
     // Loaded and allocated first (an allocation forgets the GPU's 8-bit
@@ -763,13 +763,7 @@ fn decode_steps_across_the_one_split_line_match_cpu() {
         let kn = input(b, f, "kn", ntok, nkv * hd);
         let vn = input(b, f, "vn", ntok, nkv * hd);
         let mut o = b.alloc(ntok, nh * hd).unwrap();
-        let p = AttnParams {
-            n_head: nh,
-            n_head_kv: nkv,
-            head_dim: hd,
-            scale: 1.0 / (hd as f32).sqrt(),
-            visibility: Visibility::Causal,
-        };
+        let p = causal(nh, nkv, hd);
         let tokens = vec![1u32; ntok];
         let mut res = Vec::new();
         for slot in (prefix..prefix + 36).step_by(ntok) {
@@ -1266,13 +1260,7 @@ fn fused_rope_kv_write_and_residual_projection_match_cpu() {
                         prefix,
                     )
                     .unwrap();
-                    let p = AttnParams {
-                        n_head: nh,
-                        n_head_kv: nkv,
-                        head_dim: hd,
-                        scale: 1.0 / (hd as f32).sqrt(),
-                        visibility: Visibility::Causal,
-                    };
+                    let p = causal(nh, nkv, hd);
                     let mut att = b.alloc(ntok, nh * hd).unwrap();
                     b.attention(&q, &kv, 1, prefix, &p, &mut att).unwrap();
                     let wo = b
@@ -1409,13 +1397,7 @@ fn decode_block_on_a_cluster_matches_cpu() {
                     inv_freq: inv_freq.clone(),
                 };
                 let (rq, rk) = (rope(nh), rope(nkv));
-                let attn = AttnParams {
-                    n_head: nh,
-                    n_head_kv: nkv,
-                    head_dim: hd,
-                    scale: 1.0 / (hd as f32).sqrt(),
-                    visibility: Visibility::Causal,
-                };
+                let attn = causal(nh, nkv, hd);
                 let p = BlockParams {
                     eps: 1e-5,
                     residual_scale: 0.8,
