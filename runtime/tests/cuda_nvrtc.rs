@@ -229,30 +229,25 @@ fn every_kernel_starts_with_the_dependent_launch_wait() {
             "kernel {name} does not begin with pdl_entry()"
         );
     }
-    // matvec_q_impl: between its opening brace and the wait, no use of
-    // the activations or the output.
-    let idents = idents_before_wait("matvec_q_impl");
-    for used in ["xq", "xs", "out"] {
-        assert!(
-            !idents.iter().any(|i| i == used),
-            "matvec_q_impl uses `{used}` before the wait"
-        );
-    }
-    // attn_decode_mma_body: the same for the queries and the outputs.
-    let idents = idents_before_wait("attn_decode_mma_body");
-    for used in ["q", "part_o", "part_ml", "xq", "xs"] {
-        assert!(
-            !idents.iter().any(|i| i == used),
-            "attn_decode_mma_body uses `{used}` before the wait"
-        );
-    }
-    // fused_block_body: the same for the residual row and the cache.
-    let idents = idents_before_wait("fused_block_body");
-    for used in ["x", "kc", "vc"] {
-        assert!(
-            !idents.iter().any(|i| i == used),
-            "fused_block_body uses `{used}` before the wait"
-        );
+    // The body functions that wait: between the opening brace and the
+    // wait, no use of what earlier kernels write (matvec_q_impl: the
+    // activations and the output; attn_decode_mma_body: the queries and
+    // the outputs; fused_block_body: the residual row and the cache).
+    for (func, written) in [
+        ("matvec_q_impl", &["xq", "xs", "out"][..]),
+        (
+            "attn_decode_mma_body",
+            &["q", "part_o", "part_ml", "xq", "xs"],
+        ),
+        ("fused_block_body", &["x", "kc", "vc"]),
+    ] {
+        let idents = idents_before_wait(func);
+        for used in written {
+            assert!(
+                !idents.iter().any(|i| i == used),
+                "{func} uses `{used}` before the wait"
+            );
+        }
     }
 }
 
