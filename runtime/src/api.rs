@@ -79,21 +79,21 @@ enum SessionImpl {
 /// The GPU to run on for `device`, `None` for the CPU. `Auto` falls back to
 /// the CPU with one log line; `Cuda` turns every failure into an error.
 #[cfg(feature = "cuda")]
-fn open_gpu(params: &ModelParams) -> Result<Option<CudaBackend>> {
+fn open_gpu(params: &ModelParams, weight_bytes: u64) -> Result<Option<CudaBackend>> {
     match params.device {
         Device::Cpu => Ok(None),
         Device::Auto if params.exact => Ok(None),
         Device::Cuda if params.exact => Err(Error::DeviceUnavailable(
             "--exact selects the CPU's f32 reference path; it cannot run on the GPU".into(),
         )),
-        Device::Auto => match CudaBackend::open(0) {
+        Device::Auto => match CudaBackend::open_for(0, weight_bytes) {
             Ok(b) => Ok(Some(b)),
             Err(e) => {
                 log::info!("no usable GPU ({e}); running on the CPU");
                 Ok(None)
             }
         },
-        Device::Cuda => CudaBackend::open(0).map(Some),
+        Device::Cuda => CudaBackend::open_for(0, weight_bytes).map(Some),
     }
 }
 
@@ -127,7 +127,7 @@ impl Model {
             ));
         }
         #[cfg(feature = "cuda")]
-        let gpu = open_gpu(params)?;
+        let gpu = open_gpu(params, file.tensors().iter().map(|t| t.n_bytes).sum())?;
         let path = file.path().map(Path::to_path_buf);
         // A model without tokenizer metadata still runs on token ids; one
         // whose tokenizer metadata is broken is rejected here, at load.

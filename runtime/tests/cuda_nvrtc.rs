@@ -126,9 +126,9 @@ fn indexed(text: &str) -> Vec<&str> {
 }
 
 /// The identifiers device function `func` names between its opening brace
-/// and its `pdl_entry();`, outside comments and leaving out members
-/// (`threadIdx.x`).
-fn idents_before_wait(func: &str) -> Vec<String> {
+/// and its wait `stop` (`pdl_entry();`, or the mat-vecs' `pdl_entry<1>();`),
+/// outside comments and leaving out members (`threadIdx.x`).
+fn idents_before_wait(func: &str, stop: &str) -> Vec<String> {
     let sig = format!("void {func}(");
     let src = kernels::SOURCES
         .iter()
@@ -138,8 +138,8 @@ fn idents_before_wait(func: &str) -> Vec<String> {
     let at = src.find(&sig).unwrap();
     let body = &src[at + src[at..].find('{').unwrap() + 1..];
     let wait = body
-        .find("pdl_entry();")
-        .unwrap_or_else(|| panic!("{func} does not call pdl_entry()"));
+        .find(stop)
+        .unwrap_or_else(|| panic!("{func} does not call {stop}"));
     let code: String = body[..wait]
         .lines()
         .map(|l| l.split("//").next().unwrap_or(""))
@@ -233,15 +233,16 @@ fn every_kernel_starts_with_the_dependent_launch_wait() {
     // wait, no use of what earlier kernels write (matvec_q_impl: the
     // activations and the output; attn_decode_mma_body: the queries and
     // the outputs; fused_block_body: the residual row and the cache).
-    for (func, written) in [
-        ("matvec_q_impl", &["xq", "xs", "out"][..]),
+    for (func, stop, written) in [
+        ("matvec_q_impl", "pdl_entry<1>();", &["xq", "xs", "out"][..]),
         (
             "attn_decode_mma_body",
+            "pdl_entry();",
             &["q", "part_o", "part_ml", "xq", "xs"],
         ),
-        ("fused_block_body", &["x", "kc", "vc"]),
+        ("fused_block_body", "pdl_entry();", &["x", "kc", "vc"]),
     ] {
-        let idents = idents_before_wait(func);
+        let idents = idents_before_wait(func, stop);
         for used in written {
             assert!(
                 !idents.iter().any(|i| i == used),
@@ -297,14 +298,21 @@ fn the_timeline_build_compiles() {
         eprintln!("skipped: no NVRTC");
         return;
     }
-    let cfg = kernels::KernelConfig {
-        timeline: 0x7f00_0000_0000,
-        ..Default::default()
-    };
-    let src = kernels::source_with(&cfg);
-    assert!(src.contains("#define TERN_TL 0x7f0000000000ull"));
-    let cubin = kernels::compile_cubin(&src, 90).unwrap_or_else(|e| panic!("timeline build: {e}"));
-    assert!(cubin > 0);
+    // Both orders of trigger and wait (the records are numbered
+    // differently).
+    for pdl_early in [0, 3] {
+        let cfg = kernels::KernelConfig {
+            timeline: 0x7f00_0000_0000,
+            pdl_early,
+            ..Default::default()
+        };
+        let src = kernels::source_with(&cfg);
+        assert!(src.contains("#define TERN_TL 0x7f0000000000ull"));
+        assert!(src.contains(&format!("#define PDL_EARLY {pdl_early}\n")));
+        let cubin =
+            kernels::compile_cubin(&src, 90).unwrap_or_else(|e| panic!("timeline build: {e}"));
+        assert!(cubin > 0);
+    }
 }
 
 #[test]
@@ -353,6 +361,24 @@ fn without_a_gpu_auto_runs_on_the_cpu_and_cuda_is_a_clear_error() {
 /// measurements said it pays (docs/cuda-kernel-notes.md): the 0.5B's short
 /// grid of 4096-column rows; never the 8B's 4096-row products, large grids
 /// or rows too short for 32 lanes twice.
+#[test]
+fn launch_order_rule_matches_the_measurements() {
+    // The shapes measured (file tensor bytes): launches run ahead of their
+    // waits for the two small models, not for the 8B.
+    for (bytes, want) in [
+        (92_100_000u64, 3), // SmolLM2-135M shape, Q4_1
+        (246_000_000, 3),   // MiniCPM4-0.5B shape, Q4_0
+        (4_605_000_000, 0), // MiniCPM4-8B shape, Q4_0
+    ] {
+        assert_eq!(
+            kernels::KernelConfig::for_weights(bytes).pdl_early,
+            want,
+            "{bytes} bytes"
+        );
+    }
+    assert_eq!(kernels::KernelConfig::default().pdl_early, 0);
+}
+
 #[test]
 fn mat_vec_row_split_rule_matches_the_measurements() {
     let sms = 132;

@@ -203,6 +203,16 @@ pub struct KernelConfig {
     /// multiple of 16 up to 1 MiB, checked at open); 0 one 128-byte line per
     /// instruction.
     pub l2_prefetch_chunk: u32,
+    /// Which kernels let the next one begin launching (programmatic
+    /// dependent launch) before their own wait for the previous kernel, a
+    /// bit mask defined into the source as `PDL_EARLY`: bit 0 the small
+    /// kernels, bit 1 the decode mat-vecs. A kernel without its bit lets
+    /// the next launch after its wait (a launch runs at most one kernel
+    /// ahead); with it launches run ahead as far as the GPU has room, so
+    /// early reads (weights, the cache's first tiles) can overlap earlier
+    /// kernels than the predecessor. Either way each kernel waits for its
+    /// predecessor to finish, so the order is the same.
+    pub pdl_early: u32,
     /// Device address of the timeline buffer, defined into the source as
     /// `TERN_TL` when non-zero (a diagnostic, `TERN_CUDA_TIMELINE`; set by
     /// the backend, never by hand).
@@ -230,7 +240,34 @@ impl Default for KernelConfig {
             l2_prefetch_kib: 1024,
             l2_prefetch_min_kib: 8192,
             l2_prefetch_chunk: 0,
+            pdl_early: 0,
             timeline: 0,
+        }
+    }
+}
+
+/// Models with at most this many bytes of weights let each kernel's
+/// successor launch before its wait (`KernelConfig::pdl_early` = 3).
+pub const PDL_EARLY_MAX_WEIGHTS: u64 = 1 << 30;
+
+impl KernelConfig {
+    /// The default configuration for a model of `weight_bytes`: launches
+    /// run ahead of their waits for small models, whose decode step is a
+    /// chain of latency-bound launches, and not for large ones, whose
+    /// mat-vecs are bound by memory bandwidth and whose critical path an
+    /// early launch's weight reads compete with. Measured on the H200
+    /// (docs/cuda-kernel-notes.md, ninth pass), tg128, 0 against 3: SmolLM2
+    /// shape (92 MB) 2,043 → 2,216 t/s, 0.5B shape (246 MB) 2,100 → 2,199,
+    /// 8B shape (4.6 GB) 560 → 535–542. The line between them is a round
+    /// number in the unmeasured gap.
+    pub fn for_weights(weight_bytes: u64) -> KernelConfig {
+        KernelConfig {
+            pdl_early: if weight_bytes <= PDL_EARLY_MAX_WEIGHTS {
+                3
+            } else {
+                0
+            },
+            ..KernelConfig::default()
         }
     }
 }
@@ -265,7 +302,7 @@ pub fn source_with(cfg: &KernelConfig) -> String {
     let mut s = format!(
         "#define MV_ROWS {}\n#define MV_UNROLL {}\n#define MQ_STAGES {}\n#define MQ_NARROW_MINB {}\n\
          #define MQ_WIDE_MI {}\n#define MQ_WIDE_MINB {}\n#define MV_PREFETCH {}\n#define FB_PROBE {}\n\
-         #define AD_STAGES_128 {}\n",
+         #define AD_STAGES_128 {}\n#define PDL_EARLY {}\n",
         cfg.mv_rows,
         cfg.mv_unroll,
         cfg.mq_stages,
@@ -274,7 +311,8 @@ pub fn source_with(cfg: &KernelConfig) -> String {
         cfg.mq_wide_min_blocks,
         cfg.mv_prefetch,
         cfg.fb_probe,
-        cfg.attn_stages_128
+        cfg.attn_stages_128,
+        cfg.pdl_early
     );
     if cfg.timeline != 0 {
         s.push_str(&format!("#define TERN_TL {:#x}ull\n", cfg.timeline));
@@ -505,6 +543,20 @@ impl Kernels {
                     )
                 }
                 .map_err(|e| gpu_err(&format!("shared memory for kernel {name}"), e))?;
+            }
+            if log::log_enabled!(log::Level::Debug) {
+                let attr = |a| {
+                    let mut v = 0i32;
+                    // SAFETY: `func` was loaded above; the call writes one int.
+                    unsafe { sys::cuFuncGetAttribute(&mut v, a, func) };
+                    v
+                };
+                use sys::CUfunction_attribute::*;
+                log::debug!(
+                    "cuda: kernel {name}: {} registers, {} bytes of local memory",
+                    attr(CU_FUNC_ATTRIBUTE_NUM_REGS),
+                    attr(CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)
+                );
             }
             funcs.push(func);
         }

@@ -201,11 +201,28 @@ impl CudaBackend {
     /// with `DeviceUnavailable` when there is no driver, no such device or
     /// no NVRTC; never panics.
     pub fn open(ordinal: usize) -> Result<CudaBackend> {
-        let mut cfg = kernels::KernelConfig::default();
+        Self::open_sized(ordinal, None)
+    }
+
+    /// Like [`CudaBackend::open`], for a model of `weight_bytes` (its
+    /// tensors' bytes in the file): the launch order is chosen for its size
+    /// ([`kernels::KernelConfig::for_weights`]).
+    pub fn open_for(ordinal: usize, weight_bytes: u64) -> Result<CudaBackend> {
+        Self::open_sized(ordinal, Some(weight_bytes))
+    }
+
+    fn open_sized(ordinal: usize, weight_bytes: Option<u64>) -> Result<CudaBackend> {
+        let mut cfg = match weight_bytes {
+            Some(b) => kernels::KernelConfig::for_weights(b),
+            None => kernels::KernelConfig::default(),
+        };
         // Experiment knobs: variable, field, accepted values (a value out of
         // range is ignored).
         type Knob<'a> = (&'static str, &'a mut u32, fn(u32) -> bool);
-        let knobs: [Knob; 16] = [
+        let knobs: [Knob; 17] = [
+            // Which kernels let the next launch before their wait (bits:
+            // 1 the small ones, 2 the decode mat-vecs).
+            ("TERN_CUDA_PDL_EARLY", &mut cfg.pdl_early, |k| k <= 3),
             // Bytes (KiB) of each weight asked into L2 ahead of its mat-vec.
             (
                 "TERN_CUDA_L2_PREFETCH_KIB",

@@ -100,16 +100,34 @@ __device__ __forceinline__ u64 tl_now() {
 }
 #endif
 
+#ifndef PDL_EARLY
+#define PDL_EARLY 0
+#endif
+// PDL_EARLY (KernelConfig::pdl_early), a bit per KIND of kernel (0 the
+// small ones, 1 the decode mat-vecs): set, the next kernel may begin
+// launching before this one's wait returns. Still every kernel waits for
+// its predecessor to finish, and a kernel launches only once every block of
+// the one before it has started, so no launch can take the room a running
+// kernel's blocks need.
+template <int KIND = 0>
 __device__ __forceinline__ void pdl_entry() {
+    constexpr bool early = (PDL_EARLY >> KIND) & 1;
 #ifdef TERN_TL
     bool tl = (blockIdx.x | blockIdx.y | blockIdx.z | threadIdx.x) == 0;
     u64 n = 0, t0 = 0;
     if (tl) {
+#if PDL_EARLY
+        // Launches may overlap: each takes its record's number before it
+        // lets the next one launch, so numbers stay in launch order.
+        n = atomicAdd((unsigned long long*)TERN_TL, 1ull);
+#else
         n = *(volatile u64*)TERN_TL;
+#endif
         t0 = tl_now();
     }
 #endif
 #if __CUDA_ARCH__ >= 900
+    if (early) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 #ifdef TERN_TL
@@ -122,12 +140,14 @@ __device__ __forceinline__ void pdl_entry() {
             r[2] = (u64)gridDim.x | (u64)(gridDim.y & 4095) << 32 | (u64)(gridDim.z & 255) << 44 |
                    (u64)(blockDim.x & 2047) << 52;
         }
+#if !PDL_EARLY
         b[0] = n + 1;
         __threadfence(); // the count is out before the next launch may read it
+#endif
     }
 #endif
 #if __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    if (!early) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
 

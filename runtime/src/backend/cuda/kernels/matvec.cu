@@ -146,7 +146,7 @@ __device__ __forceinline__ void matvec_q_impl(const u8* w, int ty, int rows, int
         pre = true;
     }
 #endif
-    pdl_entry();
+    pdl_entry<1>();
     // The residual this launch adds to (add != 0), read right after the
     // wait so its round trip overlaps the products instead of trailing them.
     float old[MV_ROWS][NT];
