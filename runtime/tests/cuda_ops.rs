@@ -209,17 +209,18 @@ fn matvec_every_row_split_matches_cpu() {
     let cpu = CpuBackend::exact(8);
     let mut rng = Rng(0x5eed_0002);
     // Every row split and early-read form; then the default split with
-    // launches running ahead of their wait.
-    for (ks, pf, early) in [1u32, 2, 4]
+    // launches running ahead of their wait, and 2 or 4 rows a warp.
+    for (ks, pf, early, mv_rows) in [1u32, 2, 4]
         .into_iter()
-        .flat_map(|k| [0u32, 1, 2, 3].map(|p| (k, p, 0)))
-        .chain([(0, 2, 3)])
+        .flat_map(|k| [0u32, 1, 2, 3].map(|p| (k, p, 0, 1)))
+        .chain([(0, 2, 3, 1), (0, 2, 0, 2), (2, 3, 0, 2), (1, 2, 0, 4)])
     {
         let cfg = KernelConfig {
             mv_ksplit: ks,
             mv_prefetch: pf,
             mv_prefetch_max_kib: u32::MAX,
             pdl_early: early,
+            mv_rows,
             ..KernelConfig::default()
         };
         let Some(g) = gpu_with(&cfg) else { return };
@@ -273,7 +274,9 @@ fn matvec_every_row_split_matches_cpu() {
                 ];
                 for ((gv, wv), w) in got.iter().zip(&want).zip(what) {
                     check(
-                        &format!("matvec ks={ks} pf={pf} early={early} {ty} [{rows}x{cols}] {w}"),
+                        &format!(
+                            "matvec ks={ks} pf={pf} early={early} rows/warp={mv_rows} {ty} [{rows}x{cols}] {w}"
+                        ),
                         gv,
                         wv,
                         5e-4,

@@ -219,7 +219,11 @@ impl CudaBackend {
         // Experiment knobs: variable, field, accepted values (a value out of
         // range is ignored).
         type Knob<'a> = (&'static str, &'a mut u32, fn(u32) -> bool);
-        let knobs: [Knob; 17] = [
+        let knobs: [Knob; 18] = [
+            // Rows per warp of the decode mat-vecs (1, 2 or 4).
+            ("TERN_CUDA_MV_ROWS", &mut cfg.mv_rows, |k| {
+                [1, 2, 4].contains(&k)
+            }),
             // Which kernels let the next launch before their wait (bits:
             // 1 the small ones, 2 the decode mat-vecs).
             ("TERN_CUDA_PDL_EARLY", &mut cfg.pdl_early, |k| k <= 3),
