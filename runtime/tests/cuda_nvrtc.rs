@@ -55,7 +55,7 @@ fn entry_points() -> Vec<(String, String)> {
 ///
 /// The one exception: the quantized decode mat-vecs read their weights,
 /// which no kernel writes, before the wait (`MV_PREFETCH`). Their entry
-/// points go straight to `matvec_q_impl`, which must call `pdl_entry()`
+/// points go straight to `matvec_q_impl`, which must call `pdl_entry<1>()`
 /// before it first touches the activations (`xq`, `xs`) or the output.
 const WEIGHTS_BEFORE_WAIT: [&str; 4] = [
     "matvec_q1",
@@ -315,6 +315,43 @@ fn the_timeline_build_compiles() {
     }
 }
 
+/// `PDL_EARLY` puts each kind's trigger for the next launch before or
+/// after its wait: in the compiled PTX of a small kernel (`rms_norm_q`,
+/// bit 0) and a decode mat-vec (`matvec_q1`, bit 1), the trigger comes
+/// first exactly when that kind's bit is set.
+#[test]
+fn the_launch_order_bits_place_the_trigger() {
+    if kernels::nvrtc_version().is_err() && !required() {
+        eprintln!("skipped: no NVRTC");
+        return;
+    }
+    for pdl_early in [0u32, 1, 3] {
+        let cfg = kernels::KernelConfig {
+            pdl_early,
+            ..Default::default()
+        };
+        let ptx = kernels::compile_with(&cfg, 90).unwrap_or_else(|e| panic!("{e}"));
+        for (entry, bit) in [("rms_norm_q", 0), ("matvec_q1", 1)] {
+            let at = ptx
+                .find(&format!(".entry {entry}("))
+                .unwrap_or_else(|| panic!("no entry {entry} in the PTX"));
+            let body = &ptx[at..];
+            let body = &body[..body[1..].find(".entry ").map_or(body.len(), |i| i + 1)];
+            let trigger = body
+                .find("griddepcontrol.launch_dependents")
+                .unwrap_or_else(|| panic!("{entry}: no trigger"));
+            let wait = body
+                .find("griddepcontrol.wait")
+                .unwrap_or_else(|| panic!("{entry}: no wait"));
+            assert_eq!(
+                trigger < wait,
+                (pdl_early >> bit) & 1 == 1,
+                "pdl_early {pdl_early}: {entry}'s trigger is on the wrong side of its wait"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_broken_kernel_reports_the_compiler_log() {
     if kernels::nvrtc_version().is_err() && !required() {
@@ -357,10 +394,8 @@ fn without_a_gpu_auto_runs_on_the_cpu_and_cuda_is_a_clear_error() {
     }
 }
 
-/// The decode mat-vec splits a row over several warps only where the H200
-/// measurements said it pays (docs/cuda-kernel-notes.md): the 0.5B's short
-/// grid of 4096-column rows; never the 8B's 4096-row products, large grids
-/// or rows too short for 32 lanes twice.
+/// Where launches run ahead of their waits follows the model's size as
+/// measured on the H200 (docs/cuda-kernel-notes.md, ninth pass).
 #[test]
 fn launch_order_rule_matches_the_measurements() {
     // The shapes measured (file tensor bytes): launches run ahead of their
@@ -379,6 +414,10 @@ fn launch_order_rule_matches_the_measurements() {
     assert_eq!(kernels::KernelConfig::default().pdl_early, 0);
 }
 
+/// The decode mat-vec splits a row over several warps only where the H200
+/// measurements said it pays (docs/cuda-kernel-notes.md): the 0.5B's short
+/// grid of 4096-column rows; never the 8B's 4096-row products, large grids
+/// or rows too short for 32 lanes twice.
 #[test]
 fn mat_vec_row_split_rule_matches_the_measurements() {
     let sms = 132;

@@ -323,12 +323,16 @@ fn fused_qkv_rope_kv_write_matches_cpu() {
                 let f = file_with(&[
                     ("k0", GgmlType::F32, prefix, width, rng.vec(prefix * width)),
                     ("v0", GgmlType::F32, prefix, width, rng.vec(prefix * width)),
-                    // Scaled with the width so the scores stay moderate:
+                    // Wide inputs scaled so the scores stay moderate:
                     // unscaled, 2048 columns give scores in the hundreds,
                     // where the softmax turns on the 8-bit inputs' rounding
                     // (NMSE 2.4e-2 against the CPU on the H200).
                     ("x", GgmlType::F32, 1, cols, {
-                        let s = (64.0 / cols as f32).sqrt();
+                        let s = if cols > 256 {
+                            (64.0 / cols as f32).sqrt()
+                        } else {
+                            1.0
+                        };
                         rng.vec(cols).iter().map(|v| v * s).collect()
                     }),
                     ("wq", tq, nh * hd, cols, rng.vec(nh * hd * cols)),

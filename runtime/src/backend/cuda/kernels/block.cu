@@ -356,10 +356,10 @@ __device__ __forceinline__ void fused_block_body(
     const long long fs = first_slot[0];
 
 #ifdef TERN_TL
-    // Phase stamps for the timeline (block 0's thread 0): the record index
-    // pdl_entry will use, read the same way before the wait.
+    // Phase stamps for the timeline (block 0's thread 0), in the record
+    // whose number pdl_entry returns.
     const bool tl_me = b == 0 && tid == 0;
-    u64 tl_n = tl_me ? *(volatile u64*)TERN_TL : 0, tl_t0 = 0, tl_t[5] = {0, 0, 0, 0, 0};
+    u64 tl_n = 0, tl_t0 = 0, tl_t[5] = {0, 0, 0, 0, 0};
 #define FB_STAMP(i) \
     if (tl_me) tl_t[i] = tl_now()
 #else
@@ -373,9 +373,11 @@ __device__ __forceinline__ void fused_block_body(
 // merge and quantization, the pushes and barrier), from the end of A.
 #define FB_AT(probe, i) \
     if (FB_PROBE == (probe)) FB_STAMP(i)
-    pdl_entry();
 #ifdef TERN_TL
+    tl_n = pdl_entry();
     if (tl_me) tl_t0 = tl_now();
+#else
+    pdl_entry();
 #endif
 
     // ---- A: RMSNorm, q/k/v heads, RoPE, cache write ----

@@ -7,12 +7,14 @@
 // block scheduling overlap the previous kernel's work. Each kernel's first
 // statement is pdl_entry(): it waits until the previous kernel has finished
 // and its writes are visible (so no read or write in this kernel can race
-// one in the previous kernel), then lets the next kernel begin launching.
-// Because every kernel waits on its predecessor, the order is transitive.
+// one in the previous kernel), and lets the next kernel begin launching
+// (after the wait, or before it: PDL_EARLY below). Because every kernel
+// waits on its predecessor, the order is transitive.
 // On older GPUs, and when launched without the attribute, it does nothing.
 // A test (runtime/tests/cuda_nvrtc.rs) checks that every kernel begins with it,
 // except for reads of memory no kernel writes (weights, tables uploaded at
-// load, step inputs copied before the step's first kernel), which a few
+// load, step inputs copied before the step's first kernel, cache rows below
+// the step's first slot), which a few
 // kernels issue before the wait to take them off the step's critical path;
 // the test lists each such kernel and what it may read.
 //
@@ -87,10 +89,12 @@ __device__ __forceinline__ float weight_at(int ty, const u8* w, long long rows, 
 // device address of the record buffer, see device.rs's Timeline). Word 0
 // counts launches; record n (4 words from word 4) holds launch n's block-0
 // arrival at pdl_entry, the return of its wait, and its grid. Only block 0's
-// thread 0 touches the buffer: it reads the count before the wait (the
-// previous launch's block 0 raised it before letting this one launch) and
-// only stores after it, so no thread stalls on a read and no exit is
-// instrumented. Off, none of this is compiled.
+// thread 0 touches the buffer, and only it lets the next launch start in
+// block 0. With every trigger after the wait it reads the count before the
+// wait (the previous launch's block 0 raised it before letting this one
+// launch) and stores after it; where launches may run ahead (PDL_EARLY) it
+// takes its number with an atomic before its trigger. No thread stalls on a
+// read and no exit is instrumented. Off, none of this is compiled.
 #ifdef TERN_TL
 #define TL_CAP 1048576ull
 __device__ __forceinline__ u64 tl_now() {
@@ -105,29 +109,39 @@ __device__ __forceinline__ u64 tl_now() {
 #endif
 // PDL_EARLY (KernelConfig::pdl_early), a bit per KIND of kernel (0 the
 // small ones, 1 the decode mat-vecs): set, the next kernel may begin
-// launching before this one's wait returns. Still every kernel waits for
-// its predecessor to finish, and a kernel launches only once every block of
-// the one before it has started, so no launch can take the room a running
-// kernel's blocks need.
+// launching before this one's wait returns, so launches run ahead as far as
+// the GPU has room; clear, only after it (at most one kernel ahead). Still
+// every kernel waits for its predecessor to finish, and a kernel launches
+// only once every block of the one before it has started, so no launch can
+// take the room a running kernel's blocks need. Returns the timeline
+// record's number to block 0's thread 0 in a timeline build, else 0.
 template <int KIND = 0>
-__device__ __forceinline__ void pdl_entry() {
+__device__ __forceinline__ u64 pdl_entry() {
     constexpr bool early = (PDL_EARLY >> KIND) & 1;
+    u64 n = 0;
 #ifdef TERN_TL
     bool tl = (blockIdx.x | blockIdx.y | blockIdx.z | threadIdx.x) == 0;
-    u64 n = 0, t0 = 0;
+    // A block's first trigger is the one that counts: block 0 leaves it to
+    // thread 0, after the record's number is taken, so the next launch
+    // cannot take it first.
+    bool trigger = (blockIdx.x | blockIdx.y | blockIdx.z) != 0 || threadIdx.x == 0;
+    u64 t0 = 0;
     if (tl) {
 #if PDL_EARLY
         // Launches may overlap: each takes its record's number before it
         // lets the next one launch, so numbers stay in launch order.
         n = atomicAdd((unsigned long long*)TERN_TL, 1ull);
+        __threadfence();
 #else
         n = *(volatile u64*)TERN_TL;
 #endif
         t0 = tl_now();
     }
+#else
+    constexpr bool trigger = true;
 #endif
 #if __CUDA_ARCH__ >= 900
-    if (early) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    if (early && trigger) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 #ifdef TERN_TL
@@ -147,8 +161,9 @@ __device__ __forceinline__ void pdl_entry() {
     }
 #endif
 #if __CUDA_ARCH__ >= 900
-    if (!early) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    if (!early && trigger) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
+    return n;
 }
 
 // Quantize 32 values held one per lane into an 8-bit block (the decode
