@@ -1337,6 +1337,55 @@ fn fused_rope_kv_write_and_residual_projection_match_cpu() {
 /// short and a long cache prefix (the attention's 512-key chunks), both
 /// head sizes, every weight type alone and mixed, query and model widths
 /// that differ, head counts that do not divide the cluster.
+/// One token's decoder block `w` on `x` as the separate ops (what
+/// `LlamaModel::block` runs when the backend takes no `decode_block`), with
+/// its keys and values at `slot` of layer 1 of `kv`; `n_ff` units in the
+/// feed-forward network.
+#[allow(clippy::too_many_arguments)]
+fn separate_block<B: Backend>(
+    b: &B,
+    x: &mut B::Tensor,
+    n_ff: usize,
+    w: &tern_runtime::backend::BlockWeights<'_, B::Weight>,
+    p: &tern_runtime::backend::BlockParams<'_>,
+    pos: &[u32],
+    kv: &mut B::KvCache,
+    slot: usize,
+) {
+    let (e, a) = (b.shape(x).1, p.attn.n_head * p.attn.head_dim);
+    let width = p.attn.n_head_kv * p.attn.head_dim;
+    let mut xb = b.alloc(1, e).unwrap();
+    let mut q = b.alloc(1, a).unwrap();
+    let mut k = b.alloc(1, width).unwrap();
+    let mut v = b.alloc(1, width).unwrap();
+    let mut att = b.alloc(1, a).unwrap();
+    let mut proj = b.alloc(1, e).unwrap();
+    let (r, eps) = (p.residual_scale, p.eps);
+    b.rms_norm(x, w.attn_norm, eps, &mut xb).unwrap();
+    b.qkv_rope_kv_write(
+        &xb,
+        [w.attn_q, w.attn_k, w.attn_v],
+        &mut q,
+        &mut k,
+        &mut v,
+        pos,
+        p.rope_q,
+        p.rope_k,
+        kv,
+        1,
+        slot,
+    )
+    .unwrap();
+    b.attention(&q, kv, 1, slot, p.attn, &mut att).unwrap();
+    b.matmul_add(&att, w.attn_output, &mut proj, x, r).unwrap();
+    b.rms_norm(x, w.ffn_norm, eps, &mut xb).unwrap();
+    let mut gate = b.alloc(1, n_ff).unwrap();
+    let mut up = b.alloc(1, n_ff).unwrap();
+    b.matmul_glu(&xb, w.ffn_gate, w.ffn_up, &mut gate, &mut up)
+        .unwrap();
+    b.matmul_add(&gate, w.ffn_down, &mut proj, x, r).unwrap();
+}
+
 #[test]
 fn decode_block_on_a_cluster_matches_cpu() {
     // The cluster kernel is off by default (KernelConfig::fused_block_max_ctx).
@@ -1471,36 +1520,8 @@ fn decode_block_on_a_cluster_matches_cpu() {
                             "the cluster kernel did not take this shape"
                         );
                     } else {
-                        let q_rows = nh * hd;
-                        let mut xb = b.alloc(1, e).unwrap();
-                        let mut q = b.alloc(1, q_rows).unwrap();
-                        let mut k = b.alloc(1, nkv * hd).unwrap();
-                        let mut v = b.alloc(1, nkv * hd).unwrap();
-                        let mut att = b.alloc(1, q_rows).unwrap();
-                        let mut proj = b.alloc(1, e).unwrap();
-                        b.rms_norm(&x, &n1, 1e-5, &mut xb).unwrap();
-                        b.qkv_rope_kv_write(
-                            &xb,
-                            [&wq, &wk, &wv],
-                            &mut q,
-                            &mut k,
-                            &mut v,
-                            &pos,
-                            &rq,
-                            &rk,
-                            &mut kv,
-                            1,
-                            slot,
-                        )
-                        .unwrap();
-                        b.attention(&q, &kv, 1, slot, &attn, &mut att).unwrap();
-                        b.matmul_add(&att, &wo, &mut proj, &mut x, 0.8).unwrap();
-                        b.rms_norm(&x, &n2, 1e-5, &mut xb).unwrap();
                         let n_ff = f.tensor("wg").unwrap().dims[1] as usize;
-                        let mut gate = b.alloc(1, n_ff).unwrap();
-                        let mut up = b.alloc(1, n_ff).unwrap();
-                        b.matmul_glu(&xb, &wg, &wu, &mut gate, &mut up).unwrap();
-                        b.matmul_add(&gate, &wd, &mut proj, &mut x, 0.8).unwrap();
+                        separate_block(b, &mut x, n_ff, &bw, &p, &pos, &mut kv, slot);
                     }
                     out.push(read(b, &x));
                 }
@@ -1528,5 +1549,183 @@ fn decode_block_on_a_cluster_matches_cpu() {
                 eprintln!("{:<40} (separate kernels against the CPU: {sep:.3e})", "");
             }
         }
+    }
+}
+
+/// The streamed decode block (`stream.cu`: `sd_pre`, the decode attention,
+/// `sd_post`; sm_90, Q4_0, inputs a multiple of 4,096 wide) against the
+/// CPU's exact path and the separate kernels, over consecutive decode
+/// steps run through `run_step`, so its launches are also captured into a
+/// graph and replayed (the grid barrier's words carry over from launch to
+/// launch and replay to replay).
+#[test]
+fn streamed_decode_block_matches_cpu() {
+    use tern_runtime::backend::{BlockParams, BlockWeights, StepInputs};
+    let Some(g) = gpu_with(&KernelConfig {
+        stream_block: 1,
+        ..KernelConfig::default()
+    }) else {
+        return;
+    };
+    if g.compute_capability().0 < 9 {
+        eprintln!("skipped: the streamed block needs sm_90 (this GPU runs the separate ops)");
+        return;
+    }
+    let Some(sep) = gpu() else { return };
+    let cpu = CpuBackend::exact(4);
+    let mut rng = Rng(0x5d5d);
+    // (q heads, kv heads, ffn width, cache prefix); head size 128, width 4,096.
+    let cases: [(usize, usize, usize, usize); 2] = [(32, 2, 16384, 5), (32, 8, 8192, 700)];
+    for &(nh, nkv, ff, prefix) in &cases {
+        let (hd, e) = (128usize, 4096usize);
+        let (width, qw) = (nkv * hd, nh * hd);
+        let mut tensors: Vec<(&str, GgmlType, usize, usize, Vec<f32>)> = vec![
+            ("k0", GgmlType::F32, prefix, width, rng.vec(prefix * width)),
+            ("v0", GgmlType::F32, prefix, width, rng.vec(prefix * width)),
+            ("x", GgmlType::F32, 1, e, rng.vec(e)),
+            (
+                "n1",
+                GgmlType::F32,
+                1,
+                e,
+                (0..e).map(|_| 1.0 + 0.5 * rng.f32()).collect(),
+            ),
+            (
+                "n2",
+                GgmlType::F32,
+                1,
+                e,
+                (0..e).map(|_| 1.0 + 0.5 * rng.f32()).collect(),
+            ),
+        ];
+        let names = ["wq", "wk", "wv", "wo", "wg", "wu", "wd"];
+        let dims = [
+            (qw, e),
+            (width, e),
+            (width, e),
+            (e, qw),
+            (ff, e),
+            (ff, e),
+            (e, ff),
+        ];
+        for (n, &(r, c)) in names.iter().zip(&dims) {
+            // Scaled by the width, so activations stay O(1) through the block.
+            let s = 1.5 / (c as f32).sqrt();
+            let v: Vec<f32> = rng.vec(r * c).iter().map(|v| v * s).collect();
+            tensors.push((n, GgmlType::Q4_0, r, c, v));
+        }
+        let f = file_with(&tensors);
+        /// x after each of 8 decode steps at slots prefix.., each step
+        /// starting from the same row (so rounding does not compound).
+        fn steps<B: Backend>(
+            b: &B,
+            f: &Arc<GgufFile>,
+            s: (usize, usize, usize, usize, usize),
+            streamed: bool,
+        ) -> Vec<Vec<f32>> {
+            let (hd, nh, nkv, ff, prefix) = s;
+            let w = |n: &str, op| b.load_weight(f, f.tensor(n).unwrap(), op).unwrap();
+            let x0 = w("x", Op::Embed);
+            let (n1, n2) = (w("n1", Op::Vector), w("n2", Op::Vector));
+            let (wq, wk, wv, wo) = (
+                w("wq", Op::MatMul),
+                w("wk", Op::MatMul),
+                w("wv", Op::MatMul),
+                w("wo", Op::MatMul),
+            );
+            let (wg, wu, wd) = (
+                w("wg", Op::MatMul),
+                w("wu", Op::MatMul),
+                w("wd", Op::MatMul),
+            );
+            let mut kv = cache_with(b, f, ("k0", "v0"), prefix, (1024, nkv, hd), KvType::F16);
+            let inv_freq: Vec<f64> = (0..hd / 2)
+                .map(|i| 10000f64.powf(-2.0 * i as f64 / hd as f64))
+                .collect();
+            let rope = |n_head| Rope {
+                n_head,
+                head_dim: hd,
+                n_rot: hd,
+                inv_freq: inv_freq.clone(),
+            };
+            let (rq, rk) = (rope(nh), rope(nkv));
+            let attn = causal(nh, nkv, hd);
+            let p = BlockParams {
+                eps: 1e-5,
+                residual_scale: 0.8,
+                attn: &attn,
+                rope_q: &rq,
+                rope_k: &rk,
+            };
+            let bw = BlockWeights {
+                attn_norm: &n1,
+                attn_q: &wq,
+                attn_k: &wk,
+                attn_v: &wv,
+                attn_output: &wo,
+                ffn_norm: &n2,
+                ffn_gate: &wg,
+                ffn_up: &wu,
+                ffn_down: &wd,
+            };
+            let mut x = b.alloc(1, 4096).unwrap();
+            let mut out = Vec::new();
+            for step in 0..8 {
+                let slot = prefix + step;
+                let pos = [(2000 + 3 * slot) as u32];
+                if !streamed {
+                    b.embed(&x0, &[0], 1.0, &mut x).unwrap();
+                    separate_block(b, &mut x, ff, &bw, &p, &pos, &mut kv, slot);
+                    out.push(read(b, &x));
+                    continue;
+                }
+                let inputs = StepInputs {
+                    tokens: &[0],
+                    positions: &pos,
+                    first_slot: slot,
+                    outputs: &[0],
+                };
+                b.run_step(&mut kv, &inputs, &mut |kv| {
+                    b.embed(&x0, &[0], 1.0, &mut x)?;
+                    assert!(
+                        b.decode_block(&mut x, &bw, &p, &pos, kv, 1, slot)?,
+                        "the streamed block did not take this shape"
+                    );
+                    Ok(())
+                })
+                .unwrap();
+                out.push(read(b, &x));
+            }
+            out
+        }
+        let s = (128, nh, nkv, ff, prefix);
+        let want = steps(&cpu, &f, s, false);
+        let ops = steps(&sep, &f, s, false);
+        let before = g.step_stats();
+        let got = steps(&g, &f, s, true);
+        let after = g.step_stats();
+        for (step, ((gv, ov), wv)) in got.iter().zip(&ops).zip(&want).enumerate() {
+            let what =
+                format!("streamed block {nh}/{nkv} heads, ffn {ff}, prefix {prefix}, step {step}");
+            // As the cluster test: four chained 8-bit products against the
+            // CPU's exact path; the matmul bound against the separate
+            // kernels (the same quantization).
+            check(&format!("{what}, against the CPU"), gv, wv, 2e-3);
+            check(
+                &format!("{what}, against the separate kernels"),
+                gv,
+                ov,
+                5e-4,
+            );
+            eprintln!(
+                "{:<40} (separate kernels against the CPU: {:.3e})",
+                "",
+                nmse(ov, wv)
+            );
+        }
+        assert!(
+            after.captures > before.captures && after.replays >= before.replays + 2,
+            "expected the steps captured and replayed: {before:?} -> {after:?}"
+        );
     }
 }
