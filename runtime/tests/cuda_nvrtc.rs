@@ -73,11 +73,8 @@ const WEIGHTS_BEFORE_WAIT: [&str; 4] = [
 /// The tensor-core decode attention reads its first slot (a step input) in
 /// the entry and the first key/value tiles of the cache below it (slots
 /// this step does not write) in the body, which must wait before it
-/// touches the queries or its outputs. The streamed decode block's launches
-/// (stream.cu) start their weight copies before the wait, and their bodies
-/// must wait before they touch the residual row, the queries, the cache,
-/// the attention's output, SwiGLU's scratch or the grid barrier.
-const WAIT_IN_BODY: [(&str, &str, &[&str]); 6] = [
+/// touches the queries or its outputs.
+const WAIT_IN_BODY: [(&str, &str, &[&str]); 4] = [
     ("fused_block_64", "fused_block_body<", &[]),
     ("fused_block_128", "fused_block_body<", &[]),
     (
@@ -90,8 +87,6 @@ const WAIT_IN_BODY: [(&str, &str, &[&str]); 6] = [
         "attn_decode_mma_body<",
         &["first_slot", "ap_smem"],
     ),
-    ("sd_pre", "sd_pre_body(", &[]),
-    ("sd_post", "sd_post_body(", &[]),
 ];
 
 /// Launched on a side stream, outside the dependent-launch chain, and
@@ -246,16 +241,6 @@ fn every_kernel_starts_with_the_dependent_launch_wait() {
             &["q", "part_o", "part_ml", "xq", "xs"],
         ),
         ("fused_block_body", "pdl_entry();", &["x", "kc", "vc"]),
-        (
-            "sd_pre_body",
-            "pdl_entry<1>();",
-            &["x", "q", "kc", "vc", "pos", "first_slot"],
-        ),
-        (
-            "sd_post_body",
-            "pdl_entry<1>();",
-            &["x", "aq", "as", "gq", "gs", "bar"],
-        ),
     ] {
         let idents = idents_before_wait(func, stop);
         for used in written {

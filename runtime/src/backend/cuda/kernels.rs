@@ -20,18 +20,17 @@ use super::device::{gpu_err, nvrtc_present, Gpu};
 use crate::error::{Error, Result};
 
 /// The kernel sources, in the order they are concatenated.
-pub const SOURCES: [(&str, &str); 7] = [
+pub const SOURCES: [(&str, &str); 6] = [
     ("common.cuh", include_str!("kernels/common.cuh")),
     ("elementwise.cu", include_str!("kernels/elementwise.cu")),
     ("matvec.cu", include_str!("kernels/matvec.cu")),
     ("matmul.cu", include_str!("kernels/matmul.cu")),
     ("attention.cu", include_str!("kernels/attention.cu")),
     ("block.cu", include_str!("kernels/block.cu")),
-    ("stream.cu", include_str!("kernels/stream.cu")),
 ];
 
 /// Every kernel entry point the backend launches.
-pub const KERNEL_NAMES: [&str; 36] = [
+pub const KERNEL_NAMES: [&str; 34] = [
     "embed",
     "rope_kv",
     "rms_norm",
@@ -66,30 +65,12 @@ pub const KERNEL_NAMES: [&str; 36] = [
     "fused_block_64",
     "fused_block_128",
     "l2_prefetch",
-    "sd_pre",
-    "sd_post",
 ];
 
 /// The one-cluster decode block kernels (`block.cu`): their shared memory
 /// depends on the model, so they may use all a block can opt into, and
 /// they run as clusters of up to 16 blocks.
 pub const CLUSTER_KERNELS: [&str; 2] = ["fused_block_64", "fused_block_128"];
-
-/// The streamed decode block's launches (`stream.cu`): one block per SM,
-/// whose shared memory (a ring of weight slots) may use all a block can
-/// opt into; the host sizes the ring per launch.
-pub const PERSISTENT_KERNELS: [&str; 2] = ["sd_pre", "sd_post"];
-
-/// Bytes of `stream.cu`'s fixed shared memory (`sizeof(SdSmem)`).
-pub const SD_FIXED_SMEM: usize = 13696;
-/// Bytes of one of its ring slots (`SD_SLOT`).
-pub const SD_SLOT: usize = 18432;
-/// The most ring slots (`SD_MAXS`).
-pub const SD_MAX_SLOTS: usize = 16;
-/// Result floats one of its blocks keeps for an epilogue (`SD_OUT`).
-pub const SD_OUT: usize = 2048;
-/// The widest input its RMSNorm takes (`SD_MAXE`).
-pub const SD_MAXE: usize = 4096;
 
 /// Kernels that take dynamic shared memory, and how many bytes under `cfg`.
 /// `matmul.cu`: per pipeline stage, 128 or 64 activation rows of 144
@@ -232,11 +213,6 @@ pub struct KernelConfig {
     /// kernels than the predecessor. Either way each kernel waits for its
     /// predecessor to finish, so the order is the same.
     pub pdl_early: u32,
-    /// 1: one token's decoder block runs as the two streamed launches of
-    /// `stream.cu` (sm_90, Q4_0 weights, inputs a multiple of 4,096 wide;
-    /// other models and GPUs take the separate kernels), 0 never. Chosen
-    /// on the host.
-    pub stream_block: u32,
     /// Device address of the timeline buffer, defined into the source as
     /// `TERN_TL` when non-zero (a diagnostic, `TERN_CUDA_TIMELINE`; set by
     /// the backend, never by hand).
@@ -265,7 +241,6 @@ impl Default for KernelConfig {
             l2_prefetch_min_kib: 8192,
             l2_prefetch_chunk: 0,
             pdl_early: 0,
-            stream_block: 0,
             timeline: 0,
         }
     }
@@ -541,7 +516,7 @@ impl Kernels {
                 .load_function(name)
                 .map_err(|e| gpu_err(&format!("load kernel {name}"), e))?;
             let func = f.cu_function();
-            let bytes = if CLUSTER_KERNELS.contains(&name) || PERSISTENT_KERNELS.contains(&name) {
+            let bytes = if CLUSTER_KERNELS.contains(&name) {
                 gpu.smem_optin as u32
             } else {
                 dynamic_smem(cfg, name)

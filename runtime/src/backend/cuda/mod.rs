@@ -7,7 +7,6 @@
 //!   pinned staging arena for per-step host values.
 //! - `kernels.rs` + `kernels/*.cu`: the CUDA C sources, NVRTC compilation
 //!   for the GPU found, the on-disk PTX cache.
-//! - `stream.rs`: the streamed decode block (`kernels/stream.cu`).
 //! - this file: handle types, weight packing, the `Backend` impl and graph
 //!   capture/replay.
 //!
@@ -23,7 +22,6 @@
 
 mod device;
 pub mod kernels;
-mod stream;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -133,13 +131,6 @@ struct Mutable {
     /// Whether a cluster launch fits the GPU, by (kernel, blocks, shared
     /// bytes), asked once each.
     cluster_fits: Vec<((&'static str, u32, u32), bool)>,
-    /// The streamed decode block's scratch (`stream_block`), made on first
-    /// use, and whether its launches fit an SM (asked once).
-    sd: Option<stream::SdScratch>,
-    sd_fits: Option<bool>,
-    /// This step ran a streamed decode block: its launches read their own
-    /// weights ahead, so `prefetch` hints are not taken.
-    sd_on: bool,
     /// Page-locked buffer reads of up to 64 MiB go through (grown on
     /// demand); `TERN_CUDA_PINNED_READ=0` reads into pageable memory.
     pinned: Option<PinnedRead>,
@@ -228,9 +219,7 @@ impl CudaBackend {
         // Experiment knobs: variable, field, accepted values (a value out of
         // range is ignored).
         type Knob<'a> = (&'static str, &'a mut u32, fn(u32) -> bool);
-        let knobs: [Knob; 19] = [
-            // One token's decoder block as the two streamed launches.
-            ("TERN_CUDA_STREAM_BLOCK", &mut cfg.stream_block, |k| k <= 1),
+        let knobs: [Knob; 18] = [
             // Rows per warp of the decode mat-vecs (1, 2 or 4).
             ("TERN_CUDA_MV_ROWS", &mut cfg.mv_rows, |k| {
                 [1, 2, 4].contains(&k)
@@ -394,9 +383,6 @@ impl CudaBackend {
                     part_o: None,
                     part_ml: None,
                     cluster_fits: Vec::new(),
-                    sd: None,
-                    sd_fits: None,
-                    sd_on: false,
                     pinned: None,
                     pf_on: false,
                     side: None,
@@ -1279,7 +1265,7 @@ impl Backend for CudaBackend {
     fn prefetch(&self, ws: &[&CudaWeight]) -> Result<()> {
         let cap = self.sh.cfg.l2_prefetch_kib as usize * 1024;
         let mut m = self.lock();
-        if cap == 0 || !m.pf_on || m.sd_on {
+        if cap == 0 || !m.pf_on {
             return Ok(());
         }
         let min = self.sh.cfg.l2_prefetch_min_kib as usize * 1024;
@@ -1732,9 +1718,6 @@ impl Backend for CudaBackend {
         layer: usize,
         first_slot: usize,
     ) -> Result<bool> {
-        if self.stream_block(x, w, p, positions, kv, layer, first_slot)? {
-            return Ok(true);
-        }
         let g = self.gpu()?;
         let spec = kv.spec;
         let max_ctx = self.sh.cfg.fused_block_max_ctx as usize;
@@ -2427,7 +2410,6 @@ impl CudaBackend {
         m.step = None;
         m.qmemo = None;
         m.hmemo = [None, None];
-        m.sd_on = false;
         let total = 16 + inputs.tokens.len() + inputs.positions.len() + outputs.len();
         if !m.staging.fits(total) {
             return Ok(()); // a huge batch: ops stage their own values
