@@ -393,6 +393,62 @@ fn the_chain_matches_the_reference_on_random_rows() {
     }
 }
 
+/// Greedy decoding and top-k take one pass over the logits instead of a
+/// vocabulary-sized list (eight lanes at a time, with a remainder): on rows
+/// full of ties (−0 and +0 among them), NaN and −∞, of lengths around
+/// multiples of eight, they keep exactly the reference's tokens in its
+/// order, with its probabilities.
+#[test]
+fn one_pass_greedy_and_top_k_match_the_reference_on_ties_and_non_finite_rows() {
+    let mut rng = Rng::new(4099);
+    let levels = [-2.0f32, -1.0, -0.0, 0.0, 0.5, 1.0, 2.0];
+    for n in [1usize, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1000] {
+        for case in 0..24u64 {
+            let row: Vec<f32> = (0..n)
+                .map(|_| match rng.next_u64() % 16 {
+                    0 => f32::NAN,
+                    1 => f32::NEG_INFINITY,
+                    r => levels[r as usize % levels.len()],
+                })
+                .collect();
+            if !row.iter().any(|x| x.is_finite()) {
+                continue; // nothing drawable: the fallback, tested elsewhere
+            }
+            let history: Vec<u32> = (0..rng.next_u64() % 12)
+                .map(|_| (rng.next_u64() % n as u64) as u32)
+                .collect();
+            let k = [1, 2, 3, 40, n.saturating_sub(1), n, n + 5][case as usize % 7];
+            let params = SamplerParams {
+                temperature: [0.0, 0.7][(case / 7) as usize % 2],
+                top_k: k,
+                top_p: [1.0, 0.9][(case / 14) as usize % 2],
+                repeat_penalty: [1.0, 1.3][(case / 3) as usize % 2],
+                ..plain()
+            };
+            let got = sample_probs(&row, &history, &params);
+            let want = reference(&row, &history, &params);
+            let what = format!("n {n}, case {case}: {params:?}");
+            let drawable = row.iter().filter(|x| x.is_finite()).count();
+            if params.top_k < drawable && params.temperature > 0.0 {
+                // A truncating top-k leaves the survivors in the reference's
+                // order (descending logit, ties by id).
+                assert_eq!(
+                    got.iter().map(|c| c.id).collect::<Vec<_>>(),
+                    want.iter().map(|w| w.0).collect::<Vec<_>>(),
+                    "{what}"
+                );
+            }
+            let got_ids = ids(&got);
+            let mut want_ids: Vec<u32> = want.iter().map(|w| w.0).collect();
+            want_ids.sort_unstable();
+            assert_eq!(got_ids, want_ids, "{what}");
+            for (id, p) in want {
+                assert!((prob_of(&got, id) - p).abs() < 1e-9, "{what}, token {id}");
+            }
+        }
+    }
+}
+
 /// Draw `n` tokens and compare the counts with `probs` by Pearson's
 /// chi-square; also bound every frequency's absolute error.
 fn check_frequencies(row: &[f32], history: &[u32], params: SamplerParams, n: usize) {
