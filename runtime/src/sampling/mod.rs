@@ -644,7 +644,7 @@ fn top_k(logits: &[f32], k: usize, out: &mut Vec<Candidate>) -> bool {
     // one only with a strictly larger logit than the worst kept (`bar`).
     let mut bar = f32::NEG_INFINITY;
     let consider = |i: usize, logit: f32, heap: &mut BinaryHeap<Worst>, bar: &mut f32| {
-        if !(logit > f32::NEG_INFINITY) {
+        if logit.is_nan() || logit == f32::NEG_INFINITY {
             return;
         }
         let c = Candidate {
