@@ -447,6 +447,16 @@ fn one_pass_greedy_and_top_k_match_the_reference_on_ties_and_non_finite_rows() {
             }
         }
     }
+    // A top-k far past the vocabulary cuts nothing (and sizes nothing).
+    let row = logits(100, 5, 3.0);
+    let huge = SamplerParams {
+        top_k: 1 << 40,
+        ..plain()
+    };
+    assert_eq!(
+        sample_probs(&row, &[], &huge),
+        sample_probs(&row, &[], &plain())
+    );
 }
 
 /// Draw `n` tokens and compare the counts with `probs` by Pearson's

@@ -454,7 +454,9 @@ impl Sampler {
         let mut sorted = false;
         let k = params.top_k;
         cands.clear();
-        if k > 0 && top_k(pen, k, cands) {
+        // (k ≥ the vocabulary can cut nothing; the guard also keeps a huge
+        // k from sizing the heap.)
+        if k > 0 && k < pen.len() && top_k(pen, k, cands) {
             cands.sort_unstable_by(by_logit_desc);
             sorted = true;
         } else {
