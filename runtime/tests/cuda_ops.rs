@@ -1329,14 +1329,6 @@ fn fused_rope_kv_write_and_residual_projection_match_cpu() {
     }
 }
 
-/// One token's whole decoder block as one cluster launch
-/// (`Backend::decode_block`, `fused_block_*` on sm_90) against the block's
-/// separate ops, on the CPU's exact path and on the GPU: three consecutive
-/// positions of the same row (each reads the cache slots the previous ones
-/// wrote), over a
-/// short and a long cache prefix (the attention's 512-key chunks), both
-/// head sizes, every weight type alone and mixed, query and model widths
-/// that differ, head counts that do not divide the cluster.
 /// One token's decoder block `w` on `x` as the separate ops (what
 /// `LlamaModel::block` runs when the backend takes no `decode_block`), with
 /// its keys and values at `slot` of layer 1 of `kv`; `n_ff` units in the
@@ -1386,6 +1378,14 @@ fn separate_block<B: Backend>(
     b.matmul_add(&gate, w.ffn_down, &mut proj, x, r).unwrap();
 }
 
+/// One token's whole decoder block as one cluster launch
+/// (`Backend::decode_block`, `fused_block_*` on sm_90) against the block's
+/// separate ops, on the CPU's exact path and on the GPU: three consecutive
+/// positions of the same row (each reads the cache slots the previous ones
+/// wrote), over a
+/// short and a long cache prefix (the attention's 512-key chunks), both
+/// head sizes, every weight type alone and mixed, query and model widths
+/// that differ, head counts that do not divide the cluster.
 #[test]
 fn decode_block_on_a_cluster_matches_cpu() {
     // The cluster kernel is off by default (KernelConfig::fused_block_max_ctx).

@@ -74,7 +74,8 @@ fn reference(row: &[f32], history: &[u32], p: &SamplerParams) -> Vec<(u32, f64)>
     let mut c: Vec<(u32, f32)> = l
         .iter()
         .enumerate()
-        .filter(|(_, x)| x.is_finite())
+        // Drawable: not NaN, above −∞ (+∞ is drawable and outweighs the rest).
+        .filter(|(_, x)| **x > f32::NEG_INFINITY)
         .map(|(i, &x)| (i as u32, x))
         .collect();
     c.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap().then(a.0.cmp(&b.0)));
@@ -86,7 +87,13 @@ fn reference(row: &[f32], history: &[u32], p: &SamplerParams) -> Vec<(u32, f64)>
     }
     let softmax = |c: &[(u32, f32)], t: f64| -> Vec<f64> {
         let m = c[0].1 as f64;
-        let w: Vec<f64> = c.iter().map(|x| ((x.1 as f64 - m) / t).exp()).collect();
+        let w: Vec<f64> = c
+            .iter()
+            .map(|x| match m == f64::INFINITY {
+                true => f64::from(u8::from(x.1 == f32::INFINITY)),
+                false => ((x.1 as f64 - m) / t).exp(),
+            })
+            .collect();
         let s: f64 = w.iter().sum();
         w.iter().map(|x| x / s).collect()
     };
@@ -395,29 +402,35 @@ fn the_chain_matches_the_reference_on_random_rows() {
 
 /// Greedy decoding and top-k take one pass over the logits instead of a
 /// vocabulary-sized list (eight lanes at a time, with a remainder): on rows
-/// full of ties (−0 and +0 among them), NaN and −∞, of lengths around
-/// multiples of eight, they keep exactly the reference's tokens in its
-/// order, with its probabilities.
+/// full of ties (−0 and +0 among them), NaN, −∞ and +∞, of lengths around
+/// multiples of eight, with k around the number of drawable tokens, they
+/// keep exactly the reference's tokens with its probabilities, in the order
+/// the draw walks (sorted once top-k cut or top-p ran, else by id). Also
+/// the fallback when the penalties leave nothing drawable, and a huge k.
 #[test]
 fn one_pass_greedy_and_top_k_match_the_reference_on_ties_and_non_finite_rows() {
     let mut rng = Rng::new(4099);
     let levels = [-2.0f32, -1.0, -0.0, 0.0, 0.5, 1.0, 2.0];
     for n in [1usize, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1000] {
-        for case in 0..24u64 {
+        for case in 0..40u64 {
             let row: Vec<f32> = (0..n)
-                .map(|_| match rng.next_u64() % 16 {
+                .map(|_| match rng.next_u64() % (16 + 48 * (case % 2)) {
                     0 => f32::NAN,
                     1 => f32::NEG_INFINITY,
+                    2 => f32::INFINITY,
                     r => levels[r as usize % levels.len()],
                 })
                 .collect();
-            if !row.iter().any(|x| x.is_finite()) {
-                continue; // nothing drawable: the fallback, tested elsewhere
+            let drawable = row.iter().filter(|&&x| x > f32::NEG_INFINITY).count();
+            if drawable == 0 {
+                continue; // nothing drawable: the fallback, below
             }
             let history: Vec<u32> = (0..rng.next_u64() % 12)
                 .map(|_| (rng.next_u64() % n as u64) as u32)
                 .collect();
-            let k = [1, 2, 3, 40, n.saturating_sub(1), n, n + 5][case as usize % 7];
+            let d = drawable;
+            let k =
+                [1, 2, 3, 40, d - 1, d, d + 1, n.saturating_sub(1), n, n + 5][case as usize % 10];
             let params = SamplerParams {
                 temperature: [0.0, 0.7][(case / 7) as usize % 2],
                 top_k: k,
@@ -428,13 +441,20 @@ fn one_pass_greedy_and_top_k_match_the_reference_on_ties_and_non_finite_rows() {
             let got = sample_probs(&row, &history, &params);
             let want = reference(&row, &history, &params);
             let what = format!("n {n}, case {case}: {params:?}");
-            let drawable = row.iter().filter(|x| x.is_finite()).count();
-            if params.top_k < drawable && params.temperature > 0.0 {
-                // A truncating top-k leaves the survivors in the reference's
-                // order (descending logit, ties by id).
+            if params.temperature > 0.0 {
+                // The draw walks the list in order, so the order is part of
+                // the result: descending logit (ties by id, the reference's
+                // order) once top-k cut or top-p ran, else ascending id.
+                let cut = params.top_k > 0 && params.top_k < drawable;
+                let left = if cut { params.top_k } else { drawable };
+                let sorted = cut || (params.top_p < 1.0 && left > 1);
+                let mut order: Vec<u32> = want.iter().map(|w| w.0).collect();
+                if !sorted {
+                    order.sort_unstable();
+                }
                 assert_eq!(
                     got.iter().map(|c| c.id).collect::<Vec<_>>(),
-                    want.iter().map(|w| w.0).collect::<Vec<_>>(),
+                    order,
                     "{what}"
                 );
             }
@@ -446,6 +466,18 @@ fn one_pass_greedy_and_top_k_match_the_reference_on_ties_and_non_finite_rows() {
                 assert!((prob_of(&got, id) - p).abs() < 1e-9, "{what}, token {id}");
             }
         }
+    }
+    // Penalties that leave nothing drawable (negative logits times a huge
+    // penalty are −∞): the fallback is the raw logits' argmax, greedy or not.
+    for temperature in [0.0, 0.7] {
+        let p = SamplerParams {
+            temperature,
+            top_k: 2,
+            repeat_penalty: f32::MAX,
+            ..plain()
+        };
+        let got = sample_probs(&[-3.0, -2.0, -4.0], &[0, 1, 2], &p);
+        assert_eq!(ids(&got), vec![1], "temperature {temperature}");
     }
     // A top-k far past the vocabulary cuts nothing (and sizes nothing).
     let row = logits(100, 5, 3.0);

@@ -383,10 +383,10 @@ impl Sampler {
     /// The candidate list starts as the whole vocabulary only when a
     /// stage needs it: greedy decoding is one pass for the argmax, and
     /// top-k keeps its k best in one pass (a 73K-token vocabulary took
-    /// ~200 µs greedy and ~670 µs with llama.cpp's defaults as a
-    /// vocabulary-sized list; a GPU decode step of a small model is
-    /// ~450 µs). Both give exactly what the list would: the same tokens,
-    /// in the same order.
+    /// ~200 µs greedy and ~730 µs with llama.cpp's defaults as a
+    /// vocabulary-sized list on the CI machine; a GPU decode step of a
+    /// small model is ~450 µs). Both give exactly what the list would: the
+    /// same tokens, in the same order.
     fn prepare(&mut self, logits: &[f32], history: &[u32]) -> Prepared {
         let Sampler {
             params,
@@ -618,79 +618,63 @@ fn argmax(logits: &[f32]) -> Option<u32> {
 }
 
 /// Top-k's survivors: the `k` best drawable candidates of `logits` under
-/// [`by_logit_desc`] into `out` (unordered), in one pass over a heap whose
-/// top is the worst kept. False, with `out` in any state, when at most `k`
-/// are drawable: the stage then keeps them all.
+/// [`by_logit_desc`] into `out` (unordered), in one pass. Candidates that
+/// beat the worst of the best k found so far (`bar`) gather in `out`; when
+/// it holds 2k they are cut back to their best k, which raises the bar.
+/// Each cut costs O(k) and follows k new arrivals, so the pass is O(n)
+/// whatever the order of the logits (rising logits, the worst case, cut
+/// every k tokens), and on a model's logits few tokens ever clear the bar.
+/// False, with `out` in any state, when at most `k` are drawable: the
+/// stage then keeps them all. `out`'s capacity is reused, so after the
+/// first call nothing is allocated.
 fn top_k(logits: &[f32], k: usize, out: &mut Vec<Candidate>) -> bool {
-    use std::collections::BinaryHeap;
-    /// A candidate ordered so the heap's greatest is the worst kept.
-    struct Worst(Candidate);
-    impl PartialEq for Worst {
-        fn eq(&self, o: &Worst) -> bool {
-            self.cmp(o) == Ordering::Equal
-        }
-    }
-    impl Eq for Worst {}
-    impl PartialOrd for Worst {
-        fn partial_cmp(&self, o: &Worst) -> Option<Ordering> {
-            Some(self.cmp(o))
-        }
-    }
-    impl Ord for Worst {
-        fn cmp(&self, o: &Worst) -> Ordering {
-            by_logit_desc(&self.0, &o.0)
-        }
-    }
-    let mut heap: BinaryHeap<Worst> = BinaryHeap::with_capacity(k + 1);
-    // Ids come in ascending order, so a later candidate ranks before a kept
-    // one only with a strictly larger logit than the worst kept (`bar`).
+    out.clear();
+    let cut = |out: &mut Vec<Candidate>| -> f32 {
+        out.select_nth_unstable_by(k - 1, by_logit_desc);
+        out.truncate(k);
+        // The k-th best: ids come in ascending order, so a later token ranks
+        // before it only with a strictly larger logit.
+        out[k - 1].logit
+    };
     let mut bar = f32::NEG_INFINITY;
-    let consider = |i: usize, logit: f32, heap: &mut BinaryHeap<Worst>, bar: &mut f32| {
-        if logit.is_nan() || logit == f32::NEG_INFINITY {
-            return;
-        }
-        let c = Candidate {
-            id: i as u32,
-            logit,
-            p: 0.0,
-        };
-        if heap.len() < k {
-            heap.push(Worst(c));
-        } else if logit > *bar {
-            if let Some(mut top) = heap.peek_mut() {
-                *top = Worst(c);
+    let mut drawable = 0usize;
+    let push = |i: usize, logit: f32, out: &mut Vec<Candidate>, bar: &mut f32| {
+        // NaN and −∞ never clear it: until the first cut the bar is −∞,
+        // and after it the k-th best, a drawable logit.
+        if logit > *bar {
+            out.push(Candidate {
+                id: i as u32,
+                logit,
+                p: 0.0,
+            });
+            if out.len() == 2 * k {
+                *bar = cut(out);
             }
-        } else {
-            return;
-        }
-        if heap.len() == k {
-            *bar = heap.peek().map_or(f32::NEG_INFINITY, |w| w.0.logit);
         }
     };
     // Eight at a time: count the drawable ones, and look at them one by one
-    // only when the heap has room or one of them clears the bar (the eight
-    // lanes' tests vectorize).
-    let mut drawable = 0usize;
+    // only when one of them clears the bar (the eight tests vectorize).
     let mut chunks = logits.chunks_exact(8);
     for (ci, c) in (&mut chunks).enumerate() {
         drawable += c.iter().filter(|&&v| v > f32::NEG_INFINITY).count();
-        let full = heap.len() == k;
-        if full && !c.iter().fold(false, |any, &v| any | (v > bar)) {
+        if !c.iter().fold(false, |any, &v| any | (v > bar)) {
             continue;
         }
         for (j, &v) in c.iter().enumerate() {
-            consider(ci * 8 + j, v, &mut heap, &mut bar);
+            push(ci * 8 + j, v, out, &mut bar);
         }
     }
     let tail = logits.len() - chunks.remainder().len();
     for (j, &v) in chunks.remainder().iter().enumerate() {
         drawable += usize::from(v > f32::NEG_INFINITY);
-        consider(tail + j, v, &mut heap, &mut bar);
+        push(tail + j, v, out, &mut bar);
     }
     if drawable <= k {
         return false;
     }
-    out.extend(heap.into_iter().map(|w| w.0));
+    if out.len() > k {
+        cut(out);
+    }
     true
 }
 
