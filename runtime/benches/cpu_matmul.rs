@@ -3,25 +3,16 @@
 //! prefill tile (64 tokens), on a 1024 × 1024 matrix (MiniCPM4-0.5B's
 //! attention width). `cargo bench -p tern-runtime --bench cpu_matmul`.
 
+mod common;
+
+use common::values;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tern_runtime::backend::cpu::kernels;
 use tern_runtime::quants::{self, GgmlType};
 
-fn values(seed: u64, n: usize) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
 fn bench(c: &mut Criterion) {
     let (rows, k) = (1024usize, 1024usize);
-    let wf = values(1, rows * k);
+    let wf = values(1, rows * k, -1.0, 1.0);
     for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
         let rb = ty.row_bytes(k as u64).unwrap() as usize;
         let mut w = vec![0u8; rows * rb];
@@ -30,7 +21,7 @@ fn bench(c: &mut Criterion) {
         }
         let mut g = c.benchmark_group(format!("matmul_{ty}_{rows}x{k}"));
         for n_tok in [1usize, 64] {
-            let x = values(2, n_tok * k);
+            let x = values(2, n_tok * k, -1.0, 1.0);
             g.throughput(Throughput::Elements((rows * k * n_tok) as u64));
             for set in kernels::available() {
                 let (qs, d, s) = kernels::quantize(set, &x).unwrap();

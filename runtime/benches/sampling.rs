@@ -7,24 +7,15 @@
 //! model is ~450 µs, so this is on the per-token path.
 //! `cargo bench -p tern-runtime --bench sampling`.
 
+mod common;
+
+use common::values;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use tern_runtime::{Sampler, SamplerParams};
 
-fn logits(seed: u64, n: usize) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 20.0 - 10.0
-        })
-        .collect()
-}
-
 fn bench(c: &mut Criterion) {
     for n in [49_152usize, 73_448] {
-        let row = logits(n as u64, n);
+        let row = values(n as u64, n, -10.0, 10.0);
         let history: Vec<u32> = (0..100).map(|i| (i * 7919 % n) as u32).collect();
         let settings = [
             ("greedy", SamplerParams::greedy()),
