@@ -453,9 +453,8 @@ impl Sampler {
         // stays whole and unsorted, as the stage does not run.
         let mut sorted = false;
         let k = params.top_k;
-        cands.clear();
-        // (k ≥ the vocabulary can cut nothing; the guard also keeps a huge
-        // k from sizing the heap.)
+        // (A k at or past the vocabulary cuts nothing; the guard also keeps
+        // a huge k from sizing the buffer, 2k.)
         if k > 0 && k < pen.len() && top_k(pen, k, cands) {
             cands.sort_unstable_by(by_logit_desc);
             sorted = true;
