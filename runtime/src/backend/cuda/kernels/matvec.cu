@@ -11,6 +11,9 @@
 // use plain f32 arithmetic.
 
 #define MV_MAXT 4
+#ifndef MV_RS_MINB
+#define MV_RS_MINB 4 // blocks per SM matvec_rs* fits (KernelConfig)
+#endif
 #ifndef MV_ROWS
 #define MV_ROWS 1 // rows per warp; the host reads it from KernelConfig
 #endif
@@ -356,4 +359,156 @@ extern "C" __global__ void matvec_f(const u8* w, int ty, int rows, int cols, con
         float v = warp_sum(acc[t]);
         if (lane == 0 && t < ntok) out[(long long)t * rows + r] = v;
     }
+}
+
+// Row-streaming decode mat-vec for 4-bit weights (Q4_0/Q4_1) and one token
+// (`KernelConfig::mv_stream`): each warp owns a contiguous run of `rpw`
+// rows of up to three weights that share the input (rows of weight 0 first,
+// then 1, then 2), holds its lanes' share of the 8-bit input in registers
+// for the whole run (NBL 32-element blocks a lane: cols ≤ 1024 · NBL) and
+// keeps two rows' weights in flight: the next row's loads are issued before
+// the current row's products. The grid is sized to about one wave, so no
+// block waits for another to retire, and no activation is re-read per row.
+// add / res as for matvec_q1 (only with one weight).
+template <int NBL>
+__device__ __forceinline__ void rs_load(int4 (&q)[NBL], u16 (&d)[NBL], u16 (&m)[NBL], const u8* w,
+                                        int ty, long long nrb, int nb, long long r, int lane) {
+    const u16* dq = (const u16*)(w + nrb * 16);
+#pragma unroll
+    for (int j = 0; j < NBL; j++) {
+        int b = lane + 32 * j;
+        if (b < nb) {
+            long long blk = r * nb + b;
+            q[j] = *(const int4*)(w + blk * 16);
+            d[j] = dq[blk];
+            m[j] = ty == TY_Q4_1 ? dq[nrb + blk] : (u16)0;
+        }
+    }
+}
+
+template <int NBL>
+__device__ __forceinline__ float rs_dot(int ty, const int4 (&q)[NBL], const u16 (&d)[NBL],
+                                        const u16 (&m)[NBL], const int4 (&xa)[NBL],
+                                        const int4 (&xb)[NBL], const float2 (&s)[NBL], int nb,
+                                        int lane) {
+    float acc = 0.f;
+#pragma unroll
+    for (int j = 0; j < NBL; j++)
+        if (lane + 32 * j < nb)
+            acc += block_dot(ty, q[j], q[j], h2f(d[j]), h2f(m[j]), xa[j], xb[j], s[j]);
+    return acc;
+}
+
+template <typename T>
+__device__ __forceinline__ T rs_sel(int k, T a0, T a1, T a2) {
+    return k == 0 ? a0 : k == 1 ? a1 : a2;
+}
+
+// Global row g of the weights laid end to end → which weight (0–2) and its row.
+__device__ __forceinline__ int rs_which(long long g, int rows0, int rows1, long long& r) {
+    if (g < rows0) return r = g, 0;
+    if (g < (long long)rows0 + rows1) return r = g - rows0, 1;
+    return r = g - rows0 - rows1, 2;
+}
+
+template <int NBL>
+__device__ __forceinline__ void matvec_rs_impl(const u8* w0, int ty0, int rows0, float* out0,
+                                               const u8* w1, int ty1, int rows1, float* out1,
+                                               const u8* w2, int ty2, int rows2, float* out2,
+                                               int cols, const signed char* xq, const float2* xs,
+                                               int rpw, int add, float res, int pf) {
+    int lane = threadIdx.x % 32;
+    long long wid = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    long long total = (long long)rows0 + rows1 + rows2;
+    // rpw > 0: a contiguous run of rpw rows; rpw < 0: every W-th row from
+    // this warp's index (W = the grid's warps), so the warps in flight read
+    // neighbouring rows.
+    long long step = rpw > 0 ? 1 : (long long)gridDim.x * (blockDim.x / 32);
+    long long r0 = rpw > 0 ? wid * rpw : wid;
+    long long r1 = rpw > 0 ? min(total, r0 + rpw) : total;
+    int nb = cols / 32;
+    int4 qa[NBL], qb[NBL];
+    u16 da[NBL], ma[NBL], db[NBL], mb[NBL];
+    long long r = 0;
+    int k = 0;
+    bool any = r0 < r1;
+    if (any) {
+        k = rs_which(r0, rows0, rows1, r);
+#if MV_PREFETCH & 2
+        if (pf & 2)
+            rs_load<NBL>(qa, da, ma, rs_sel(k, w0, w1, w2), rs_sel(k, ty0, ty1, ty2),
+                         (long long)rs_sel(k, rows0, rows1, rows2) * nb, nb, r, lane);
+#endif
+    }
+    pdl_entry<1>();
+    if (!any) return;
+#if MV_PREFETCH & 2
+    if (!(pf & 2))
+#endif
+        rs_load<NBL>(qa, da, ma, rs_sel(k, w0, w1, w2), rs_sel(k, ty0, ty1, ty2),
+                     (long long)rs_sel(k, rows0, rows1, rows2) * nb, nb, r, lane);
+    int4 xa[NBL], xb[NBL];
+    float2 s[NBL];
+#pragma unroll
+    for (int j = 0; j < NBL; j++) {
+        int b = lane + 32 * j;
+        if (b < nb) {
+            const int4* p = (const int4*)(xq + (long long)b * 32);
+            xa[j] = p[0], xb[j] = p[1];
+            s[j] = xs[b];
+        }
+    }
+    // Two rows a pass: B's loads go out before A's products, A's next
+    // before B's products.
+    for (long long g = r0; g < r1; g += 2 * step) {
+        bool two = g + step < r1;
+        long long rb = 0;
+        int kb = 0;
+        if (two) {
+            kb = rs_which(g + step, rows0, rows1, rb);
+            rs_load<NBL>(qb, db, mb, rs_sel(kb, w0, w1, w2), rs_sel(kb, ty0, ty1, ty2),
+                         (long long)rs_sel(kb, rows0, rows1, rows2) * nb, nb, rb, lane);
+        }
+        float* o = rs_sel(k, out0, out1, out2) + r;
+        float old = add && lane == 0 ? *o : 0.f;
+        float acc = warp_sum(rs_dot<NBL>(rs_sel(k, ty0, ty1, ty2), qa, da, ma, xa, xb, s, nb, lane));
+        if (lane == 0) *o = add ? old + res * acc : acc;
+        if (g + 2 * step < r1) {
+            k = rs_which(g + 2 * step, rows0, rows1, r);
+            rs_load<NBL>(qa, da, ma, rs_sel(k, w0, w1, w2), rs_sel(k, ty0, ty1, ty2),
+                         (long long)rs_sel(k, rows0, rows1, rows2) * nb, nb, r, lane);
+        }
+        if (two) {
+            float* ob = rs_sel(kb, out0, out1, out2) + rb;
+            float oldb = add && lane == 0 ? *ob : 0.f;
+            float accb =
+                warp_sum(rs_dot<NBL>(rs_sel(kb, ty0, ty1, ty2), qb, db, mb, xa, xb, s, nb, lane));
+            if (lane == 0) *ob = add ? oldb + res * accb : accb;
+        }
+    }
+}
+
+// Entry points by NBL (the host picks the smallest that covers the row).
+extern "C" __global__ void __launch_bounds__(128, MV_RS_MINB)
+    matvec_rs1(const u8* w0, int ty0, int rows0, float* out0, const u8* w1, int ty1, int rows1,
+               float* out1, const u8* w2, int ty2, int rows2, float* out2, int cols,
+               const signed char* xq, const float2* xs, int rpw, int add, float res, int pf) {
+    matvec_rs_impl<1>(w0, ty0, rows0, out0, w1, ty1, rows1, out1, w2, ty2, rows2, out2, cols, xq,
+                      xs, rpw, add, res, pf);
+}
+
+extern "C" __global__ void __launch_bounds__(128, MV_RS_MINB)
+    matvec_rs2(const u8* w0, int ty0, int rows0, float* out0, const u8* w1, int ty1, int rows1,
+               float* out1, const u8* w2, int ty2, int rows2, float* out2, int cols,
+               const signed char* xq, const float2* xs, int rpw, int add, float res, int pf) {
+    matvec_rs_impl<2>(w0, ty0, rows0, out0, w1, ty1, rows1, out1, w2, ty2, rows2, out2, cols, xq,
+                      xs, rpw, add, res, pf);
+}
+
+extern "C" __global__ void __launch_bounds__(128, MV_RS_MINB)
+    matvec_rs4(const u8* w0, int ty0, int rows0, float* out0, const u8* w1, int ty1, int rows1,
+               float* out1, const u8* w2, int ty2, int rows2, float* out2, int cols,
+               const signed char* xq, const float2* xs, int rpw, int add, float res, int pf) {
+    matvec_rs_impl<4>(w0, ty0, rows0, out0, w1, ty1, rows1, out1, w2, ty2, rows2, out2, cols, xq,
+                      xs, rpw, add, res, pf);
 }
