@@ -113,26 +113,19 @@ fn main() {
     // Decode variants: blocks in flight per lane × warps per row (0 = the
     // per-matrix rule, `kernels::mv_ksplit_auto`).
     // `HARNESS_DEFAULT=1`: the default configuration only (one kernel
-    // build, for a profiler run); `HARNESS_CONFIGS=u1k0,u2k1,u1k0r2,u1k0s16,…`:
-    // these (blocks in flight per lane, warps per row, optionally the
-    // row-streaming mat-vec's warps per SM and rows per warp) only.
+    // build, for a profiler run); `HARNESS_CONFIGS=u1k0,u2k1,u1k0r2,…`:
+    // these (blocks in flight per lane, warps per row, optionally rows per
+    // warp) only.
     let picked: Option<Vec<KernelConfig>> = std::env::var("HARNESS_CONFIGS").ok().map(|v| {
         v.split(',')
             .filter_map(|t| {
                 let (u, k) = t.trim().strip_prefix('u')?.split_once('k')?;
-                // An optional `sN`: the row-streaming mat-vec at N warps
-                // per SM; then an optional `rN`: rows per warp.
-                // An optional `bN` at the end: its blocks per SM.
-                let (k, minb) = k.split_once('b').unwrap_or((k, "4"));
-                let (k, st) = k.split_once('s').unwrap_or((k, "0"));
+                // An optional `rN`: rows per warp.
                 let (k, r) = k.split_once('r').unwrap_or((k, "1"));
-                let (st, r2) = st.split_once('r').unwrap_or((st, r));
                 Some(KernelConfig {
                     mv_unroll: u.parse().ok()?,
                     mv_ksplit: k.parse().ok()?,
-                    mv_rows: r2.parse().ok()?,
-                    mv_stream: st.parse().ok()?,
-                    mv_stream_minb: minb.parse().ok()?,
+                    mv_rows: r.parse().ok()?,
                     ..KernelConfig::default()
                 })
             })
@@ -210,11 +203,9 @@ fn main() {
                 k => k.to_string(),
             };
             println!(
-                "| {rows}×{cols} | {ty} | unroll={} ks={ks} rows={} stream={}/{} | {:.1} | {:.0} | {:.0}% | {:.1e} |",
+                "| {rows}×{cols} | {ty} | unroll={} ks={ks} rows={} | {:.1} | {:.0} | {:.0}% | {:.1e} |",
                 cfg.mv_unroll,
                 cfg.mv_rows,
-                cfg.mv_stream,
-                cfg.mv_stream_minb,
                 t * 1e6,
                 gbs,
                 100.0 * gbs / COPY_GBS,

@@ -70,18 +70,12 @@ const WEIGHTS_BEFORE_WAIT: [&str; 4] = [
 /// (block.cu) copy their weights, norm weights, rotation inputs and cache
 /// slot into shared memory before the wait, and `fused_block_body` must
 /// wait before it touches the residual row (`x`) or the cache (`kc`, `vc`).
-/// The row-streaming mat-vecs (`matvec_rs*`) read their first row's
-/// weights before the wait in `matvec_rs_impl`, which must wait before it
-/// touches the activations or the outputs.
 /// The tensor-core decode attention reads its first slot (a step input) in
 /// the entry and the first key/value tiles of the cache below it (slots
 /// this step does not write) in the body, which must wait before it
 /// touches the queries or its outputs.
-const WAIT_IN_BODY: [(&str, &str, &[&str]); 7] = [
+const WAIT_IN_BODY: [(&str, &str, &[&str]); 4] = [
     ("fused_block_64", "fused_block_body<", &[]),
-    ("matvec_rs1", "matvec_rs_impl<", &[]),
-    ("matvec_rs2", "matvec_rs_impl<", &[]),
-    ("matvec_rs4", "matvec_rs_impl<", &[]),
     ("fused_block_128", "fused_block_body<", &[]),
     (
         "attn_decode_mma_64",
@@ -247,11 +241,6 @@ fn every_kernel_starts_with_the_dependent_launch_wait() {
             &["q", "part_o", "part_ml", "xq", "xs"],
         ),
         ("fused_block_body", "pdl_entry();", &["x", "kc", "vc"]),
-        (
-            "matvec_rs_impl",
-            "pdl_entry<1>();",
-            &["xq", "xs", "out0", "out1", "out2"],
-        ),
     ] {
         let idents = idents_before_wait(func, stop);
         for used in written {

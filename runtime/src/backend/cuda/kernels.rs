@@ -30,7 +30,7 @@ pub const SOURCES: [(&str, &str); 6] = [
 ];
 
 /// Every kernel entry point the backend launches.
-pub const KERNEL_NAMES: [&str; 37] = [
+pub const KERNEL_NAMES: [&str; 34] = [
     "embed",
     "rope_kv",
     "rms_norm",
@@ -48,9 +48,6 @@ pub const KERNEL_NAMES: [&str; 37] = [
     "quantize_act",
     "matvec_q",
     "matvec_q1",
-    "matvec_rs1",
-    "matvec_rs2",
-    "matvec_rs4",
     "matvec_f",
     "matmul_mma",
     "matmul_mma_big",
@@ -111,14 +108,6 @@ pub struct KernelConfig {
     /// 2 or 4), or 0 to choose per matrix ([`mv_ksplit_auto`]). Chosen on
     /// the host; the source is the same.
     pub mv_ksplit: u32,
-    /// One-token mat-vecs of 4-bit weights with at most 4,096 columns run
-    /// as `matvec_rs*` (each warp a contiguous run of rows, the input in
-    /// registers, two rows in flight) on a grid of about this many warps
-    /// per multiprocessor; 0 never. Chosen on the host.
-    pub mv_stream: u32,
-    /// Blocks per SM `matvec_rs*` is compiled to fit (1 to 8), defined
-    /// into the source as `MV_RS_MINB`: above 4 it caps the registers.
-    pub mv_stream_minb: u32,
     /// Prefill with Q4_0/Q4_1 weights uses the 4-bit kernels
     /// (`matmul_q4_*`); `false` keeps the f16-tile kernels (`matmul_mma*`)
     /// for every type. Chosen on the host; the source is the same.
@@ -236,8 +225,6 @@ impl Default for KernelConfig {
             mv_rows: 1,
             mv_unroll: 1,
             mv_ksplit: 0,
-            mv_stream: 0,
-            mv_stream_minb: 4,
             prefill_q4: true,
             mq_stages: 3,
             mq_narrow_min_blocks: 1,
@@ -315,7 +302,7 @@ pub fn source_with(cfg: &KernelConfig) -> String {
     let mut s = format!(
         "#define MV_ROWS {}\n#define MV_UNROLL {}\n#define MQ_STAGES {}\n#define MQ_NARROW_MINB {}\n\
          #define MQ_WIDE_MI {}\n#define MQ_WIDE_MINB {}\n#define MV_PREFETCH {}\n#define FB_PROBE {}\n\
-         #define AD_STAGES_128 {}\n#define PDL_EARLY {}\n#define MV_RS_MINB {}\n",
+         #define AD_STAGES_128 {}\n#define PDL_EARLY {}\n",
         cfg.mv_rows,
         cfg.mv_unroll,
         cfg.mq_stages,
@@ -325,8 +312,7 @@ pub fn source_with(cfg: &KernelConfig) -> String {
         cfg.mv_prefetch,
         cfg.fb_probe,
         cfg.attn_stages_128,
-        cfg.pdl_early,
-        cfg.mv_stream_minb
+        cfg.pdl_early
     );
     if cfg.timeline != 0 {
         s.push_str(&format!("#define TERN_TL {:#x}ull\n", cfg.timeline));

@@ -219,7 +219,7 @@ impl CudaBackend {
         // Experiment knobs: variable, field, accepted values (a value out of
         // range is ignored).
         type Knob<'a> = (&'static str, &'a mut u32, fn(u32) -> bool);
-        let knobs: [Knob; 19] = [
+        let knobs: [Knob; 18] = [
             // Rows per warp of the decode mat-vecs (1, 2 or 4).
             ("TERN_CUDA_MV_ROWS", &mut cfg.mv_rows, |k| {
                 [1, 2, 4].contains(&k)
@@ -295,8 +295,6 @@ impl CudaBackend {
             ),
             // Decode attention on the tensor cores: never, long caches, always.
             ("TERN_CUDA_ATTN_MMA", &mut cfg.attn_mma, |k| k <= 2),
-            // Warps per SM of the row-streaming mat-vec (0 off).
-            ("TERN_CUDA_MV_STREAM", &mut cfg.mv_stream, |k| k <= 164),
             // Warps per mat-vec row, fixed.
             ("TERN_CUDA_MV_KSPLIT", &mut cfg.mv_ksplit, |k| {
                 [1, 2, 4].contains(&k)
@@ -320,8 +318,6 @@ impl CudaBackend {
         if !(1..=4).contains(&cfg.mv_rows)
             || !(1..=4).contains(&cfg.mv_unroll)
             || ![0, 1, 2, 4].contains(&cfg.mv_ksplit)
-            || cfg.mv_stream > 164
-            || !(1..=8).contains(&cfg.mv_stream_minb)
             || ![1, 2].contains(&cfg.mq_wide_mi)
             || cfg.mv_prefetch > 3
             || ![2, 3].contains(&cfg.attn_stages_128)
@@ -1115,11 +1111,6 @@ impl CudaBackend {
         out: &mut CudaTensor,
         add: Option<f32>,
     ) -> Result<()> {
-        if ntok == 1 {
-            if let Some(r) = self.matvec_rs(&[(w, out.buf.ptr)], xq, xs, add) {
-                return r;
-            }
-        }
         let g = self.gpu()?;
         let kernel = if ntok == 1 { "matvec_q1" } else { "matvec_q" };
         // 4 warps per block, ks of them per row, mv_rows rows per warp.
@@ -1145,83 +1136,6 @@ impl CudaBackend {
                 self.prefetch_arg(w.buf.bytes),
             ],
         )
-    }
-
-    /// One token through `matvec_rs*` (`KernelConfig::mv_stream`) for up
-    /// to three 4-bit weights of at most 4,096 columns sharing the input
-    /// (`add` only with one); `None` where it does not apply.
-    fn matvec_rs(
-        &self,
-        ws: &[(&CudaWeight, u64)],
-        xq: u64,
-        xs: u64,
-        add: Option<f32>,
-    ) -> Option<Result<()>> {
-        let per_sm = self.sh.cfg.mv_stream as usize;
-        let cols = ws.first()?.0.cols;
-        if per_sm == 0
-            || ws.len() > 3
-            || (add.is_some() && ws.len() != 1)
-            || cols > 4096
-            || ws
-                .iter()
-                .any(|(w, _)| w.cols != cols || !matches!(w.ty, GgmlType::Q4_0 | GgmlType::Q4_1))
-        {
-            return None;
-        }
-        let nbl = match cols.div_ceil(1024) {
-            1 => 1,
-            2 => 2,
-            _ => 4,
-        };
-        let total: usize = ws.iter().map(|(w, _)| w.rows).sum();
-        // Above 100: every W-th row a warp (`matvec_rs_impl`), at
-        // per_sm − 100 warps per SM; else contiguous runs.
-        let strided = per_sm > 100;
-        let per_sm = if strided { per_sm - 100 } else { per_sm };
-        let target = (self.sh.gpu.sm_count * per_sm).max(1);
-        let rpw = total.div_ceil(target).max(1);
-        let warps = if strided {
-            target.min(total)
-        } else {
-            total.div_ceil(rpw)
-        };
-        let rpw_arg = if strided { -1 } else { rpw as i32 };
-        let mut args = Vec::with_capacity(19);
-        for i in 0..3 {
-            let (w, o) = ws.get(i).copied().unwrap_or((ws[0].0, ws[0].1));
-            let rows = if i < ws.len() { w.rows } else { 0 };
-            args.extend([
-                Arg::Ptr(w.buf.ptr),
-                Arg::I32(ty_code(w.ty)),
-                Arg::I32(rows as i32),
-                Arg::Ptr(o),
-            ]);
-        }
-        args.extend([
-            Arg::I32(cols as i32),
-            Arg::Ptr(xq),
-            Arg::Ptr(xs),
-            Arg::I32(rpw_arg),
-            Arg::I32(add.is_some() as i32),
-            Arg::F32(add.unwrap_or(0.0)),
-            self.prefetch_arg(ws.iter().map(|(w, _)| w.buf.bytes).sum()),
-        ]);
-        let name = match nbl {
-            1 => "matvec_rs1",
-            2 => "matvec_rs2",
-            _ => "matvec_rs4",
-        };
-        Some(self.gpu().and_then(|g| {
-            launch(
-                g,
-                self.f(name),
-                "matvec",
-                (warps.div_ceil(4) as u32, 1, 1),
-                128,
-                &mut args,
-            )
-        }))
     }
 
     /// The mat-vecs' `pf` argument for weights of `bytes` in all: which
@@ -1620,14 +1534,6 @@ impl Backend for CudaBackend {
         }
         let (xq, xs) = self.quantize_x(x)?;
         if x.rows == 1 && (2..=3).contains(&ws.len()) {
-            let pairs: Vec<(&CudaWeight, u64)> = ws
-                .iter()
-                .zip(outs.iter())
-                .map(|(w, o)| (*w, o.buf.ptr))
-                .collect();
-            if let Some(r) = self.matvec_rs(&pairs, xq, xs, None) {
-                return r;
-            }
             // One launch for all of them.
             let total: usize = ws.iter().map(|w| w.rows).sum();
             let ks = self.mv_ksplit(total, x.cols);
