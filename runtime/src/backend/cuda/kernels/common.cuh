@@ -178,3 +178,52 @@ __device__ __forceinline__ void quantize_lane(float v, signed char* xq, float2* 
     float s = warp_sum((float)q);
     if (lane == 0) xs[b] = make_float2(d, d * s);
 }
+
+// A generic pointer into shared memory as a shared-space address.
+__device__ __forceinline__ u32 smem_u32(const void* p) {
+    u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+
+// Thread-block clusters (sm_90+): the block's rank, the cluster's size,
+// the cluster barrier and distributed shared memory (the decode block in
+// block.cu, the decode attention's in-cluster merge in attention.cu).
+#if __CUDA_ARCH__ >= 900
+__device__ __forceinline__ u32 fb_rank() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+
+__device__ __forceinline__ u32 fb_nrank() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(r));
+    return r;
+}
+
+// All threads of all blocks of the cluster; earlier writes (shared, remote
+// shared and global) are visible to every thread of the cluster after it.
+__device__ __forceinline__ void fb_cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\t"
+                 "barrier.cluster.wait.acquire.aligned;" ::
+                     : "memory");
+}
+
+// The address of this block's shared `p` in block `rank` of the cluster.
+__device__ __forceinline__ u32 fb_remote(const void* p, u32 rank) {
+    u32 a = smem_u32(p), r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
+    return r;
+}
+
+__device__ __forceinline__ void fb_st_remote(u32 addr, float v) {
+    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(addr), "f"(v) : "memory");
+}
+
+__device__ __forceinline__ float fb_ld_remote(u32 addr) {
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(addr) : "memory");
+    return v;
+}
+#endif
