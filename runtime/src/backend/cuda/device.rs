@@ -397,22 +397,6 @@ pub(super) fn launch_cluster(
     launch_ex(gpu, f, name, (nb, 1, 1), block, smem, Some(nb), args)
 }
 
-/// [`launch_smem`] with the grid's x dimension in clusters of `cx` blocks
-/// (sm_90+).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn launch_smem_cluster(
-    gpu: &Gpu,
-    f: sys::CUfunction,
-    name: &str,
-    grid: (u32, u32, u32),
-    block: u32,
-    smem: u32,
-    cx: u32,
-    args: &mut [Arg],
-) -> Result<()> {
-    launch_ex(gpu, f, name, grid, block, smem, Some(cx), args)
-}
-
 /// How many clusters of `nb` blocks of kernel `f` (`block` threads, `smem`
 /// bytes each) the GPU can hold at once; 0 when it cannot run one.
 pub(super) fn max_active_clusters(

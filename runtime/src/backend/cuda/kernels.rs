@@ -166,13 +166,6 @@ pub struct KernelConfig {
     /// at head size 128. Before the early reads one split only won
     /// near a cache's start.
     pub attn_one_split: u32,
-    /// Decode attention on the tensor cores over a cache whose key splits
-    /// (by the cache size) number at most 16: the splits of a KV head run
-    /// as one thread-block cluster of at most this many blocks (2 to 8;
-    /// the keys re-chunked to fit) and merge through distributed shared
-    /// memory, with no `attn_combine` launch (sm_90+); 0 never. Chosen on
-    /// the host.
-    pub attn_cluster: u32,
     /// One token's whole decoder block in one launch on a thread-block
     /// cluster (`fused_block_*`, sm_90 and newer, when the block's weights
     /// fit the cluster's shared memory) for caches of at most this many
@@ -241,7 +234,6 @@ impl Default for KernelConfig {
             mv_prefetch_max_kib: 8192,
             attn_mma: 2,
             attn_one_split: 1,
-            attn_cluster: 8,
             fused_block_max_ctx: 0,
             fb_probe: 0,
             attn_stages_128: 3,

@@ -29,9 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use cudarc::driver::sys;
 
 pub use self::device::{driver_present, nvrtc_present};
-use self::device::{
-    launch, launch_cluster, launch_smem, launch_smem_cluster, Arg, DevBuf, Gpu, PinnedRead, Staging,
-};
+use self::device::{launch, launch_cluster, launch_smem, Arg, DevBuf, Gpu, PinnedRead, Staging};
 use super::{
     AttnParams, Backend, BlockParams, BlockWeights, KvSpec, KvType, Op, Rope, StepInputs,
     Visibility,
@@ -221,7 +219,7 @@ impl CudaBackend {
         // Experiment knobs: variable, field, accepted values (a value out of
         // range is ignored).
         type Knob<'a> = (&'static str, &'a mut u32, fn(u32) -> bool);
-        let knobs: [Knob; 19] = [
+        let knobs: [Knob; 18] = [
             // Rows per warp of the decode mat-vecs (1, 2 or 4).
             ("TERN_CUDA_MV_ROWS", &mut cfg.mv_rows, |k| {
                 [1, 2, 4].contains(&k)
@@ -297,11 +295,6 @@ impl CudaBackend {
             ),
             // Decode attention on the tensor cores: never, long caches, always.
             ("TERN_CUDA_ATTN_MMA", &mut cfg.attn_mma, |k| k <= 2),
-            // Most key splits a decode attention merges in one cluster
-            // (0 never).
-            ("TERN_CUDA_ATTN_CLUSTER", &mut cfg.attn_cluster, |k| {
-                k == 0 || (2..=8).contains(&k)
-            }),
             // Warps per mat-vec row, fixed.
             ("TERN_CUDA_MV_KSPLIT", &mut cfg.mv_ksplit, |k| {
                 [1, 2, 4].contains(&k)
@@ -330,7 +323,6 @@ impl CudaBackend {
             || ![2, 3].contains(&cfg.attn_stages_128)
             || !chunk_ok(cfg.l2_prefetch_chunk)
             || cfg.attn_mma > 2
-            || !(cfg.attn_cluster == 0 || (2..=8).contains(&cfg.attn_cluster))
             || !(2..=4).contains(&cfg.mq_stages)
             || !(1..=4).contains(&cfg.mq_narrow_min_blocks)
             || ![1, 2].contains(&cfg.mq_wide_min_blocks)
@@ -2126,31 +2118,11 @@ impl Backend for CudaBackend {
             };
             let want = (target / per_split.max(1)).clamp(32, target.max(32));
             let chunk = spec.n_ctx.div_ceil(want).max(64);
-            let n_split = spec.n_ctx.div_ceil(chunk);
-            let most = self.sh.cfg.attn_cluster as usize;
-            if mma_kernel.is_some()
-                && most >= 2
-                && (2..=16).contains(&n_split)
-                && self.sh.gpu.cc.0 >= 9
-            {
-                // One cluster per KV head: at most `most` splits, whole
-                // key tiles each.
-                let chunk = spec.n_ctx.div_ceil(most).div_ceil(64) * 64;
-                (chunk.max(64), spec.n_ctx.div_ceil(chunk.max(64)))
-            } else {
-                (chunk, n_split)
-            }
+            (chunk, spec.n_ctx.div_ceil(chunk))
         } else {
             (spec.n_ctx, 1)
         };
         let one_split_mma = mma_kernel.is_some() && n_split == 1;
-        // The splits merge inside their cluster (no attn_combine).
-        let cluster = mma_kernel.is_some()
-            && q.rows <= MATVEC_MAX_ROWS
-            && self.sh.cfg.attn_cluster >= 2
-            && (2..=self.sh.cfg.attn_cluster as usize).contains(&n_split)
-            && self.sh.gpu.cc.0 >= 9
-            && p.head_dim.is_multiple_of(32);
         let gqa = (gqa || mma_kernel.is_some()) && n_split > 1;
         if n_split > 4096 {
             // attn_combine's COMBINE_MAXS; attn_blocks() keeps below it.
@@ -2190,21 +2162,19 @@ impl Backend for CudaBackend {
         let g = self.gpu()?;
         let (kc, vc) = &kv.layers[layer];
         if let (true, Some(kernel)) = (gqa || one_split_mma, mma_kernel) {
-            // One split, or the splits of a cluster: the kernel writes `out`
-            // (and its 8-bit copy) itself.
-            let (po, pml) = if one_split_mma || cluster {
+            // One split: the kernel writes `out` (and its 8-bit copy) itself.
+            let (po, pml) = if one_split_mma {
                 (out.buf.ptr, 0)
             } else {
                 (po, pml)
             };
-            launch_smem_cluster(
+            launch_smem(
                 g,
                 self.f(kernel),
                 "attention",
                 (n_split as u32, p.n_head_kv as u32, q.rows as u32),
                 128,
                 kernels::dynamic_smem(&self.sh.cfg, kernel),
-                if cluster { n_split as u32 } else { 1 },
                 &mut [
                     Arg::Ptr(q.buf.ptr),
                     Arg::Ptr(kc.ptr),
@@ -2219,7 +2189,6 @@ impl Backend for CudaBackend {
                     Arg::Ptr(pml),
                     Arg::Ptr(xq),
                     Arg::Ptr(xs),
-                    Arg::I32(cluster as i32),
                 ],
             )?;
         } else if gqa {
@@ -2270,7 +2239,7 @@ impl Backend for CudaBackend {
                 ],
             )?;
         }
-        if n_split > 1 && !cluster {
+        if n_split > 1 {
             launch(
                 g,
                 self.f("attn_combine"),

@@ -617,25 +617,19 @@ extern "C" __global__ void __launch_bounds__(128) attn_prefill_128(
 // shared memory and the block writes the (o, m, l) partials attn_combine
 // merges (o unnormalized, m in natural-log units); with one split
 // (n_split == 1) it writes the finished output into part_o instead, and its
-// 8-bit copy when xq is given, so no attn_combine follows; with `cl` (sm_90)
-// the n_split ≤ AD_MAXC splits of a KV head are one thread-block cluster
-// and merge through distributed shared memory, so no attn_combine follows
-// either. The scalar kernel above
+// 8-bit copy when xq is given, so no attn_combine follows. The scalar kernel above
 // spent ~2,600 instructions a key tile per warp on Q·K from shared memory;
 // here a 64-key tile is 32 mma per warp.
 // K/V tile stages of the decode kernel: 4 for head size 64 (a split of up
 // to 4 tiles waits for memory once), AD_STAGES_128 (KernelConfig) for 128.
 #define AD_STAGES(HD) ((HD) <= 64 ? 4 : AD_STAGES_128)
-// Most key splits merged inside one cluster (`cl`; the host checks).
-#define AD_MAXC 8
 
 template <int HD>
 __device__ __forceinline__ void attn_decode_mma_body(const float* q, const u16* kc, const u16* vc,
                                                      u32 first, int n_head,
                                                      int n_head_kv, float scale, int chunk,
                                                      int n_split, float* part_o, float2* part_ml,
-                                                     signed char* xq, float2* xs, int cl,
-                                                     u16* smem) {
+                                                     signed char* xq, float2* xs, u16* smem) {
     constexpr int LD = HD + 8;
     constexpr int KT = AP_K * LD;
     constexpr int ST = AD_STAGES(HD);
@@ -807,73 +801,6 @@ __device__ __forceinline__ void attn_decode_mma_body(const float* q, const u16* 
         sL[tid] = L;
     }
     __syncthreads();
-#if __CUDA_ARCH__ >= 900
-    if (cl) {
-        // The splits of this (KV head, token) are one cluster (`cl`, with
-        // n_split its size): each block leaves its part in shared memory
-        // (unnormalized O, and sM / sL in base-2 units), and after the
-        // cluster barrier block `s` finishes its share of the G·HD outputs
-        // from every block's part (distributed shared memory), writes them
-        // and their 8-bit copy, as attn_combine would. The second barrier
-        // keeps every block's shared memory alive until all have read it.
-        float* sacc = sL + 16;
-        for (int e = tid; e < G * HD; e += 128) {
-            int row = e / HD, d = e % HD;
-            float acc = 0.f;
-#pragma unroll
-            for (int w = 0; w < 4; w++) acc += so[(w * 16 + row) * HD + d] * sf[w * 16 + row];
-            sacc[e] = acc;
-        }
-        fb_cluster_sync();
-        // Every block's (M, L) per row in one round trip, then each row's
-        // weights f[c] of the blocks' parts, computed once.
-        float* cM = sacc + 16 * HD; // [AD_MAXC][16]
-        float* cL = cM + AD_MAXC * 16;
-        float* cF = cL + AD_MAXC * 16;
-        float* cI = cF + AD_MAXC * 16; // 1 / the row's L (0 for no keys)
-        if (tid < 16 * n_split) {
-            int c = tid / 16, row = tid % 16;
-            cM[tid] = fb_ld_remote(fb_remote(sM + row, c));
-            cL[tid] = fb_ld_remote(fb_remote(sL + row, c));
-        }
-        __syncthreads();
-        if (tid < 16) {
-            float M = NEG_INF, L = 0.f;
-            for (int c = 0; c < n_split; c++)
-                if (cL[c * 16 + tid] > 0.f) M = fmaxf(M, cM[c * 16 + tid]);
-            for (int c = 0; c < n_split; c++) {
-                float f = cL[c * 16 + tid] > 0.f ? exp2f(cM[c * 16 + tid] - M) : 0.f;
-                cF[c * 16 + tid] = f;
-                L += cL[c * 16 + tid] * f;
-            }
-            cI[tid] = L > 0.f ? 1.f / L : 0.f;
-        }
-        __syncthreads();
-        // Block s finishes 32-element units [u0, u1) of the G·HD outputs
-        // (whole warps: G·HD is a multiple of 32), all blocks' parts read
-        // before any is summed.
-        int units = G * HD / 32;
-        int u0 = (int)((long long)s * units / n_split);
-        int u1 = (int)((long long)(s + 1) * units / n_split);
-        for (int u = u0 + warp; u < u1; u += 4) {
-            int e = u * 32 + lane, row = e / HD, d = e % HD;
-            float part[AD_MAXC];
-#pragma unroll
-            for (int c = 0; c < AD_MAXC; c++)
-                part[c] = c < n_split ? fb_ld_remote(fb_remote(sacc + e, c)) : 0.f;
-            float acc = 0.f;
-#pragma unroll
-            for (int c = 0; c < AD_MAXC; c++)
-                if (c < n_split) acc += part[c] * cF[c * 16 + row];
-            float v = acc * cI[row];
-            long long hrow = (long long)t * n_head + hk * G + row;
-            part_o[hrow * HD + d] = v;
-            if (xq) quantize_lane(v, xq, xs, (hrow * HD + d - lane) / 32);
-        }
-        fb_cluster_sync();
-        return;
-    }
-#endif
     // A warp's 32 elements are one row's consecutive dims (32 | HD), so in
     // the one-split form it can quantize them.
 #pragma unroll
@@ -902,23 +829,23 @@ __device__ __forceinline__ void attn_decode_mma_body(const float* q, const u16* 
 extern "C" __global__ void __launch_bounds__(128) attn_decode_mma_64(
     const float* q, const u16* kc, const u16* vc, const u32* first_slot, int n_head,
     int n_head_kv, float scale, int chunk, int n_split, float* part_o, float2* part_ml,
-    signed char* xq, float2* xs, int cl) {
+    signed char* xq, float2* xs) {
     // The wait is in the body, after the cache reads that may precede it;
     // the first slot is a step input (copied before the step's first kernel).
     u32 first = first_slot[0];
     extern __shared__ __align__(16) u16 ap_smem[];
     attn_decode_mma_body<64>(q, kc, vc, first, n_head, n_head_kv, scale, chunk, n_split,
-                             part_o, part_ml, xq, xs, cl, ap_smem);
+                             part_o, part_ml, xq, xs, ap_smem);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_decode_mma_128(
     const float* q, const u16* kc, const u16* vc, const u32* first_slot, int n_head,
     int n_head_kv, float scale, int chunk, int n_split, float* part_o, float2* part_ml,
-    signed char* xq, float2* xs, int cl) {
+    signed char* xq, float2* xs) {
     // The wait is in the body, after the cache reads that may precede it;
     // the first slot is a step input (copied before the step's first kernel).
     u32 first = first_slot[0];
     extern __shared__ __align__(16) u16 ap_smem[];
     attn_decode_mma_body<128>(q, kc, vc, first, n_head, n_head_kv, scale, chunk, n_split,
-                             part_o, part_ml, xq, xs, cl, ap_smem);
+                             part_o, part_ml, xq, xs, ap_smem);
 }

@@ -60,6 +60,37 @@
 #endif
 
 #if __CUDA_ARCH__ >= 900
+__device__ __forceinline__ u32 fb_rank() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+
+__device__ __forceinline__ u32 fb_nrank() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(r));
+    return r;
+}
+
+// All threads of all blocks of the cluster; earlier writes (shared, remote
+// shared and global) are visible to every thread of the cluster after it.
+__device__ __forceinline__ void fb_cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\t"
+                 "barrier.cluster.wait.acquire.aligned;" ::
+                     : "memory");
+}
+
+// The address of this block's shared `p` in block `rank` of the cluster.
+__device__ __forceinline__ u32 fb_remote(const void* p, u32 rank) {
+    u32 a = smem_u32(p), r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
+    return r;
+}
+
+__device__ __forceinline__ void fb_st_remote(u32 addr, float v) {
+    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(addr), "f"(v) : "memory");
+}
+
 // 16 bytes from global through L2 only (the cache slot just written by
 // another block of the cluster must not come from a stale L1 line).
 __device__ __forceinline__ uint4 fb_ld_cg(const void* p) {

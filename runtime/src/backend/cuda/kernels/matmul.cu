@@ -260,6 +260,12 @@ extern "C" __global__ void __launch_bounds__(256) matmul_mma_big(const u8* w, in
 // residual update of the output and down projections); with `glu` set it
 // computes SwiGLU's silu(gate) · up (see matmul_q4_body).
 
+__device__ __forceinline__ u32 smem_u32(const void* p) {
+    u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+
 // Copy 16 (or 4) bytes global → shared without registers; `ok == false`
 // writes zeros instead (the source address must still be a valid one).
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {
