@@ -79,21 +79,27 @@ enum SessionImpl {
 /// The GPU to run on for `device`, `None` for the CPU. `Auto` falls back to
 /// the CPU with one log line; `Cuda` turns every failure into an error.
 #[cfg(feature = "cuda")]
-fn open_gpu(params: &ModelParams, weight_bytes: u64) -> Result<Option<CudaBackend>> {
+fn open_gpu(params: &ModelParams, file: &GgufFile) -> Result<Option<CudaBackend>> {
+    let weight_bytes = file.tensors().iter().map(|t| t.n_bytes).sum();
+    // The hidden size, for the kernels' configuration (0 when the file
+    // has no embedding; the model's own checks reject it later).
+    let n_embd = file
+        .tensor("token_embd.weight")
+        .map_or(0, |t| t.dims.first().copied().unwrap_or(0) as usize);
     match params.device {
         Device::Cpu => Ok(None),
         Device::Auto if params.exact => Ok(None),
         Device::Cuda if params.exact => Err(Error::DeviceUnavailable(
             "--exact selects the CPU's f32 reference path; it cannot run on the GPU".into(),
         )),
-        Device::Auto => match CudaBackend::open_for(0, weight_bytes) {
+        Device::Auto => match CudaBackend::open_for(0, weight_bytes, n_embd) {
             Ok(b) => Ok(Some(b)),
             Err(e) => {
                 log::info!("no usable GPU ({e}); running on the CPU");
                 Ok(None)
             }
         },
-        Device::Cuda => CudaBackend::open_for(0, weight_bytes).map(Some),
+        Device::Cuda => CudaBackend::open_for(0, weight_bytes, n_embd).map(Some),
     }
 }
 
@@ -127,7 +133,7 @@ impl Model {
             ));
         }
         #[cfg(feature = "cuda")]
-        let gpu = open_gpu(params, file.tensors().iter().map(|t| t.n_bytes).sum())?;
+        let gpu = open_gpu(params, &file)?;
         let path = file.path().map(Path::to_path_buf);
         // A model without tokenizer metadata still runs on token ids; one
         // whose tokenizer metadata is broken is rejected here, at load.

@@ -414,6 +414,23 @@ fn launch_order_rule_matches_the_measurements() {
     assert_eq!(kernels::KernelConfig::default().pdl_early, 0);
 }
 
+/// Two rows a warp in the decode mat-vecs follows the model's hidden size
+/// as measured on the H200 (docs/cuda-kernel-notes.md, eleventh pass):
+/// the 0.5B shape's 1,024 takes two, the SmolLM2 shape's 576 and the 8B
+/// shape's 4,096 one; the launch order still follows the size.
+#[test]
+fn mat_vec_rows_rule_matches_the_measurements() {
+    for (bytes, n_embd, rows, early) in [
+        (92_100_000u64, 576usize, 1u32, 3u32), // SmolLM2-135M shape, Q4_1
+        (246_000_000, 1024, 2, 3),             // MiniCPM4-0.5B shape, Q4_0
+        (4_605_000_000, 4096, 1, 0),           // MiniCPM4-8B shape, Q4_0
+    ] {
+        let cfg = kernels::KernelConfig::for_model(bytes, n_embd);
+        assert_eq!((cfg.mv_rows, cfg.pdl_early), (rows, early), "{n_embd} wide");
+    }
+    assert_eq!(kernels::KernelConfig::default().mv_rows, 1);
+}
+
 /// The decode mat-vec splits a row over several warps only where the H200
 /// measurements said it pays (docs/cuda-kernel-notes.md): the 0.5B's short
 /// grid of 4096-column rows; never the 8B's 4096-row products, large grids

@@ -272,6 +272,35 @@ impl KernelConfig {
     }
 }
 
+/// The hidden sizes whose decode mat-vecs take two rows a warp
+/// (`KernelConfig::mv_rows` = 2): from this many columns…
+pub const MV_ROWS2_MIN_EMBD: usize = 1024;
+/// …up to, not including, this many.
+pub const MV_ROWS2_MAX_EMBD: usize = 4096;
+
+impl KernelConfig {
+    /// The default configuration for a model of `weight_bytes` whose
+    /// hidden size is `n_embd`: [`KernelConfig::for_weights`], and two rows
+    /// a warp in the decode mat-vecs for hidden sizes from
+    /// [`MV_ROWS2_MIN_EMBD`] up to [`MV_ROWS2_MAX_EMBD`], where a row of
+    /// the hidden-size products gives each lane only one to three
+    /// 32-element blocks, so a second row doubles the loads in flight.
+    /// Measured on the H200 (docs/cuda-kernel-notes.md, ninth to eleventh
+    /// passes), tg128, one row against two: the 0.5B shape (1,024) 2,273 →
+    /// 2,400; 2,275 / 2,292 → 2,332 / 2,408; and this rule's A/B, `-p 0`
+    /// 2,341 / 2,303 → 2,428 / 2,399, after pp512 2,304 / 2,287 → 2,356 /
+    /// 2,269; the SmolLM2 shape (576: 18 blocks a row, so 14 lanes idle
+    /// either way, and half the warps) lost 5–12 %; the 8B shape (4,096)
+    /// was even (557.9 / 555.4 against 557.1 / 556.8), so it keeps one.
+    pub fn for_model(weight_bytes: u64, n_embd: usize) -> KernelConfig {
+        let rows2 = (MV_ROWS2_MIN_EMBD..MV_ROWS2_MAX_EMBD).contains(&n_embd);
+        KernelConfig {
+            mv_rows: if rows2 { 2 } else { 1 },
+            ..KernelConfig::for_weights(weight_bytes)
+        }
+    }
+}
+
 /// Warps per row for a decode mat-vec of `rows` × `cols` on `sms`
 /// multiprocessors: split a row over 2 or 4 warps while the split grid
 /// still fits in one wave (≤ 64 warps per multiprocessor, the resident

@@ -205,15 +205,16 @@ impl CudaBackend {
     }
 
     /// Like [`CudaBackend::open`], for a model of `weight_bytes` (its
-    /// tensors' bytes in the file): the launch order is chosen for its size
-    /// ([`kernels::KernelConfig::for_weights`]).
-    pub fn open_for(ordinal: usize, weight_bytes: u64) -> Result<CudaBackend> {
-        Self::open_sized(ordinal, Some(weight_bytes))
+    /// tensors' bytes in the file) and hidden size `n_embd`: the launch
+    /// order and the mat-vecs' rows a warp are chosen for it
+    /// ([`kernels::KernelConfig::for_model`]).
+    pub fn open_for(ordinal: usize, weight_bytes: u64, n_embd: usize) -> Result<CudaBackend> {
+        Self::open_sized(ordinal, Some((weight_bytes, n_embd)))
     }
 
-    fn open_sized(ordinal: usize, weight_bytes: Option<u64>) -> Result<CudaBackend> {
-        let mut cfg = match weight_bytes {
-            Some(b) => kernels::KernelConfig::for_weights(b),
+    fn open_sized(ordinal: usize, model: Option<(u64, usize)>) -> Result<CudaBackend> {
+        let mut cfg = match model {
+            Some((b, e)) => kernels::KernelConfig::for_model(b, e),
             None => kernels::KernelConfig::default(),
         };
         // Experiment knobs: variable, field, accepted values (a value out of
