@@ -276,6 +276,11 @@ fn every_kernel_compiles_for_every_target_arch() {
             ptx.contains(&format!(".target sm_{arch}")),
             "sm_{arch}: wrong target"
         );
+        let generic = generic_accesses(&ptx);
+        assert!(
+            generic.is_empty(),
+            "sm_{arch}: generic loads or stores (no state space) in {generic:?}"
+        );
         // And through ptxas to machine code: resource limits (shared
         // memory, registers) only fail there.
         let cubin = kernels::compile_cubin(&kernels::source(), arch)
@@ -288,6 +293,54 @@ fn every_kernel_compiles_for_every_target_arch() {
             t.elapsed().as_secs_f64()
         );
     }
+}
+
+/// The kernels whose PTX loads or stores through a generic address (an
+/// `ld` or `st` naming no state space), with the first such line of each.
+/// A weight pointer picked from a small array indexed at run time went to
+/// local memory and turned every weight load generic, which ran the same
+/// mat-vec at half the speed (docs/cuda-kernel-notes.md, eleventh pass);
+/// no kernel needs one.
+fn generic_accesses(ptx: &str) -> Vec<(String, String)> {
+    const SPACES: [&str; 5] = ["global", "shared", "local", "param", "const"];
+    let mut entry = String::new();
+    let mut found: Vec<(String, String)> = Vec::new();
+    for line in ptx.lines() {
+        let l = line.trim();
+        if let Some(rest) = l.split(".entry ").nth(1) {
+            entry = rest.split('(').next().unwrap_or("").trim().to_string();
+            continue;
+        }
+        let Some(op) = l.split_whitespace().next() else {
+            continue;
+        };
+        let mut parts = op.split('.');
+        if !matches!(parts.next(), Some("ld" | "st")) {
+            continue;
+        }
+        // Qualifiers such as `volatile`, `relaxed`, `cg` may come first; a
+        // state space (`shared::cluster` included) must follow somewhere.
+        let spaced = parts.any(|q| SPACES.contains(&q.split("::").next().unwrap_or(q)));
+        if !spaced && !found.iter().any(|(e, _)| *e == entry) {
+            found.push((entry.clone(), l.to_string()));
+        }
+    }
+    found
+}
+
+/// The generic-access check finds a load through a generic address and
+/// passes state-space ones, whatever qualifiers come first.
+#[test]
+fn generic_accesses_are_found() {
+    let ptx = ".visible .entry good(\n\tld.global.nc.v4.u32 {%r1, %r2, %r3, %r4}, [%rd1];\n\
+               \tld.volatile.shared.u32 %r5, [%r6];\n\tst.global.f32 [%rd2], %f1;\n\
+               \tld.shared::cluster.f32 %f2, [%r7];\n\tldmatrix.sync.aligned.m8n8.x4.shared.b16 {%r1}, [%r2];\n\
+               }\n.visible .entry bad(\n\tld.param.u64 %rd1, [bad_param_0];\n\
+               \tld.v4.u32 {%r1, %r2, %r3, %r4}, [%rd3];\n\tst.u32 [%rd4], %r1;\n}\n";
+    let found = generic_accesses(ptx);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, "bad");
+    assert!(found[0].1.starts_with("ld.v4.u32"));
 }
 
 /// The timeline diagnostic (`TERN_CUDA_TIMELINE`) rebuilds every kernel
