@@ -468,15 +468,20 @@ fn launch_order_rule_matches_the_measurements() {
 }
 
 /// Two rows a warp in the decode mat-vecs follows the model's hidden size
-/// as measured on the H200 (docs/cuda-kernel-notes.md, eleventh pass):
-/// the 0.5B shape's 1,024 takes two, the SmolLM2 shape's 576 and the 8B
-/// shape's 4,096 one; the launch order still follows the size.
+/// and weight size as measured on the H200 (docs/cuda-kernel-notes.md,
+/// eleventh pass): the 0.5B shape's 1,024 takes two, the SmolLM2 shape's
+/// 576 and the 8B shape's 4,096 one, and no model over 1 GiB two; the
+/// launch order still follows the size.
 #[test]
 fn mat_vec_rows_rule_matches_the_measurements() {
     for (bytes, n_embd, rows, early) in [
         (92_100_000u64, 576usize, 1u32, 3u32), // SmolLM2-135M shape, Q4_1
         (246_000_000, 1024, 2, 3),             // MiniCPM4-0.5B shape, Q4_0
         (4_605_000_000, 4096, 1, 0),           // MiniCPM4-8B shape, Q4_0
+        // The band's edges, and a wide model over the size line.
+        (246_000_000, 1023, 1, 3),
+        (900_000_000, 4095, 2, 3),
+        (4_300_000_000, 3584, 1, 0),
     ] {
         let cfg = kernels::KernelConfig::for_model(bytes, n_embd);
         assert_eq!((cfg.mv_rows, cfg.pdl_early), (rows, early), "{n_embd} wide");

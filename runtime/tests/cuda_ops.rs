@@ -304,6 +304,15 @@ fn fused_qkv_rope_kv_write_matches_cpu() {
     }) else {
         return;
     };
+    // Two rows a warp, as a small model of 1,024 to 4,095 columns gets
+    // (KernelConfig::for_model): 8 rows a block, RoPE pairs still whole.
+    let Some(two) = gpu_with(&KernelConfig {
+        pdl_early: 3,
+        mv_rows: 2,
+        ..KernelConfig::default()
+    }) else {
+        return;
+    };
     let cpu = CpuBackend::exact(2);
     let mut rng = Rng(0x5eed_0003);
     let (nh, nkv, hd, prefix) = (9usize, 3usize, 64usize, 3usize);
@@ -314,6 +323,8 @@ fn fused_qkv_rope_kv_write_matches_cpu() {
         (64, 2048, &g, "default"),
         (64, 256, &ahead, "launches ahead"),
         (64, 2048, &ahead, "launches ahead"),
+        (64, 1024, &two, "two rows a warp"),
+        (32, 1024, &two, "two rows a warp"),
     ] {
         for kv_ty in [KvType::F16, KvType::F32] {
             for (tq, tk) in [

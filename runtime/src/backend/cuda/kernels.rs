@@ -273,7 +273,8 @@ impl KernelConfig {
 }
 
 /// The hidden sizes whose decode mat-vecs take two rows a warp
-/// (`KernelConfig::mv_rows` = 2): from this many columns…
+/// (`KernelConfig::mv_rows` = 2), for models of at most
+/// [`PDL_EARLY_MAX_WEIGHTS`]: from this many columns…
 pub const MV_ROWS2_MIN_EMBD: usize = 1024;
 /// …up to, not including, this many.
 pub const MV_ROWS2_MAX_EMBD: usize = 4096;
@@ -281,19 +282,24 @@ pub const MV_ROWS2_MAX_EMBD: usize = 4096;
 impl KernelConfig {
     /// The default configuration for a model of `weight_bytes` whose
     /// hidden size is `n_embd`: [`KernelConfig::for_weights`], and two rows
-    /// a warp in the decode mat-vecs for hidden sizes from
-    /// [`MV_ROWS2_MIN_EMBD`] up to [`MV_ROWS2_MAX_EMBD`], where a row of
-    /// the hidden-size products gives each lane only one to three
+    /// a warp in the decode mat-vecs for a small model (the same 1 GiB line,
+    /// whose decode is a chain of latency-bound launches) with a hidden
+    /// size from [`MV_ROWS2_MIN_EMBD`] up to [`MV_ROWS2_MAX_EMBD`], where a
+    /// row of the hidden-size products gives each lane one to four
     /// 32-element blocks, so a second row doubles the loads in flight.
     /// Measured on the H200 (docs/cuda-kernel-notes.md, ninth to eleventh
-    /// passes), tg128, one row against two: the 0.5B shape (1,024) 2,273 →
-    /// 2,400; 2,275 / 2,292 → 2,332 / 2,408; and this rule's A/B, `-p 0`
-    /// 2,341 / 2,303 → 2,428 / 2,399, after pp512 2,304 / 2,287 → 2,356 /
-    /// 2,269; the SmolLM2 shape (576: 18 blocks a row, so 14 lanes idle
-    /// either way, and half the warps) lost 5–12 %; the 8B shape (4,096)
-    /// was even (557.9 / 555.4 against 557.1 / 556.8), so it keeps one.
+    /// passes), tg128, one row against two: the 0.5B shape (1,024, 246 MB)
+    /// 2,273 → 2,400; 2,275 / 2,292 → 2,332 / 2,408; and this rule's A/B,
+    /// `-p 0` 2,341 / 2,303 → 2,428 / 2,399 (after pp512 2,304 / 2,287 →
+    /// 2,356 / 2,269, within the noise); the SmolLM2 shape (576: 18 blocks
+    /// a row, so 14 lanes idle either way, and half the warps) lost
+    /// 5–12 %; the 8B shape (4,096, 4.6 GB) was even (557.9 / 555.4
+    /// against 557.1 / 556.8), so it keeps one. Only these three widths
+    /// were measured: the band between is an extrapolation from the one
+    /// point inside it, which the size bound keeps to small models.
     pub fn for_model(weight_bytes: u64, n_embd: usize) -> KernelConfig {
-        let rows2 = (MV_ROWS2_MIN_EMBD..MV_ROWS2_MAX_EMBD).contains(&n_embd);
+        let rows2 = weight_bytes <= PDL_EARLY_MAX_WEIGHTS
+            && (MV_ROWS2_MIN_EMBD..MV_ROWS2_MAX_EMBD).contains(&n_embd);
         KernelConfig {
             mv_rows: if rows2 { 2 } else { 1 },
             ..KernelConfig::for_weights(weight_bytes)
@@ -306,7 +312,10 @@ impl KernelConfig {
 /// still fits in one wave (≤ 64 warps per multiprocessor, the resident
 /// limit) and each warp keeps ≥ 64 of the row's 32-element blocks. A grid
 /// of one warp per row that fills under half the warp slots is bound by
-/// the one step each warp has in flight. Measured on the H200
+/// the one step each warp has in flight. (It counts one warp a row; with
+/// two rows a warp, `KernelConfig::mv_rows`, the grid has half as many
+/// warps, so the rule splits no more than it would then need to.)
+/// Measured on the H200
 /// (docs/cuda-kernel-notes.md): the 0.5B's 1024-row down projection split
 /// in two took its tg128 from 1,344 to 1,451 t/s; the 8B's 4096-row o and
 /// down projections (0.48 waves unsplit, 29 warps per SM) went from 4.8 to
