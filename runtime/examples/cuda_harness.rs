@@ -113,19 +113,21 @@ fn main() {
     // Decode variants: blocks in flight per lane × warps per row (0 = the
     // per-matrix rule, `kernels::mv_ksplit_auto`).
     // `HARNESS_DEFAULT=1`: the default configuration only (one kernel
-    // build, for a profiler run); `HARNESS_CONFIGS=u1k0,u2k1,u1k0r2,…`:
+    // build, for a profiler run); `HARNESS_CONFIGS=u1k0,u2k1,u1k0r2,u1k0r2d1,…`:
     // these (blocks in flight per lane, warps per row, optionally rows per
-    // warp) only.
+    // warp `rN`, then a `MV_DIAG` diagnostic `dN`) only.
     let picked: Option<Vec<KernelConfig>> = std::env::var("HARNESS_CONFIGS").ok().map(|v| {
         v.split(',')
             .filter_map(|t| {
                 let (u, k) = t.trim().strip_prefix('u')?.split_once('k')?;
                 // An optional `rN`: rows per warp.
+                let (k, dg) = k.split_once('d').unwrap_or((k, "0"));
                 let (k, r) = k.split_once('r').unwrap_or((k, "1"));
                 Some(KernelConfig {
                     mv_unroll: u.parse().ok()?,
                     mv_ksplit: k.parse().ok()?,
                     mv_rows: r.parse().ok()?,
+                    mv_diag: dg.parse().ok()?,
                     ..KernelConfig::default()
                 })
             })
@@ -203,9 +205,10 @@ fn main() {
                 k => k.to_string(),
             };
             println!(
-                "| {rows}×{cols} | {ty} | unroll={} ks={ks} rows={} | {:.1} | {:.0} | {:.0}% | {:.1e} |",
+                "| {rows}×{cols} | {ty} | unroll={} ks={ks} rows={} diag={} | {:.1} | {:.0} | {:.0}% | {:.1e} |",
                 cfg.mv_unroll,
                 cfg.mv_rows,
+                cfg.mv_diag,
                 t * 1e6,
                 gbs,
                 100.0 * gbs / COPY_GBS,

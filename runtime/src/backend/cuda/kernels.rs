@@ -217,6 +217,13 @@ pub struct KernelConfig {
     /// `TERN_TL` when non-zero (a diagnostic, `TERN_CUDA_TIMELINE`; set by
     /// the backend, never by hand).
     pub timeline: u64,
+    /// A diagnostic for the kernel harness (`HARNESS_CONFIGS=u1k0d1`),
+    /// defined into the source as `MV_DIAG`: the quantized decode
+    /// mat-vecs skip their scale loads (bit 0) or their activation loads
+    /// (bit 1), using made-up values, so the harness can time the weight
+    /// stream without them. The results are wrong by design; never set
+    /// outside the harness.
+    pub mv_diag: u32,
 }
 
 impl Default for KernelConfig {
@@ -242,6 +249,7 @@ impl Default for KernelConfig {
             l2_prefetch_chunk: 0,
             pdl_early: 0,
             timeline: 0,
+            mv_diag: 0,
         }
     }
 }
@@ -340,7 +348,7 @@ pub fn source_with(cfg: &KernelConfig) -> String {
     let mut s = format!(
         "#define MV_ROWS {}\n#define MV_UNROLL {}\n#define MQ_STAGES {}\n#define MQ_NARROW_MINB {}\n\
          #define MQ_WIDE_MI {}\n#define MQ_WIDE_MINB {}\n#define MV_PREFETCH {}\n#define FB_PROBE {}\n\
-         #define AD_STAGES_128 {}\n#define PDL_EARLY {}\n",
+         #define AD_STAGES_128 {}\n#define PDL_EARLY {}\n#define MV_DIAG {}\n",
         cfg.mv_rows,
         cfg.mv_unroll,
         cfg.mq_stages,
@@ -350,7 +358,8 @@ pub fn source_with(cfg: &KernelConfig) -> String {
         cfg.mv_prefetch,
         cfg.fb_probe,
         cfg.attn_stages_128,
-        cfg.pdl_early
+        cfg.pdl_early,
+        cfg.mv_diag
     );
     if cfg.timeline != 0 {
         s.push_str(&format!("#define TERN_TL {:#x}ull\n", cfg.timeline));

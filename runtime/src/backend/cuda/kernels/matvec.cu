@@ -11,6 +11,9 @@
 // use plain f32 arithmetic.
 
 #define MV_MAXT 4
+#ifndef MV_DIAG
+#define MV_DIAG 0 // harness diagnostic: bit 0 no scale loads, bit 1 no activation loads
+#endif
 #ifndef MV_ROWS
 #define MV_ROWS 1 // rows per warp; the host reads it from KernelConfig
 #endif
@@ -82,7 +85,11 @@ __device__ __forceinline__ void mv_load(int4 (&wa)[MV_ROWS][MV_UNROLL],
             const int4* p = (const int4*)(w + blk * qb);
             wa[i][u] = p[0];
             wb[i][u] = ty == TY_Q8_0 ? p[1] : make_int4(0, 0, 0, 0);
+#if MV_DIAG & 1
+            d[i][u] = 1.f + 1e-9f * (float)b;
+#else
             d[i][u] = h2f(dq[blk]);
+#endif
             m[i][u] = ty == TY_Q4_1 ? h2f(mq[blk]) : 0.f;
         }
     }
@@ -167,9 +174,14 @@ __device__ __forceinline__ void matvec_q_impl(const u8* w, int ty, int rows, int
 #pragma unroll
             for (int t = 0; t < NT; t++) {
                 if (t < ntok) {
+#if MV_DIAG & 2
+                    int4 xa = make_int4(b, b + 1, b + 2, b + 3), xb = make_int4(b, b, b, b);
+                    float2 s = make_float2(1.f, (float)b);
+#else
                     const int4* p = (const int4*)(xq + ((long long)t * nb + b) * 32);
                     int4 xa = p[0], xb = p[1];
                     float2 s = xs[(long long)t * nb + b];
+#endif
 #pragma unroll
                     for (int i = 0; i < MV_ROWS; i++)
                         acc[i][t] += block_dot(ty, wa[i][u], wb[i][u], d[i][u], m[i][u], xa, xb, s);
