@@ -120,7 +120,8 @@ fn main() {
         v.split(',')
             .filter_map(|t| {
                 let (u, k) = t.trim().strip_prefix('u')?.split_once('k')?;
-                // An optional `rN`: rows per warp.
+                // An optional `dN` last: the diagnostic; before it an
+                // optional `rN`: rows per warp.
                 let (k, dg) = k.split_once('d').unwrap_or((k, "0"));
                 let (k, r) = k.split_once('r').unwrap_or((k, "1"));
                 Some(KernelConfig {

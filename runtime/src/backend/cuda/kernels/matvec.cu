@@ -260,10 +260,11 @@ extern "C" __global__ void matvec_q1_multi(const u8* w0, int ty0, int rows0, flo
 // epilogue (what matvec_q1_multi followed by rope_kv computes, in one
 // launch): blocks [0, nbq) take q's rows, the next nbk k's, the rest v's,
 // 4·MV_ROWS rows per block (MV_ROWS a warp; a block's rows start at a
-// multiple of 4, so a rotated pair (2p, 2p+1) is always in one block). After the products, each row's thread reads its
-// pair from the output, rotates (q, k) with the same double-precision
-// angle as rope_kv, writes it back and stores k and v in the cache at slot
-// first_slot[0]. Rows of k and v number the cache's width.
+// multiple of 4, so a rotated pair (2p, 2p+1) is always in one block).
+// After the products, each row's thread reads its pair from the output,
+// rotates (q, k) with the same double-precision angle as rope_kv, writes
+// it back and stores k and v in the cache at slot first_slot[0]. Rows of k
+// and v number the cache's width.
 extern "C" __global__ void matvec_qkv_rope(const u8* wq, int tyq, int rows_q, float* q,
                                            const u8* wk, int tyk, float* k, const u8* wv, int tyv,
                                            float* v, int rows_kv, int cols, const signed char* xq,
